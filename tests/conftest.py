@@ -1,0 +1,163 @@
+"""Shared test harness: a real `Server` over in-memory streams, and a small protocol client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from trio_websocket import WebSocketConnection, wrap_client_stream
+
+from trio_sfu.config import Config
+from trio_sfu.server import Server
+from trio_sfu.udp import MemoryNetwork
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def fixture_sdp(name: str) -> str:
+    return (FIXTURES / "sdp" / f"{name}.sdp").read_text()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="run long fuzz/churn tests")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="long test: pass --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+class Client:
+    """A protocol client: `request` waits for the matching ack; server requests queue apart."""
+
+    def __init__(self, ws: WebSocketConnection, app: str = "live", uid: str = "alice") -> None:
+        self.ws = ws
+        self.app = app
+        self.uid = uid
+        self._replies_send, self._replies = trio.open_memory_channel[dict[str, Any]](100)
+        self._requests_send, self.server_requests = trio.open_memory_channel[dict[str, Any]](100)
+
+    async def pump(self) -> None:
+        """Read frames until the socket closes, sorting acks from server-initiated requests."""
+        from trio_websocket import ConnectionClosed
+
+        try:
+            while True:
+                message = json.loads(await self.ws.get_message())
+                if message.get("method") == "ack":
+                    await self._replies_send.send(message)
+                else:
+                    await self._requests_send.send(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._replies_send.close()
+            self._requests_send.close()
+
+    async def send_raw(self, frame: str | bytes) -> dict[str, Any]:
+        await self.ws.send_message(frame)
+        return await self._replies.receive()
+
+    async def request(
+        self, method: str, stream: str = "cam", data: dict[str, Any] | None = None, **header: Any
+    ) -> dict[str, Any]:
+        message = {
+            "version": "1.0",
+            "method": method,
+            "app": header.get("app", self.app),
+            "uid": header.get("uid", self.uid),
+            "stream": stream,
+            "data": data if data is not None else {},
+        }
+        return await self.send_raw(json.dumps(message))
+
+    async def connect(self, token: str = "") -> dict[str, Any]:
+        return await self.request("stream.connect", data={"token": token})
+
+    async def offer(self, stream: str, sdp: str, publish: bool) -> dict[str, Any]:
+        return await self.request("stream.offer", stream, {"publish": publish, "sdp": sdp})
+
+    async def next_server_request(self) -> dict[str, Any]:
+        return await self.server_requests.receive()
+
+    async def ack(self, request: dict[str, Any]) -> None:
+        reply = {
+            "version": "1.0", "err": 0, "err_msg": "success", "method": "ack",
+            "on_result": request["method"] + "d",
+            "app": request["app"], "uid": request["uid"], "stream": request["stream"], "data": {},
+        }
+        await self.ws.send_message(json.dumps(reply))
+
+
+class Harness:
+    """A server with no real sockets, and a way to open client connections to it."""
+
+    def __init__(self, server: Server, nursery: trio.Nursery) -> None:
+        self.server = server
+        self.nursery = nursery
+
+    @asynccontextmanager
+    async def client(self, app: str = "live", uid: str = "alice") -> AsyncIterator[Client]:
+        client_stream, server_stream = trio.testing.memory_stream_pair()
+        self.nursery.start_soon(self.server.serve_stream, server_stream)
+        async with trio.open_nursery() as nursery:
+            ws = await wrap_client_stream(nursery, client_stream, "sfu.test", "/ws")
+            client = Client(ws, app, uid)
+            nursery.start_soon(client.pump)
+            try:
+                yield client
+            finally:
+                with trio.move_on_after(2):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def running_server(config: Config | None = None, **kwargs: Any) -> AsyncIterator[Harness]:
+    config = config or Config()
+    network = MemoryNetwork()
+    server = Server(config, **kwargs)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: server.serve(
+                media_endpoints=[network.endpoint("127.0.0.1", 40000)],
+                listen=False,
+                task_status=task_status,
+            )
+        )
+        harness = Harness(server, nursery)
+        harness.network = network  # type: ignore[attr-defined]
+        yield harness
+        nursery.cancel_scope.cancel()
+
+
+def task_names() -> list[str]:
+    """Every live task in this run, by name (to prove a subtree is gone)."""
+    names = []
+    stack = [trio.lowlevel.current_root_task()]
+    while stack:
+        task = stack.pop()
+        names.append(task.name)
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return names
+
+
+async def settle() -> None:
+    """Let every runnable task run until all are blocked."""
+    await trio.testing.wait_all_tasks_blocked()
+
+
+@pytest.fixture
+def autojump_clock() -> Iterator[trio.testing.MockClock]:
+    yield trio.testing.MockClock(autojump_threshold=0)

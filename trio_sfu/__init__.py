@@ -1,0 +1,1 @@
+"""trio_sfu: a WebRTC SFU on Trio."""

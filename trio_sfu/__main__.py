@@ -1,0 +1,167 @@
+"""Command line: `python -m trio_sfu [options]` serves; `python -m trio_sfu token ...` mints a token."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+from . import config as config_module
+from .auth import mint_token
+from .config import Config, ConfigError, HostPort
+from .server import Server
+
+log = logging.getLogger("trio_sfu")
+
+OPEN_MODE_WARNING = """\
+!!! trio_sfu is running in OPEN DEVELOPMENT MODE: no token key is configured, so ANY token (even an
+!!! empty one) may publish and play every stream. It only binds loopback addresses in this mode.
+!!! For anything else set --token-secret (or TRIO_SFU_TOKEN_SECRET) or --token-public-key."""
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m trio_sfu",
+        description="A WebRTC SFU on Trio. `python -m trio_sfu token --help` mints tokens.",
+    )
+    parser.add_argument("--config", type=Path, help="TOML file with the same keys as the options")
+    parser.add_argument(
+        "--signal", metavar="HOST:PORT", help="signaling WebSocket listener (default 127.0.0.1:8080)"
+    )
+    parser.add_argument(
+        "--media", metavar="HOST:PORT", action="append",
+        help="media UDP socket, repeatable (default 127.0.0.1:40000; port 0 picks a free one)",
+    )
+    parser.add_argument(
+        "--announce", metavar="IP", action="append",
+        help="address written into ICE candidates, repeatable (default: the bound address, or "
+        "every non-loopback interface address when bound to 0.0.0.0 or ::)",
+    )
+    parser.add_argument("--token-secret", help="HS256 secret (or env TRIO_SFU_TOKEN_SECRET)")
+    parser.add_argument("--token-public-key", type=Path, help="PEM public key for RS256/ES256")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def _token_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m trio_sfu token", description="Print a development token (HS256 JWT)."
+    )
+    parser.add_argument("--secret", required=True, help="the server's --token-secret")
+    parser.add_argument("--app", required=True)
+    parser.add_argument("--uid", help="bind the token to this uid")
+    parser.add_argument(
+        "--publish", nargs="*", metavar="STREAM",
+        help="streams it may publish; the flag alone grants every stream",
+    )
+    parser.add_argument(
+        "--play", nargs="*", metavar="STREAM",
+        help="streams it may play; the flag alone grants every stream",
+    )
+    parser.add_argument("--ttl", type=float, default=3600.0, help="seconds of validity (3600)")
+    return parser
+
+
+def _scope(values: list[str] | None) -> bool | frozenset[str]:
+    if values is None:
+        return False
+    return frozenset(values) if values else True
+
+
+def token_main(argv: list[str]) -> int:
+    args = _token_parser().parse_args(argv)
+    try:
+        token = mint_token(
+            args.secret, args.app, uid=args.uid, publish=_scope(args.publish),
+            play=_scope(args.play), ttl=args.ttl, now=time.time(),
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
+class LogfmtFormatter(logging.Formatter):
+    """One line per event, `key=value` pairs, so logs can be grepped and parsed."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        line = f"time={stamp}Z level={record.levelname.lower()} logger={record.name} {record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def load_config(argv: list[str]) -> Config:
+    import os
+
+    args = _serve_parser().parse_args(argv)
+    return config_module.load(
+        args.config,
+        signal=HostPort.parse(args.signal) if args.signal else None,
+        media=tuple(HostPort.parse(m) for m in args.media) if args.media else None,
+        announce=tuple(args.announce) if args.announce else None,
+        token_secret=args.token_secret or os.environ.get("TRIO_SFU_TOKEN_SECRET") or None,
+        token_public_key=args.token_public_key,
+        log_level=args.log_level,
+    )
+
+
+async def run_server(server: Server) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        for host, port in server.signal_addresses:
+            shown = f"[{host}]" if ":" in host else host
+            print(f"signaling  ws://{shown}:{port}/ws", flush=True)
+        for host, port in server.media_addresses:
+            shown = f"[{host}]" if ":" in host else host
+            print(f"media      udp {shown}:{port}", flush=True)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("event=signal signal=%s", signal.Signals(signum).name)
+                await server.shutdown()
+                break
+        nursery.cancel_scope.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["token"]:
+        return token_main(argv[1:])
+    try:
+        config = load_config(argv)
+        setup_logging(config.log_level)
+        server = Server(config)
+        server.check_binds()
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if server.verifier.open_mode:
+        print(OPEN_MODE_WARNING, file=sys.stderr, flush=True)
+    status = 0
+    try:
+        trio.run(run_server, server)
+    except* OSError as group:
+        for failure in group.exceptions:
+            print(f"error: {failure}; is another server using that address? pick other ports",
+                  file=sys.stderr)
+        status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Server configuration: one attrs class, filled from defaults, a TOML file, then the command line.
+
+The TOML keys are the long option names with `_` for `-` (`token_secret`, `media`, ...), so whatever
+can be said on the command line can be kept in a file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; the message says which setting and what to write instead."""
+
+
+@attrs.frozen
+class HostPort:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> HostPort:
+        """Read `HOST:PORT` or `[V6]:PORT`."""
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ConfigError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        elif ":" in host:
+            raise ConfigError(f"{text!r}: write IPv6 addresses in brackets, e.g. [::1]:40000")
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise ConfigError(f"{text!r}: port {port_text!r} is not a number") from None
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{text!r}: port must be 0..65535")
+        return cls(host, port)
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.host in ("0.0.0.0", "::", "")
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _check_announce(_: Any, __: Any, values: tuple[str, ...]) -> None:
+    for value in values:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ConfigError(f"announce {value!r}: expected an IP address") from None
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    signal: HostPort = HostPort("127.0.0.1", 8080)
+    media: tuple[HostPort, ...] = (HostPort("127.0.0.1", 40000),)
+    announce: tuple[str, ...] = attrs.field(default=(), validator=_check_announce)
+    token_secret: str | None = None
+    token_public_key: Path | None = None
+    dtls_certificate: Path | None = None
+    dtls_private_key: Path | None = None
+    log_level: str = "warning"
+    max_message_size: int = 64 * 1024
+    max_sessions_per_socket: int = 16
+    max_sessions: int = 10_000
+    keepalive_interval: float = 20.0
+    keepalive_timeout: float = 60.0
+    liveness_timeout: float = 30.0
+    shutdown_grace: float = 2.0
+
+    def check(self) -> None:
+        if not self.media:
+            raise ConfigError("media: at least one media address is needed")
+        positive = ("max_message_size", "max_sessions_per_socket", "max_sessions")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if self.token_secret is not None and self.token_public_key is not None:
+            raise ConfigError("give either token_secret or token_public_key, not both")
+        if (self.dtls_certificate is None) != (self.dtls_private_key is None):
+            raise ConfigError("dtls_certificate and dtls_private_key go together")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError("log_level: one of debug, info, warning, error")
+
+    @property
+    def open_mode(self) -> bool:
+        """No key configured: any token grants everything (development only)."""
+        return self.token_secret is None and self.token_public_key is None
+
+    def non_loopback_binds(self) -> list[HostPort]:
+        return [a for a in (self.signal, *self.media) if not a.is_loopback]
+
+
+_converter = cattrs.Converter()
+_converter.register_structure_hook(HostPort, lambda value, _: HostPort.parse(str(value)))
+_converter.register_structure_hook(Path, lambda value, _: Path(str(value)))
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list | tuple) else (value,)
+
+
+def load(file: Path | None = None, **overrides: Any) -> Config:
+    """Defaults, then `file` (TOML), then `overrides` whose value is not None."""
+    values: dict[str, Any] = {}
+    if file is not None:
+        try:
+            values.update(tomllib.loads(file.read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {file}: {exc}") from None
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    known = {field.name for field in attrs.fields(Config)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    for key in ("media", "announce"):
+        if key in values:
+            values[key] = _as_tuple(values[key])
+    try:
+        config = _converter.structure(values, Config)
+    except cattrs.BaseValidationError as exc:
+        raise ConfigError("; ".join(cattrs.transform_error(exc))) from None
+    except (ConfigError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    config.check()
+    return config

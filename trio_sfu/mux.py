@@ -1,0 +1,134 @@
+"""The media port demultiplexer: one socket for every session, datagrams routed by content.
+
+RFC 7983 tells STUN, DTLS and RTP/RTCP apart by their first byte. STUN is routed by the ICE
+username (our ufrag before the colon), because a peer's address is not trusted until it has passed a
+check; everything else is routed by the remote address that such a check proved. Nothing is created for
+a datagram that matches no session: it is counted and dropped, so hostile traffic costs no memory.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import enum
+import logging
+from collections.abc import Iterator
+from typing import Protocol
+
+import attrs
+import trio
+from aioice import stun
+
+from .udp import Address, DatagramEndpoint
+
+log = logging.getLogger(__name__)
+
+
+class Kind(enum.Enum):
+    STUN = "stun"
+    DTLS = "dtls"
+    RTP = "rtp"
+    UNKNOWN = "unknown"
+
+
+def classify(data: bytes) -> Kind:
+    """RFC 7983 section 7: the first byte decides."""
+    if not data:
+        return Kind.UNKNOWN
+    first = data[0]
+    if first <= 3:
+        return Kind.STUN
+    if 20 <= first <= 63:
+        return Kind.DTLS
+    if 128 <= first <= 191:
+        return Kind.RTP
+    return Kind.UNKNOWN
+
+
+@attrs.frozen
+class Datagram:
+    kind: Kind
+    data: bytes
+    source: Address
+    endpoint: DatagramEndpoint
+    stun: stun.Message | None = None
+
+
+class Receiver(Protocol):
+    """What a session's transport offers the mux: a non-blocking hand-off."""
+
+    def deliver(self, datagram: Datagram) -> bool:
+        """Take the datagram now; False if the transport's queue is full (mux counts a drop)."""
+        ...
+
+
+def stun_username(message: stun.Message) -> str | None:
+    username = message.attributes.get("USERNAME")
+    return username if isinstance(username, str) else None
+
+
+class MediaMux:
+    def __init__(self) -> None:
+        self._by_ufrag: dict[str, Receiver] = {}
+        self._by_address: dict[Address, Receiver] = {}
+        self.received: collections.Counter[str] = collections.Counter()
+        self.dropped: collections.Counter[str] = collections.Counter()
+
+    @contextlib.contextmanager
+    def route_ufrag(self, ufrag: str, receiver: Receiver) -> Iterator[None]:
+        """Send STUN for `ufrag` to `receiver` while the block runs (a session's lifetime)."""
+        if ufrag in self._by_ufrag:
+            raise ValueError(f"ICE ufrag {ufrag!r} already routed")
+        self._by_ufrag[ufrag] = receiver
+        try:
+            yield
+        finally:
+            del self._by_ufrag[ufrag]
+            for address in [a for a, r in self._by_address.items() if r is receiver]:
+                del self._by_address[address]
+
+    def route_address(self, address: Address, receiver: Receiver) -> None:
+        """Send non-STUN datagrams from `address` to `receiver` (after a valid ICE check)."""
+        self._by_address[address] = receiver
+
+    def unroute_address(self, address: Address, receiver: Receiver) -> None:
+        if self._by_address.get(address) is receiver:
+            del self._by_address[address]
+
+    @property
+    def sessions_routed(self) -> int:
+        return len(self._by_ufrag)
+
+    def handle(self, data: bytes, source: Address, endpoint: DatagramEndpoint) -> None:
+        kind = classify(data)
+        self.received[kind.value] += 1
+        if kind is Kind.UNKNOWN:
+            self.dropped["unknown_kind"] += 1
+            return
+        message = None
+        if kind is Kind.STUN:
+            try:
+                message = stun.parse_message(data)
+            except Exception:  # aioice raises ValueError, struct.error, UnicodeDecodeError...
+                self.dropped["malformed_stun"] += 1
+                return
+            username = stun_username(message)
+            receiver = self._by_ufrag.get(username.partition(":")[0]) if username else None
+        else:
+            receiver = self._by_address.get(source)
+        if receiver is None:
+            self.dropped["unknown_source"] += 1
+            return
+        if not receiver.deliver(Datagram(kind, data, source, endpoint, message)):
+            self.dropped["queue_full"] += 1
+
+    async def serve(self, endpoint: DatagramEndpoint) -> None:
+        """Read the socket until cancelled; a datagram never stops the loop."""
+        while True:
+            try:
+                data, source = await endpoint.receive()
+            except ConnectionResetError:
+                continue  # an ICMP error for an earlier send on some platforms
+            except trio.EndOfChannel:
+                return
+            self.handle(data, source, endpoint)

@@ -1,0 +1,225 @@
+"""The top of the tree: listeners, the media mux, every connection, and a clean shutdown.
+
+`Server` holds what all connections share (router, mux, token verifier, certificate, limits). Its
+`serve` opens the top nursery; tests drive the same object over in-memory streams and an in-memory
+datagram network (`serve_stream`, `media_endpoints=`), so the mock-clock tests run the real code.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import trio
+from trio_websocket import (
+    WebSocketConnection,
+    WebSocketRequest,
+    serve_websocket,
+    wrap_server_stream,
+)
+
+from .auth import TokenVerifier
+from .certificate import Certificate
+from .config import Config, ConfigError, HostPort
+from .messages import ErrorCode, SignalingError
+from .mux import MediaMux
+from .negotiation import LocalTransport
+from .router import Router
+from .signaling import Connection
+from .transport import Transport
+from .udp import DatagramEndpoint, UdpEndpoint
+
+log = logging.getLogger(__name__)
+
+
+def announced_addresses(config: Config, endpoint: HostPort) -> list[str]:
+    """The addresses written into ICE candidates for one media listener."""
+    v6 = ":" in endpoint.host
+    if config.announce:
+        return [a for a in config.announce if (":" in a) == v6]
+    if endpoint.is_wildcard:
+        from aioice.ice import get_host_addresses  # skips loopback, which is right for a wildcard
+
+        return [a for a in get_host_addresses(use_ipv4=not v6, use_ipv6=v6) if (":" in a) == v6]
+    return [endpoint.host]
+
+
+class Server:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        verifier: TokenVerifier | None = None,
+        certificate: Certificate | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        config.check()
+        self.config = config
+        self.verifier = verifier or TokenVerifier.from_settings(
+            config.token_secret,
+            config.token_public_key.read_bytes() if config.token_public_key else None,
+        )
+        if certificate is None:
+            if config.dtls_certificate and config.dtls_private_key:
+                certificate = Certificate.load(
+                    config.dtls_certificate.read_bytes(), config.dtls_private_key.read_bytes()
+                )
+            else:
+                certificate = Certificate.generate()
+        self.certificate = certificate
+        self.fingerprint = certificate.fingerprint("sha-256")
+        self.wall_clock = wall_clock
+        self.router = Router()
+        self.mux = MediaMux()
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.connections: set[Connection] = set()
+        self.shutting_down = False
+        self.candidates: tuple[tuple[str, int], ...] = ()
+        self.signal_addresses: list[tuple[str, int]] = []
+        self._ssrcs_used: set[int] = set()
+        self._nursery: trio.Nursery | None = None
+
+    # ---- shared services for connections ----
+
+    @property
+    def session_count(self) -> int:
+        return sum(len(c.sessions) for c in self.connections)
+
+    def check_new_session(self, connection: Connection) -> None:
+        if self.shutting_down:
+            raise SignalingError(ErrorCode.UNAVAILABLE, "the server is shutting down")
+        if len(connection.sessions) >= self.config.max_sessions_per_socket:
+            raise SignalingError(
+                ErrorCode.TOO_MANY_REQUESTS,
+                f"at most {self.config.max_sessions_per_socket} sessions per connection; "
+                "close one or open another connection",
+            )
+        if self.session_count >= self.config.max_sessions:
+            raise SignalingError(
+                ErrorCode.UNAVAILABLE, "the server is at its session limit; try again later"
+            )
+
+    def local_transport(self, transport: Transport) -> LocalTransport:
+        return LocalTransport(
+            ice_ufrag=transport.local_ufrag,
+            ice_pwd=transport.local_pwd,
+            fingerprint_sha256=self.fingerprint,
+            candidates=self.candidates,
+        )
+
+    def new_ssrc(self) -> int:
+        while True:
+            ssrc = secrets.randbits(32)
+            if ssrc and ssrc not in self._ssrcs_used:
+                self._ssrcs_used.add(ssrc)
+                return ssrc
+
+    # ---- running ----
+
+    def check_binds(self) -> None:
+        if self.verifier.open_mode and self.config.non_loopback_binds():
+            names = ", ".join(str(a) for a in self.config.non_loopback_binds())
+            raise ConfigError(
+                f"open development mode (no token key configured) refuses to bind {names}: "
+                "set --token-secret or --token-public-key, or bind 127.0.0.1 / [::1]"
+            )
+
+    async def serve(
+        self,
+        *,
+        media_endpoints: Sequence[DatagramEndpoint] | None = None,
+        listen: bool = True,
+        task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run until cancelled or `shutdown`; started() once every listener is bound."""
+        endpoints = list(media_endpoints or [])
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if media_endpoints is None:
+                    self.check_binds()
+                    for address in self.config.media:
+                        endpoints.append(UdpEndpoint.bind(address))
+                self.candidates = self._candidates(endpoints)
+                for endpoint in endpoints:
+                    nursery.start_soon(self.mux.serve, endpoint, name="media-mux")
+                if listen:
+                    signal = self.config.signal
+                    ws_server = await nursery.start(
+                        partial(
+                            serve_websocket,
+                            self._handle_request,
+                            signal.host,
+                            signal.port,
+                            None,
+                            max_message_size=self.config.max_message_size,
+                        )
+                    )
+                    self.signal_addresses = [(str(e.address), e.port) for e in ws_server.listeners]
+                task_status.started(self)
+        finally:
+            for endpoint in endpoints:
+                endpoint.close()
+
+    def _candidates(self, endpoints: Sequence[DatagramEndpoint]) -> tuple[tuple[str, int], ...]:
+        result = []
+        for endpoint in endpoints:
+            host, port = endpoint.local_address
+            result += [(a, port) for a in announced_addresses(self.config, HostPort(host, port))]
+        return tuple(result)
+
+    @property
+    def media_addresses(self) -> list[tuple[str, int]]:
+        return list(self.candidates)
+
+    async def _handle_request(self, request: WebSocketRequest) -> None:
+        if request.path.split("?")[0] != "/ws":
+            await request.reject(404, body=b"the signaling WebSocket is at /ws\n")
+            return
+        ws = await request.accept()
+        await self.handle_connection(ws)
+
+    async def serve_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one WebSocket over any byte stream (tests use `trio.testing.memory_stream_pair`)."""
+        async with trio.open_nursery() as nursery:
+            request = await wrap_server_stream(
+                nursery, stream, max_message_size=self.config.max_message_size
+            )
+            try:
+                await self._handle_request(request)
+            finally:
+                with trio.move_on_after(1):
+                    await request._connection.aclose()
+            nursery.cancel_scope.cancel()
+
+    async def handle_connection(self, ws: WebSocketConnection) -> None:
+        remote = ws.remote
+        connection = Connection(
+            self, ws, remote if isinstance(remote, str) else f"{remote.address}:{remote.port}"
+        )
+        self.connections.add(connection)
+        try:
+            await connection.run()
+        finally:
+            self.connections.discard(connection)
+            if not self.connections:
+                self._idle.set()
+
+    _idle = trio.Event()
+
+    async def shutdown(self) -> None:
+        """Every session gets `stream.close` (server_shutdown), sockets close, then everything stops."""
+        self.shutting_down = True
+        log.info("event=shutdown connections=%d", len(self.connections))
+        self._idle = trio.Event()
+        if self.connections:
+            for connection in list(self.connections):
+                connection.shut_down()
+            with trio.move_on_after(self.config.shutdown_grace):
+                await self._idle.wait()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()

@@ -1,0 +1,292 @@
+"""One WebSocket: its requests in order, its replies and server requests, its sessions.
+
+The connection nursery holds a reader (this task), a writer draining a bounded outbox, the keepalive,
+and one child nursery per session. A dropped socket ends the reader, which cancels the connection
+nursery and with it every session the socket carried.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from .auth import AuthError, Grant
+from .messages import (
+    Ack,
+    CloseData,
+    CloseReason,
+    ConnectData,
+    ErrorCode,
+    FrameError,
+    MuteData,
+    OfferData,
+    Reply,
+    Request,
+    ServerRequest,
+    SignalingError,
+    encode,
+    error_reply,
+    parse_frame,
+)
+from .negotiation import answer_play, answer_publish
+from .sdp import SdpError, parse_offer
+from .session import Session
+from .transport import Transport
+
+if TYPE_CHECKING:
+    from .server import Server
+
+log = logging.getLogger(__name__)
+
+_ping_payloads = itertools.count()
+
+
+class Connection:
+    OUTBOX = 256
+
+    def __init__(self, server: Server, ws: WebSocketConnection, remote: str) -> None:
+        self.server = server
+        self.ws = ws
+        self.remote = remote
+        self.grant: Grant | None = None
+        self.sessions: dict[str, Session] = {}
+        self._outbox_send, self._outbox = trio.open_memory_channel[str](self.OUTBOX)
+        self._nursery: trio.Nursery | None = None
+        self._last_heard = trio.current_time()
+        self.closing = False
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.remote}>"
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._write, name=f"{self!r}.writer")
+            nursery.start_soon(self._keepalive, name=f"{self!r}.keepalive")
+            try:
+                await self._read()
+            finally:
+                nursery.cancel_scope.cancel()
+
+    # ---- outgoing ----
+
+    def send(self, message: Reply | ServerRequest) -> None:
+        """Queue a frame; a client that stops reading is dropped rather than buffered forever."""
+        try:
+            self._outbox_send.send_nowait(encode(message))
+        except trio.WouldBlock:
+            log.warning("event=client_not_reading remote=%s action=disconnect", self.remote)
+            self.abort()
+        except trio.ClosedResourceError:
+            pass
+
+    def notify(self, session: Session, method: str, data: dict[str, Any]) -> None:
+        header = session.header
+        self.send(
+            ServerRequest(
+                method=method, app=header.app, uid=header.uid, stream=header.stream, data=data
+            )
+        )
+
+    def abort(self) -> None:
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def _write(self) -> None:
+        async with self._outbox:
+            async for text in self._outbox:
+                try:
+                    await self.ws.send_message(text)
+                except ConnectionClosed:
+                    break
+        # The outbox was closed (shutdown) and drained: say goodbye, then stop the reader.
+        if self.closing:
+            with trio.move_on_after(1):
+                await self.ws.aclose(1001, "server shutdown")
+        self.abort()
+
+    async def _keepalive(self) -> None:
+        """Ping every interval; drop a socket silent for longer than the timeout (decision 6)."""
+        config = self.server.config
+        async with trio.open_nursery() as pings:
+            while True:
+                await trio.sleep(config.keepalive_interval)
+                if trio.current_time() - self._last_heard > config.keepalive_timeout:
+                    log.info("event=keepalive_timeout remote=%s", self.remote)
+                    self.abort()
+                    return
+                pings.start_soon(self._ping)
+
+    async def _ping(self) -> None:
+        try:
+            await self.ws.ping(next(_ping_payloads).to_bytes(8, "big"))
+        except ConnectionClosed:
+            return
+        self._last_heard = trio.current_time()
+
+    # ---- incoming ----
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                frame = await self.ws.get_message()
+            except ConnectionClosed:
+                return
+            self._last_heard = trio.current_time()
+            reply = await self.handle(frame)
+            if reply is not None:
+                self.send(reply)
+
+    async def handle(self, text: str | bytes) -> Reply | None:
+        try:
+            frame = parse_frame(text)
+        except FrameError as exc:
+            self.server.counters["bad_request"] += 1
+            return error_reply(exc.on_result, exc.header, exc.code, exc.message)
+        if isinstance(frame, Ack):
+            return None
+        try:
+            data = await self._dispatch(frame)
+        except SignalingError as exc:
+            return error_reply(frame.method.result, frame.header, exc.code, exc.message)
+        except Exception:
+            log.exception("event=internal_error method=%s remote=%s", frame.method, self.remote)
+            return error_reply(
+                frame.method.result, frame.header, ErrorCode.INTERNAL,
+                "internal error; the server logged it — please report",
+            )
+        return Reply.to(frame.method.result, frame.header, data=data)
+
+    async def _dispatch(self, request: Request) -> dict[str, Any]:
+        data = request.data
+        if isinstance(data, ConnectData):
+            return self._connect(request, data)
+        grant = self._authorize(request)
+        if not request.header.stream:
+            raise SignalingError(ErrorCode.BAD_REQUEST, "stream: a stream name is required")
+        if isinstance(data, OfferData):
+            return await self._offer(request, data, grant)
+        session = self.sessions.get(request.header.stream)
+        if session is None:
+            raise SignalingError(
+                ErrorCode.NOT_FOUND,
+                f"no session for stream {request.header.stream!r} on this connection",
+            )
+        if isinstance(data, MuteData):
+            return self._mute(session, data)
+        assert isinstance(data, CloseData)
+        await session.close_by_client()
+        return {}
+
+    def _connect(self, request: Request, data: ConnectData) -> dict[str, Any]:
+        if not request.header.app:
+            raise SignalingError(ErrorCode.BAD_REQUEST, "app: an app name is required")
+        try:
+            self.grant = self.server.verifier.verify(
+                data.token, request.header.app, request.header.uid, self.server.wall_clock()
+            )
+        except AuthError as exc:
+            raise SignalingError(ErrorCode(exc.code), exc.message) from None
+        return {}
+
+    def _authorize(self, request: Request) -> Grant:
+        if self.grant is None:
+            raise SignalingError(
+                ErrorCode.UNAUTHORIZED, "not authenticated: send stream.connect with a token first"
+            )
+        try:
+            self.grant.check_request(
+                request.header.app, request.header.uid, self.server.wall_clock()
+            )
+        except AuthError as exc:
+            raise SignalingError(ErrorCode(exc.code), exc.message) from None
+        return self.grant
+
+    async def _offer(self, request: Request, data: OfferData, grant: Grant) -> dict[str, Any]:
+        header = request.header
+        key = (header.app, header.stream)
+        try:
+            (grant.check_publish if data.publish else grant.check_play)(header.stream)
+        except AuthError as exc:
+            raise SignalingError(ErrorCode(exc.code), exc.message) from None
+        existing = self.sessions.get(header.stream)
+        if existing is not None:
+            raise SignalingError(
+                ErrorCode.CONFLICT,
+                f"this connection already has a {existing.direction} session for stream "
+                f"{header.stream!r}; close it first",
+            )
+        self.server.check_new_session(self)
+        publication = None
+        if data.publish:
+            self.server.router.check_free(key)
+        else:
+            publication = self.server.router.lookup(key)
+            if publication is None:
+                raise SignalingError(
+                    ErrorCode.NOT_FOUND, f"stream {header.stream!r} is not being published"
+                )
+        try:
+            offer = parse_offer(data.sdp)
+            transport = Transport(self.server.mux, offer)
+            local = self.server.local_transport(transport)
+            if publication is None:
+                negotiated = answer_publish(offer, local)
+            else:
+                negotiated = answer_play(
+                    offer, local, publication.negotiated_tracks, self.server.new_ssrc
+                )
+        except SdpError as exc:
+            raise SignalingError(ErrorCode.UNSUPPORTED_MEDIA, f"SDP unusable: {exc}") from None
+        session = Session(
+            header=header,
+            publish=data.publish,
+            negotiated=negotiated,
+            transport=transport,
+            router=self.server.router,
+            notify=self.notify,
+        )
+        session.attach(publication)
+        self.sessions[header.stream] = session
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_session, session, name=repr(session))
+        log.info(
+            "event=session_started app=%s stream=%s direction=%s remote=%s",
+            header.app, header.stream, session.direction, self.remote,
+        )
+        return {"publish": data.publish, "sdp": negotiated.answer}
+
+    async def _run_session(self, session: Session) -> None:
+        try:
+            await session.run()
+        finally:
+            if self.sessions.get(session.header.stream) is session:
+                del self.sessions[session.header.stream]
+            log.info(
+                "event=session_ended app=%s stream=%s direction=%s reason=%s",
+                session.header.app, session.header.stream, session.direction,
+                session.end_reason.value if session.end_reason
+                else ("client_closed" if session.closed_by_client else "connection_closed"),
+            )
+
+    def _mute(self, session: Session, data: MuteData) -> dict[str, Any]:
+        changed = session.set_muted(audio=data.audio, video=data.video)
+        if session.publish and changed and session.publication is not None:
+            flags = session.mute_flags()
+            for player in session.publication.players:
+                assert isinstance(player, Session)
+                player.notify_publisher_mute(flags)
+        return session.mute_flags()
+
+    # ---- shutdown ----
+
+    def shut_down(self) -> None:
+        """Tell every session's client `server_shutdown`, then let the writer flush and close."""
+        self.closing = True
+        for session in list(self.sessions.values()):
+            session.end(CloseReason.SERVER_SHUTDOWN)
+        self._outbox_send.close()

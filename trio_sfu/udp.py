@@ -1,0 +1,136 @@
+"""Datagram endpoints: the real UDP socket, and an in-memory network for mock-clock tests.
+
+The media layer only needs "receive a datagram" and "send one without blocking", so both the kernel
+socket and the test network implement that small `DatagramEndpoint` protocol; MockClock tests then run
+the whole server without a real socket (autojump would otherwise move the clock while a task waits on
+the kernel).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket as stdlib_socket
+from typing import Protocol
+
+import trio
+
+from .config import HostPort
+
+Address = tuple[str, int]
+
+
+class DatagramEndpoint(Protocol):
+    @property
+    def local_address(self) -> Address: ...
+
+    async def receive(self) -> tuple[bytes, Address]: ...
+
+    def send(self, data: bytes, address: Address) -> bool:
+        """Send now if the kernel takes it; False when it would block or failed (caller counts)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class UdpEndpoint:
+    """One bound UDP socket shared by every session on that media address (single-port mux)."""
+
+    RECEIVE_SIZE = 2048
+
+    def __init__(self, sock: stdlib_socket.socket) -> None:
+        sock.setblocking(False)
+        self._plain = sock  # for synchronous sends on the packet path
+        self._socket = trio.socket.from_stdlib_socket(sock)
+        host, port = sock.getsockname()[:2]
+        self._local = (host, port)
+
+    @classmethod
+    def bind(cls, address: HostPort) -> UdpEndpoint:
+        family = stdlib_socket.AF_INET6 if ":" in address.host else stdlib_socket.AF_INET
+        sock = stdlib_socket.socket(family, stdlib_socket.SOCK_DGRAM)
+        try:
+            if family == stdlib_socket.AF_INET6:
+                sock.setsockopt(stdlib_socket.IPPROTO_IPV6, stdlib_socket.IPV6_V6ONLY, 1)
+            sock.bind((address.host, address.port))
+        except OSError:
+            sock.close()
+            raise
+        return cls(sock)
+
+    @property
+    def local_address(self) -> Address:
+        return self._local
+
+    async def receive(self) -> tuple[bytes, Address]:
+        data, address = await self._socket.recvfrom(self.RECEIVE_SIZE)
+        return data, (address[0], address[1])
+
+    def send(self, data: bytes, address: Address) -> bool:
+        # A non-blocking send straight on the socket: no task switch on the packet path.
+        try:
+            self._plain.sendto(data, address)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                return False
+            raise
+        return True
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+class MemoryNetwork:
+    """A lossless in-process datagram network for tests under `trio.testing.MockClock`."""
+
+    def __init__(self) -> None:
+        self._endpoints: dict[Address, MemoryEndpoint] = {}
+        self._next_port = 50000
+
+    def endpoint(self, host: str = "127.0.0.1", port: int = 0) -> MemoryEndpoint:
+        if port == 0:
+            port = self._next_port
+            self._next_port += 1
+        address = (host, port)
+        if address in self._endpoints:
+            raise OSError(errno.EADDRINUSE, f"{address} is in use")
+        endpoint = MemoryEndpoint(self, address)
+        self._endpoints[address] = endpoint
+        return endpoint
+
+    def _deliver(self, data: bytes, source: Address, destination: Address) -> bool:
+        target = self._endpoints.get(destination)
+        if target is None:
+            return False
+        try:
+            target._inbox_send.send_nowait((data, source))
+        except trio.WouldBlock:
+            return False
+        return True
+
+    def _forget(self, address: Address) -> None:
+        self._endpoints.pop(address, None)
+
+
+class MemoryEndpoint:
+    QUEUE = 1024
+
+    def __init__(self, network: MemoryNetwork, address: Address) -> None:
+        self._network = network
+        self._address = address
+        self._inbox_send, self._inbox = trio.open_memory_channel[tuple[bytes, Address]](self.QUEUE)
+
+    @property
+    def local_address(self) -> Address:
+        return self._address
+
+    async def receive(self) -> tuple[bytes, Address]:
+        return await self._inbox.receive()
+
+    def send(self, data: bytes, address: Address) -> bool:
+        return self._network._deliver(bytes(data), self._address, address)
+
+    def close(self) -> None:
+        self._network._forget(self._address)
+        self._inbox_send.close()
