@@ -117,6 +117,12 @@ def _as_tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list | tuple) else (value,)
 
 
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
 def load(file: Path | None = None, **overrides: Any) -> Config:
     """Defaults, then `file` (TOML), then `overrides` whose value is not None."""
     values: dict[str, Any] = {}
@@ -136,7 +142,8 @@ def load(file: Path | None = None, **overrides: Any) -> Config:
     try:
         config = _converter.structure(values, Config)
     except cattrs.BaseValidationError as exc:
-        raise ConfigError("; ".join(cattrs.transform_error(exc))) from None
+        ours = [str(leaf) for leaf in _leaves(exc) if isinstance(leaf, ConfigError)]
+        raise ConfigError("; ".join(ours or cattrs.transform_error(exc))) from None
     except (ConfigError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     config.check()

@@ -1,0 +1,135 @@
+"""The media port demultiplexer and the configuration loader."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from aioice import stun
+
+from trio_sfu.config import Config, ConfigError, HostPort, load
+from trio_sfu.mux import Datagram, Kind, MediaMux, classify
+from trio_sfu.udp import MemoryNetwork
+
+
+class Inbox:
+    def __init__(self, accept: bool = True) -> None:
+        self.datagrams: list[Datagram] = []
+        self.accept = accept
+
+    def deliver(self, datagram: Datagram) -> bool:
+        if self.accept:
+            self.datagrams.append(datagram)
+        return self.accept
+
+
+def binding_request(username: str) -> bytes:
+    message = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+    message.attributes["USERNAME"] = username
+    message.add_message_integrity(b"x" * 22)
+    message.add_fingerprint()
+    return bytes(message)
+
+
+@pytest.mark.parametrize(
+    ("first", "kind"),
+    [(0, Kind.STUN), (3, Kind.STUN), (4, Kind.UNKNOWN), (19, Kind.UNKNOWN), (20, Kind.DTLS),
+     (63, Kind.DTLS), (64, Kind.UNKNOWN), (127, Kind.UNKNOWN), (128, Kind.RTP), (191, Kind.RTP),
+     (192, Kind.UNKNOWN), (255, Kind.UNKNOWN)],
+)
+def test_classify_by_first_byte(first: int, kind: Kind) -> None:
+    assert classify(bytes([first]) + b"\x00" * 20) is kind
+
+
+def test_routing_by_ufrag_then_by_proven_address() -> None:
+    endpoint = MemoryNetwork().endpoint()
+    mux = MediaMux()
+    a, b = Inbox(), Inbox()
+    peer = ("127.0.0.1", 5000)
+    with mux.route_ufrag("aaaa", a), mux.route_ufrag("bbbb", b):
+        mux.handle(binding_request("aaaa:peer"), peer, endpoint)
+        mux.handle(binding_request("bbbb:peer"), ("127.0.0.1", 5001), endpoint)
+        assert len(a.datagrams) == 1 and a.datagrams[0].stun is not None
+        assert len(b.datagrams) == 1
+        # DTLS/RTP from an address no check has proven: dropped, counted, nothing created.
+        mux.handle(b"\x16\xfe\xfd" + b"\x00" * 20, peer, endpoint)
+        mux.handle(b"\x80" + b"\x00" * 20, peer, endpoint)
+        assert mux.dropped["unknown_source"] == 2
+        mux.route_address(peer, a)
+        mux.handle(b"\x80" + b"\x00" * 20, peer, endpoint)
+        assert [d.kind for d in a.datagrams] == [Kind.STUN, Kind.RTP]
+        # Unknown ufrag, malformed STUN, unknown first byte, empty datagram.
+        mux.handle(binding_request("zzzz:peer"), peer, endpoint)
+        mux.handle(b"\x00\x01\x00\x08" + b"\x00" * 10, peer, endpoint)
+        mux.handle(b"\x50hello", peer, endpoint)
+        mux.handle(b"", peer, endpoint)
+        assert mux.dropped == {"unknown_source": 3, "malformed_stun": 1, "unknown_kind": 2}
+    # Leaving the block removes every route of the session, address routes included.
+    assert mux.sessions_routed == 0
+    mux.handle(b"\x80" + b"\x00" * 20, peer, endpoint)
+    assert len(a.datagrams) == 2 and mux.dropped["unknown_source"] == 4
+
+
+def test_full_queue_is_a_counted_drop() -> None:
+    mux = MediaMux()
+    with mux.route_ufrag("aaaa", Inbox(accept=False)):
+        mux.handle(binding_request("aaaa:peer"), ("127.0.0.1", 1), MemoryNetwork().endpoint())
+    assert mux.dropped["queue_full"] == 1
+
+
+def test_duplicate_ufrag_refused() -> None:
+    mux = MediaMux()
+    with mux.route_ufrag("aaaa", Inbox()), pytest.raises(ValueError), \
+            mux.route_ufrag("aaaa", Inbox()):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port"),
+    [("127.0.0.1:8080", "127.0.0.1", 8080), ("[::1]:0", "::1", 0), ("localhost:1", "localhost", 1)],
+)
+def test_host_port(text: str, host: str, port: int) -> None:
+    parsed = HostPort.parse(text)
+    assert (parsed.host, parsed.port) == (host, port)
+    assert str(parsed) == text
+
+
+@pytest.mark.parametrize("text", ["8080", "::1:80", "host:", "host:x", "host:70000", ":80"])
+def test_bad_host_port(text: str) -> None:
+    with pytest.raises(ConfigError):
+        HostPort.parse(text)
+
+
+def test_toml_then_overrides(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text(
+        'signal = "127.0.0.1:9000"\nmedia = ["127.0.0.1:1", "[::1]:2"]\nannounce = "127.0.0.1"\n'
+        'max_sessions_per_socket = 4\nlog_level = "info"\n'
+    )
+    config = load(file, log_level="debug")
+    assert config.signal == HostPort("127.0.0.1", 9000)
+    assert config.media == (HostPort("127.0.0.1", 1), HostPort("::1", 2))
+    assert config.announce == ("127.0.0.1",)
+    assert config.max_sessions_per_socket == 4
+    assert config.log_level == "debug"
+    assert load() == Config()
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [("nonsense = 1", "unknown setting"), ('media = ["nope"]', "HOST:PORT"),
+     ("max_sessions = 0", "at least 1"), ('announce = ["not-an-ip"]', "IP address"),
+     ("signal = ", "config file"), ('token_secret = "a"\ntoken_public_key = "/k"', "either"),
+     ("max_sessions = \"many\"", "max_sessions")],
+)
+def test_config_errors_say_what_is_wrong(tmp_path: Path, toml: str, message: str) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text(toml)
+    with pytest.raises(ConfigError, match=message):
+        load(file)
+
+
+def test_missing_config_file() -> None:
+    with pytest.raises(ConfigError, match="config file"):
+        load(Path(os.devnull) / "missing.toml")
