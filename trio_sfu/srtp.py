@@ -1,0 +1,101 @@
+"""SRTP and SRTCP contexts for one DTLS-SRTP association (RFC 3711, RFC 7714), on pylibsrtp.
+
+One libsrtp session per direction, each with a wildcard-SSRC policy: a publisher's SSRCs are not known
+in advance, and a forwarding server sends many SSRCs over one association.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import pylibsrtp
+
+from .dtls import SrtpKeys, SrtpProfile
+
+__all__ = ["MAX_PROTECT_INPUT", "REPLAY_WINDOW", "RETRANSMIT_WINDOW", "SrtpSession"]
+
+_PROFILES = {
+    SrtpProfile.AEAD_AES_128_GCM: pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM,
+    SrtpProfile.AES_CM_128_HMAC_SHA1_80: pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
+}
+
+REPLAY_WINDOW = 1024
+"""Inbound replay window in packets: wide enough for video bursts reordered by the network."""
+
+RETRANSMIT_WINDOW = 1024
+"""Outbound window: how far back (per SSRC) a same-sequence retransmission can still be protected.
+
+Seconds of video at typical rates; wider windows cost time on every protect (libsrtp shifts a bitmap)."""
+
+MAX_PROTECT_INPUT = 1500 - (4 + 16 + 128)
+"""pylibsrtp works in a 1500-byte buffer and reserves room for the longest trailer."""
+
+
+def _classify(error: pylibsrtp.Error) -> str:
+    text = str(error)
+    if text.startswith("authentication failure"):
+        return "auth_failed"
+    if text.startswith("replay check failed"):
+        return "replay"
+    return "error"
+
+
+class SrtpSession:
+    """Protect what we send with our key, unprotect what the peer sends with theirs.
+
+    Unprotect never raises on network input: it returns None and counts why, e.g.
+    ``rtp_auth_failed``, ``rtp_replay``, ``rtcp_auth_failed``, ``rtcp_replay``, ``rtp_error``.
+    """
+
+    def __init__(self, keys: SrtpKeys) -> None:
+        profile = _PROFILES[keys.profile]
+        inbound = pylibsrtp.Policy(
+            key=keys.remote_key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND, srtp_profile=profile
+        )
+        inbound.window_size = REPLAY_WINDOW
+        outbound = pylibsrtp.Policy(
+            key=keys.local_key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile
+        )
+        # A NACK-driven retransmission re-sends a packet with the same sequence number.
+        outbound.allow_repeat_tx = True
+        outbound.window_size = RETRANSMIT_WINDOW
+        self.profile = keys.profile
+        self._rx = pylibsrtp.Session(policy=inbound)
+        self._tx = pylibsrtp.Session(policy=outbound)
+        self.counters: collections.Counter[str] = collections.Counter()
+
+    def protect_rtp(self, packet: bytes) -> bytes:
+        """SRTP-protect one RTP packet; ValueError if it is not one or is too long to protect."""
+        try:
+            return bytes(self._tx.protect(packet))
+        except pylibsrtp.Error as error:
+            self.counters["rtp_protect_failed"] += 1
+            raise ValueError(f"cannot protect RTP packet: {error}") from None
+
+    def protect_rtcp(self, packet: bytes) -> bytes:
+        """SRTCP-protect one RTCP (compound) packet."""
+        try:
+            return bytes(self._tx.protect_rtcp(packet))
+        except pylibsrtp.Error as error:
+            self.counters["rtcp_protect_failed"] += 1
+            raise ValueError(f"cannot protect RTCP packet: {error}") from None
+
+    def unprotect_rtp(self, packet: bytes) -> bytes | None:
+        """The RTP packet, or None if it is forged, corrupted or replayed."""
+        try:
+            return bytes(self._rx.unprotect(packet))
+        except pylibsrtp.Error as error:
+            self.counters["rtp_" + _classify(error)] += 1
+        except (ValueError, TypeError):
+            self.counters["rtp_error"] += 1
+        return None
+
+    def unprotect_rtcp(self, packet: bytes) -> bytes | None:
+        """The RTCP packet, or None if it is forged, corrupted or replayed."""
+        try:
+            return bytes(self._rx.unprotect_rtcp(packet))
+        except pylibsrtp.Error as error:
+            self.counters["rtcp_" + _classify(error)] += 1
+        except (ValueError, TypeError):
+            self.counters["rtcp_error"] += 1
+        return None
