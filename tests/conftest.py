@@ -13,9 +13,9 @@ import trio
 import trio.testing
 from trio_websocket import WebSocketConnection, wrap_client_stream
 
-from trio_sfu.config import Config
+from trio_sfu.config import Config, HostPort
 from trio_sfu.server import Server
-from trio_sfu.udp import MemoryNetwork
+from trio_sfu.udp import DatagramEndpoint, MemoryNetwork, UdpEndpoint
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -123,14 +123,20 @@ class Harness:
 
 
 @asynccontextmanager
-async def running_server(config: Config | None = None, **kwargs: Any) -> AsyncIterator[Harness]:
+async def running_server(
+    config: Config | None = None, *, udp: bool = False, **kwargs: Any
+) -> AsyncIterator[Harness]:
+    """A server on in-memory WebSockets; media on an in-memory network, or real UDP on loopback."""
     config = config or Config()
     network = MemoryNetwork()
     server = Server(config, **kwargs)
+    endpoint: DatagramEndpoint = (
+        UdpEndpoint.bind(HostPort("127.0.0.1", 0)) if udp else network.endpoint("127.0.0.1", 40000)
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(
             lambda task_status: server.serve(
-                media_endpoints=[network.endpoint("127.0.0.1", 40000)],
+                media_endpoints=[endpoint],
                 listen=False,
                 task_status=task_status,
             )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import trio
 import trio.testing
 
+from trio_sfu.config import Config
+
 from .conftest import Client, fixture_sdp, running_server, settle, task_names
 
 PUBLISH_SDP = fixture_sdp("chromium_offer_publish")
@@ -106,7 +108,9 @@ async def test_player_disconnect_leaves_publisher(autojump_clock: trio.testing.M
 
 
 async def test_keepalive_drops_silent_socket(autojump_clock: trio.testing.MockClock) -> None:
-    async with running_server() as sfu, sfu.client() as healthy:
+    # Media liveness would end these (media-less) sessions first: push it out of the way.
+    config = Config(liveness_timeout=1000, dtls_handshake_timeout=1000)
+    async with running_server(config) as sfu, sfu.client() as healthy:
         await publish(healthy, "healthy")
         # A client whose reader stops: it never answers pings again.
         client_stream, server_stream = trio.testing.memory_stream_pair()

@@ -83,6 +83,8 @@ class Config:
     keepalive_interval: float = 20.0
     keepalive_timeout: float = 60.0
     liveness_timeout: float = 30.0
+    dtls_handshake_timeout: float = 10.0
+    max_publisher_bitrate: int = 2_500_000
     shutdown_grace: float = 2.0
 
     def check(self) -> None:

@@ -1,80 +1,55 @@
-"""Which streams are published, and the fan-out from each published track to its players.
+"""Which streams are published: (app, stream) to the publisher's producers.
 
-A `Publication` is one publisher's set of tracks under (app, stream). Each `Track` holds one bounded
-channel per player; closing those channels is how a publisher leaving reaches every player's
-forwarding task, so no bookkeeping outside the channels has to be kept in step.
+A publisher leaving ends its `Publication`, which closes every consumer's backlog channel; each
+player's forwarding task sees its channel end and ends the player's session. So no bookkeeping outside
+the channels has to be kept in step.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
-import trio
 
 from .messages import CloseReason, ErrorCode, SignalingError
 from .negotiation import NegotiatedTrack
+from .producer import Producer
 
 StreamKey = tuple[str, str]  # (app, stream)
-
-
-@attrs.define(eq=False)
-class Track:
-    """One published track and the channels of the players that receive it."""
-
-    negotiated: NegotiatedTrack
-    consumers: dict[object, trio.MemorySendChannel[Any]] = attrs.field(factory=dict)
-
-    def subscribe(self, player: object, queue: int) -> trio.MemoryReceiveChannel[Any]:
-        send, receive = trio.open_memory_channel[Any](queue)
-        self.consumers[player] = send
-        return receive
-
-    def unsubscribe(self, player: object) -> None:
-        channel = self.consumers.pop(player, None)
-        if channel is not None:
-            channel.close()
-
-    def close(self) -> None:
-        for channel in self.consumers.values():
-            channel.close()
-        self.consumers.clear()
 
 
 @attrs.define(eq=False)
 class Publication:
     key: StreamKey
     publisher: object
-    tracks: list[Track]
+    producers: list[Producer]
     muted: dict[str, bool] = attrs.field(factory=lambda: {"audio": False, "video": False})
     end_reason: CloseReason | None = None
 
     @property
     def negotiated_tracks(self) -> list[NegotiatedTrack]:
-        return [track.negotiated for track in self.tracks]
+        return [producer.negotiated for producer in self.producers]
 
-    def tracks_for(self, played: list[NegotiatedTrack]) -> list[Track]:
-        """The published track behind each played one: the n-th of a kind maps to the n-th."""
-        by_kind: dict[str, list[Track]] = {}
-        for track in self.tracks:
-            by_kind.setdefault(track.negotiated.kind, []).append(track)
+    def producers_for(self, played: list[NegotiatedTrack]) -> list[Producer]:
+        """The producer behind each played track: the n-th of a kind plays the n-th of that kind."""
+        by_kind: dict[str, list[Producer]] = {}
+        for producer in self.producers:
+            by_kind.setdefault(producer.kind, []).append(producer)
         taken: dict[str, int] = {}
         result = []
-        for negotiated in played:
-            index = taken.get(negotiated.kind, 0)
-            taken[negotiated.kind] = index + 1
-            result.append(by_kind[negotiated.kind][index])
+        for track in played:
+            index = taken.get(track.kind, 0)
+            taken[track.kind] = index + 1
+            result.append(by_kind[track.kind][index])
         return result
 
     @property
     def players(self) -> set[object]:
-        return {player for track in self.tracks for player in track.consumers}
+        return {consumer.owner for producer in self.producers for consumer in producer.consumers}
 
     def end(self, reason: CloseReason) -> None:
-        """Close every fan-out channel: each player's forwarding tasks see the end of the stream."""
+        """Close every consumer's channel: each player's forwarding tasks see the stream end."""
         self.end_reason = reason
-        for track in self.tracks:
-            track.close()
+        for producer in self.producers:
+            producer.end()
 
 
 class Router:
@@ -93,11 +68,9 @@ class Router:
                 ErrorCode.CONFLICT, f"stream {key[1]!r} is already published in app {key[0]!r}"
             )
 
-    def publish(
-        self, key: StreamKey, publisher: object, tracks: list[NegotiatedTrack]
-    ) -> Publication:
+    def publish(self, key: StreamKey, publisher: object, producers: list[Producer]) -> Publication:
         self.check_free(key)
-        publication = Publication(key, publisher, [Track(t) for t in tracks])
+        publication = Publication(key, publisher, producers)
         self._publications[key] = publication
         return publication
 

@@ -29,6 +29,7 @@ from .messages import ErrorCode, SignalingError
 from .mux import MediaMux
 from .negotiation import LocalTransport
 from .router import Router
+from .sdp import Offer
 from .signaling import Connection
 from .transport import Transport
 from .udp import DatagramEndpoint, UdpEndpoint
@@ -102,6 +103,15 @@ class Server:
             raise SignalingError(
                 ErrorCode.UNAVAILABLE, "the server is at its session limit; try again later"
             )
+
+    def new_transport(self, offer: Offer) -> Transport:
+        return Transport(
+            self.mux,
+            offer,
+            self.certificate,
+            consent_timeout=self.config.liveness_timeout,
+            handshake_timeout=self.config.dtls_handshake_timeout,
+        )
 
     def local_transport(self, transport: Transport) -> LocalTransport:
         return LocalTransport(

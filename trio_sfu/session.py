@@ -12,9 +12,12 @@ from typing import Any
 
 import trio
 
+from .consumer import Consumer
 from .messages import CloseReason, Header
 from .negotiation import Negotiated
-from .router import Publication, Router, Track
+from .player import PlayerMedia
+from .publisher import PublisherMedia
+from .router import Publication, Router
 from .transport import Transport
 
 log = logging.getLogger(__name__)
@@ -23,7 +26,7 @@ KINDS = ("audio", "video")
 
 
 class Session:
-    FANOUT_QUEUE = 128
+    BACKLOG = 128  # packets queued per consumer while the player's socket would block
 
     def __init__(
         self,
@@ -34,6 +37,8 @@ class Session:
         transport: Transport,
         router: Router,
         notify: Callable[[Session, str, dict[str, Any]], None],
+        ssrc: int,
+        max_bitrate: int,
     ) -> None:
         self.header = header
         self.publish = publish
@@ -41,13 +46,17 @@ class Session:
         self.transport = transport
         self.router = router
         self._notify = notify
+        self._ssrc = ssrc
+        self._max_bitrate = max_bitrate
         self.muted = {kind: False for kind in KINDS}
         self.publication: Publication | None = None
-        self._played: list[tuple[Track, trio.MemoryReceiveChannel[Any]]] = []
+        self.publisher_media: PublisherMedia | None = None
+        self.consumers: list[tuple[Consumer, trio.MemoryReceiveChannel[bytes]]] = []
         self.end_reason: CloseReason | None = None
         self.closed_by_client = False
         self._scope = trio.CancelScope()
         self.done = trio.Event()
+        transport.on_failed = self._transport_failed
 
     @property
     def key(self) -> tuple[str, str]:
@@ -61,39 +70,51 @@ class Session:
         return f"<Session {self.header.app}/{self.header.stream} {self.direction}>"
 
     def attach(self, publication: Publication | None = None) -> None:
-        """Join the router: become the publication, or subscribe to `publication`'s tracks.
+        """Join the router: become the publication, or consume `publication`'s producers.
 
         Done synchronously before the answer is sent, so a second offer for the same stream sees it.
         """
         if self.publish:
-            self.publication = self.router.publish(
-                self.key, self, list(self.negotiated.tracks)
+            media = PublisherMedia(
+                self.transport, self.negotiated, ssrc=self._ssrc, max_bitrate=self._max_bitrate
             )
-        else:
-            assert publication is not None
-            self.publication = publication
-            self._played = [
-                (track, track.subscribe(self, self.FANOUT_QUEUE))
-                for track in publication.tracks_for(list(self.negotiated.tracks))
-            ]
+            self.publisher_media = media
+            self.transport.handler = media
+            self.publication = self.router.publish(self.key, self, media.producers)
+            return
+        assert publication is not None
+        self.publication = publication
+        played = list(self.negotiated.tracks)
+        for track, producer in zip(played, publication.producers_for(played), strict=True):
+            send, receive = trio.open_memory_channel[bytes](self.BACKLOG)
+            consumer = Consumer(self, producer, track, self.transport, send)
+            consumer.update_mute(publication.muted[track.kind], trio.current_time())
+            producer.consumers.append(consumer)
+            self.consumers.append((consumer, receive))
+        cname = next((t.cname for t in played if t.cname), "trio_sfu")
+        self.transport.handler = PlayerMedia(
+            [c for c, _ in self.consumers], cname=cname, send_rtcp=self.transport.send_rtcp
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self.transport.run, name=f"{self!r}.transport")
-                    for track, packets in self._played:
-                        nursery.start_soon(self._forward, track, packets, name=f"{self!r}.forward")
+                    for consumer, backlog in self.consumers:
+                        nursery.start_soon(self._forward, consumer, backlog, name=f"{self!r}.forward")
                     task_status.started()
         finally:
             self._detach()
             self.done.set()
 
-    async def _forward(self, track: Track, packets: trio.MemoryReceiveChannel[Any]) -> None:
-        """Drain one track's fan-out channel; its end means the publisher left."""
-        async with packets:
-            async for _packet in packets:
-                pass  # the media layer rewrites, protects and sends here
+    async def _forward(self, consumer: Consumer, backlog: trio.MemoryReceiveChannel[bytes]) -> None:
+        """Own one consumer: send what queued while the socket was full; end with the producer."""
+        async with backlog:
+            async for packet in backlog:
+                while self.transport.send_rtp(packet) is False:
+                    await self.transport.wait_writable()
+                consumer.backlogged -= 1
         publication = self.publication
         reason = publication.end_reason if publication else None
         self.end(reason or CloseReason.PUBLISHER_GONE)
@@ -106,8 +127,9 @@ class Session:
             self.router.unpublish(publication)
             publication.end(self._reason_for_players())
         else:
-            for track, _ in self._played:
-                track.unsubscribe(self)
+            for consumer, _ in self.consumers:
+                if consumer in consumer.producer.consumers:
+                    consumer.producer.consumers.remove(consumer)
 
     def _reason_for_players(self) -> CloseReason:
         if self.closed_by_client:
@@ -115,6 +137,17 @@ class Session:
         if self.end_reason is CloseReason.SERVER_SHUTDOWN:
             return CloseReason.SERVER_SHUTDOWN
         return CloseReason.PUBLISHER_GONE
+
+    def _transport_failed(self, reason: CloseReason, why: str) -> None:
+        log.info(
+            "event=session_transport_ended app=%s stream=%s direction=%s reason=%s detail=%r",
+            self.header.app,
+            self.header.stream,
+            self.direction,
+            reason.value,
+            why,
+        )
+        self.end(reason)
 
     def end(self, reason: CloseReason) -> None:
         """The server ends this session and tells its client why (PROTOCOL.md decision 5)."""
@@ -130,14 +163,24 @@ class Session:
         await self.done.wait()
 
     def set_muted(self, *, audio: bool | None, video: bool | None) -> bool:
-        """Apply a mute request; True if anything changed."""
+        """Apply a mute request to forwarding; True if anything changed."""
         changed = False
         for kind, value in (("audio", audio), ("video", video)):
             if value is not None and self.muted[kind] != value:
                 self.muted[kind] = value
                 changed = True
-        if self.publish and self.publication is not None:
+        if not changed or self.publication is None:
+            return changed
+        now = trio.current_time()
+        if self.publish:
             self.publication.muted = dict(self.muted)
+            for producer in self.publication.producers:
+                for consumer in producer.consumers:
+                    consumer.update_mute(self.muted[producer.kind], now)
+        else:
+            for consumer, _ in self.consumers:
+                consumer.muted_by_player = self.muted[consumer.kind]
+                consumer.update_mute(self.publication.muted[consumer.kind], now)
         return changed
 
     def notify_publisher_mute(self, flags: dict[str, bool]) -> None:

@@ -35,7 +35,6 @@ from .messages import (
 from .negotiation import answer_play, answer_publish
 from .sdp import SdpError, parse_offer
 from .session import Session
-from .transport import Transport
 
 if TYPE_CHECKING:
     from .server import Server
@@ -232,7 +231,7 @@ class Connection:
                 )
         try:
             offer = parse_offer(data.sdp)
-            transport = Transport(self.server.mux, offer)
+            transport = self.server.new_transport(offer)
             local = self.server.local_transport(transport)
             if publication is None:
                 negotiated = answer_publish(offer, local)
@@ -249,6 +248,8 @@ class Connection:
             transport=transport,
             router=self.server.router,
             notify=self.notify,
+            ssrc=self.server.new_ssrc(),
+            max_bitrate=self.server.config.max_publisher_bitrate,
         )
         session.attach(publication)
         self.sessions[header.stream] = session

@@ -1,19 +1,33 @@
-"""A peer's media transport: its ICE credentials, and the datagrams the mux routes to it.
+"""A peer's media transport: ICE-lite, then DTLS, then SRTP, on the shared media port.
 
-This is the shell the ICE-lite agent, the DTLS endpoint and SRTP plug into: it owns the session's
-route in the mux for exactly as long as its task runs, so a cancelled session can never leave a route
-behind. Until those layers exist it only counts what reaches it.
+Datagrams are handled synchronously on the mux's receive task (`deliver`), so a media packet goes from
+the socket to the players' sockets without a task switch. The transport's own task (`run`) owns the
+session's route in the mux for exactly as long as it runs, and sleeps until the next deadline of its
+sans-IO objects: a DTLS retransmission, consent expiry, or the next RTCP report.
 """
 
 from __future__ import annotations
 
+import collections
+import logging
+import math
 import secrets
 import string
+from collections.abc import Callable
 
 import trio
 
-from .mux import Datagram, MediaMux
+from .certificate import Certificate
+from .dtls import DtlsEndpoint, DtlsState
+from .ice import CandidateEvicted, CandidateValidated, IceLiteAgent, PairSelected
+from .messages import CloseReason
+from .mux import Datagram, Kind, MediaMux
+from .rtp import is_rtcp
 from .sdp import Offer
+from .srtp import SrtpSession
+from .udp import Address, DatagramEndpoint
+
+log = logging.getLogger(__name__)
 
 _ICE_CHARS = string.ascii_letters + string.digits + "+/"
 
@@ -22,25 +36,230 @@ def ice_credential(length: int) -> str:
     return "".join(secrets.choice(_ICE_CHARS) for _ in range(length))
 
 
+class MediaHandler:
+    """What the session does with decrypted media; the transport only moves and protects bytes."""
+
+    def on_rtp(self, packet: bytes, now: float) -> None: ...
+
+    def on_rtcp(self, packet: bytes, now: float) -> None: ...
+
+    def on_connected(self, now: float) -> None: ...
+
+    def tick(self, now: float) -> float:
+        """Periodic work (RTCP reports); returns when to be called next."""
+        return math.inf
+
+
 class Transport:
     QUEUE = 256
 
-    def __init__(self, mux: MediaMux, remote: Offer) -> None:
+    def __init__(
+        self,
+        mux: MediaMux,
+        remote: Offer,
+        certificate: Certificate,
+        *,
+        consent_timeout: float = 30.0,
+        handshake_timeout: float = 10.0,
+    ) -> None:
         self.mux = mux
         self.remote = remote
         self.local_ufrag = ice_credential(8)
         self.local_pwd = ice_credential(24)
-        self.datagrams_received = 0
-        self._inbox_send, self._inbox = trio.open_memory_channel[Datagram](self.QUEUE)
+        self._certificate = certificate
+        self._consent_timeout = consent_timeout
+        self._handshake_timeout = handshake_timeout
+        self.handler = MediaHandler()
+        self.on_failed: Callable[[CloseReason, str], None] = lambda reason, why: None
+        self.ice: IceLiteAgent | None = None
+        self.dtls: DtlsEndpoint | None = None
+        self.srtp: SrtpSession | None = None
+        self._dtls_peer: tuple[DatagramEndpoint, Address] | None = None
+        self._media_peer: tuple[DatagramEndpoint, Address] | None = None
+        self.connected = trio.Event()
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._timer: trio.CancelScope | None = None
+        self._next_tick = 0.0
+        self._failed = False
+
+    # ---- receive path (runs on the mux task) ----
 
     def deliver(self, datagram: Datagram) -> bool:
-        try:
-            self._inbox_send.send_nowait(datagram)
-        except (trio.WouldBlock, trio.ClosedResourceError):
+        if self.ice is None or self._failed:
             return False
+        now = trio.current_time()
+        try:
+            if datagram.kind is Kind.STUN:
+                self._on_stun(datagram, now)
+            elif datagram.kind is Kind.DTLS:
+                self._on_dtls(datagram, now)
+            else:
+                self._on_srtp(datagram, now)
+        except Exception:
+            # A bug must cost one datagram, never the mux task that serves every session.
+            self.counters["internal_error"] += 1
+            log.exception("event=datagram_error kind=%s", datagram.kind.value)
         return True
 
-    async def run(self) -> None:
-        with self.mux.route_ufrag(self.local_ufrag, self), self._inbox_send:
-            async for _ in self._inbox:
-                self.datagrams_received += 1
+    def _on_stun(self, datagram: Datagram, now: float) -> None:
+        assert self.ice is not None and datagram.stun is not None
+        response, events = self.ice.handle_stun(datagram.stun, datagram.data, datagram.source, now)
+        if response is not None:
+            datagram.endpoint.send(response.data, response.address)
+        for event in events:
+            if isinstance(event, CandidateValidated):
+                self.mux.route_address(event.address, self)
+            elif isinstance(event, PairSelected):
+                self._media_peer = (datagram.endpoint, event.address)
+                if (
+                    self._dtls_peer is not None
+                    and self.dtls is not None
+                    and self.dtls.state is DtlsState.CONNECTED
+                ):
+                    self._dtls_peer = self._media_peer
+            elif isinstance(event, CandidateEvicted):
+                self.mux.unroute_address(event.address, self)
+        self._reschedule()
+
+    def _on_dtls(self, datagram: Datagram, now: float) -> None:
+        assert self.ice is not None and self.dtls is not None
+        if not self.ice.is_validated(datagram.source):
+            self.counters["dtls_unvalidated"] += 1
+            return
+        if self._dtls_peer is None or self.dtls.state is not DtlsState.CONNECTED:
+            self._dtls_peer = (datagram.endpoint, datagram.source)
+        for out in self.dtls.receive(datagram.data, now):
+            datagram.endpoint.send(out, datagram.source)
+        self._after_dtls(now)
+
+    def _after_dtls(self, now: float) -> None:
+        assert self.dtls is not None
+        if self.dtls.state is DtlsState.CONNECTED and self.srtp is None:
+            assert self.dtls.keys is not None
+            self.srtp = SrtpSession(self.dtls.keys)
+            if self._media_peer is None:
+                self._media_peer = self._dtls_peer
+            self.connected.set()
+            log.info("event=dtls_connected profile=%s", self.dtls.keys.profile.name)
+            self.handler.on_connected(now)
+        elif self.dtls.state is DtlsState.FAILED:
+            self._fail(CloseReason.TRANSPORT_FAILED, self.dtls.failure or "DTLS failed")
+        elif self.dtls.state is DtlsState.CLOSED and self.srtp is not None:
+            self._fail(CloseReason.TRANSPORT_FAILED, "the peer closed DTLS", expected=True)
+        self._reschedule()
+
+    def _on_srtp(self, datagram: Datagram, now: float) -> None:
+        srtp = self.srtp
+        if srtp is None:
+            self.counters["srtp_before_dtls"] += 1
+            return
+        data = datagram.data
+        if is_rtcp(data):
+            plain = srtp.unprotect_rtcp(data)
+            if plain is None:
+                return
+            assert self.ice is not None
+            self.ice.media_received(datagram.source, now)
+            self.handler.on_rtcp(plain, now)
+        else:
+            plain = srtp.unprotect_rtp(data)
+            if plain is None:
+                return
+            assert self.ice is not None
+            self.ice.media_received(datagram.source, now)
+            self.handler.on_rtp(plain, now)
+
+    # ---- send path ----
+
+    def send_rtp(self, packet: bytes) -> bool | None:
+        srtp, peer = self.srtp, self._media_peer
+        if srtp is None or peer is None:
+            return None
+        try:
+            protected = srtp.protect_rtp(packet)
+        except ValueError:  # too long for SRTP, or too old to protect again: counted by srtp
+            return True
+        return peer[0].send(protected, peer[1])
+
+    def send_rtcp(self, packet: bytes) -> bool | None:
+        srtp, peer = self.srtp, self._media_peer
+        if srtp is None or peer is None:
+            return None
+        try:
+            protected = srtp.protect_rtcp(packet)
+        except ValueError:
+            return True
+        return peer[0].send(protected, peer[1])
+
+    async def wait_writable(self) -> None:
+        peer = self._media_peer
+        if peer is not None:
+            await peer[0].wait_writable()
+        else:
+            await trio.sleep(0.01)
+
+    # ---- the transport's task ----
+
+    def _fail(self, reason: CloseReason, why: str, *, expected: bool = False) -> None:
+        if self._failed:
+            return
+        self._failed = True
+        log.log(
+            logging.INFO if expected else logging.WARNING,
+            "event=transport_ended reason=%s detail=%r",
+            reason.value,
+            why,
+        )
+        self.on_failed(reason, why)
+
+    def _deadline(self) -> float:
+        assert self.ice is not None and self.dtls is not None
+        deadline = min(self.ice.consent_deadline(), self._next_tick)
+        dtls_deadline = self.dtls.next_deadline()
+        if dtls_deadline is not None:
+            deadline = min(deadline, dtls_deadline)
+        return deadline
+
+    def _reschedule(self) -> None:
+        if self._timer is not None:
+            self._timer.deadline = self._deadline()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        now = trio.current_time()
+        self.ice = IceLiteAgent(
+            self.local_ufrag,
+            self.local_pwd,
+            self.remote.ice_ufrag,
+            self.remote.ice_pwd,
+            consent_timeout=self._consent_timeout,
+            now=now,
+        )
+        self.dtls = DtlsEndpoint(
+            self._certificate,
+            server=True,
+            remote_fingerprints=self.remote.fingerprints,
+            handshake_timeout=self._handshake_timeout,
+        )
+        self.dtls.start(now)
+        with self.mux.route_ufrag(self.local_ufrag, self):
+            task_status.started()
+            while not self._failed:
+                with trio.CancelScope(deadline=self._deadline()) as self._timer:
+                    await trio.sleep_forever()
+                self._timer = None
+                self._on_timer(trio.current_time())
+            # Failed: the session is being cancelled; wait for it here, still routed, so
+            # nothing arrives for a half-torn-down transport.
+            await trio.sleep_forever()
+
+    def _on_timer(self, now: float) -> None:
+        assert self.ice is not None and self.dtls is not None
+        for out in self.dtls.handle_timeout(now):
+            if self._dtls_peer is not None:
+                self._dtls_peer[0].send(out, self._dtls_peer[1])
+        self._after_dtls(now)
+        if self.ice.consent_expired(now):
+            self._fail(CloseReason.TIMEOUT, f"no ICE consent or media for {self._consent_timeout:g} s")
+            return
+        if now >= self._next_tick:
+            self._next_tick = self.handler.tick(now) if self.srtp is not None else now + 0.1

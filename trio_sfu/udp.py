@@ -26,8 +26,11 @@ class DatagramEndpoint(Protocol):
     async def receive(self) -> tuple[bytes, Address]: ...
 
     def send(self, data: bytes, address: Address) -> bool:
-        """Send now if the kernel takes it; False when it would block or failed (caller counts)."""
+        """Send now; False only when the kernel buffer is full (other errors count as sent:
+        UDP gives no delivery promise, and an unreachable peer is found out by consent)."""
         ...
+
+    async def wait_writable(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -40,6 +43,7 @@ class UdpEndpoint:
     def __init__(self, sock: stdlib_socket.socket) -> None:
         sock.setblocking(False)
         self._plain = sock  # for synchronous sends on the packet path
+        self.send_errors = 0
         self._socket = trio.socket.from_stdlib_socket(sock)
         host, port = sock.getsockname()[:2]
         self._local = (host, port)
@@ -71,11 +75,12 @@ class UdpEndpoint:
             self._plain.sendto(data, address)
         except BlockingIOError:
             return False
-        except OSError as exc:
-            if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-                return False
-            raise
+        except OSError:
+            self.send_errors += 1
         return True
+
+    async def wait_writable(self) -> None:
+        await trio.lowlevel.wait_writable(self._plain)
 
     def close(self) -> None:
         self._socket.close()
@@ -129,7 +134,11 @@ class MemoryEndpoint:
         return await self._inbox.receive()
 
     def send(self, data: bytes, address: Address) -> bool:
-        return self._network._deliver(bytes(data), self._address, address)
+        self._network._deliver(bytes(data), self._address, address)
+        return True
+
+    async def wait_writable(self) -> None:
+        await trio.lowlevel.checkpoint()
 
     def close(self) -> None:
         self._network._forget(self._address)

@@ -1,0 +1,159 @@
+"""End to end with aiortc: a real publisher, real players, media decoded and checked."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from .aiortc_peers import TONE_HZ, AsyncioThread, Player, Publisher
+from .conftest import Client, Harness, running_server
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture
+def aio() -> AsyncIterator[AsyncioThread]:
+    thread = AsyncioThread()
+    yield thread  # type: ignore[misc]
+    thread.close()
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll until `condition` holds; returns the time it took."""
+    start = time.monotonic()
+    with trio.move_on_after(timeout):
+        while not condition():
+            await trio.sleep(0.05)
+        return time.monotonic() - start
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def valid_counters(player: Player, since: float = 0.0) -> list[int]:
+    return [c for t, c, _, _ in player.frames if t >= since and c is not None]
+
+
+def assert_video_matches(player: Player, publisher: Publisher, since: float = 0.0) -> None:
+    """Decoded frames show counters the publisher sent, in order, and no corrupt frame."""
+    frames = [f for f in player.frames if f[0] >= since]
+    assert frames, "no frames decoded"
+    counters = [c for _, c, _, _ in frames]
+    assert None not in counters, f"{counters.count(None)} of {len(counters)} frames unreadable"
+    sent = {c for _, c in publisher.video.sent}
+    assert set(counters) <= sent
+    steps = [(b - a) % 256 for a, b in itertools.pairwise(counters)]
+    assert all(0 < step < 64 for step in steps), steps
+    assert {(w, h) for _, _, w, h in frames} == {(320, 240)}
+
+
+@asynccontextmanager
+async def session(
+    sfu: Harness, aio: AsyncioThread, peer: Publisher | Player, uid: str, stream: str = "cam"
+) -> AsyncIterator[Client]:
+    async with sfu.client(uid=uid) as client:
+        assert (await client.connect())["err"] == 0
+        peer.offered_at = time.monotonic()
+        offer = await aio.call(peer.offer)
+        reply = await client.offer(stream, offer, isinstance(peer, Publisher))
+        assert reply["err"] == 0, reply
+        await aio.call(peer.answer, reply["data"]["sdp"])
+        try:
+            yield client
+        finally:
+            await aio.call(peer.close)
+
+
+async def test_one_publisher_two_players_mute_unmute_close(aio: AsyncioThread) -> None:
+    publisher, first, second = Publisher(), Player(), Player()
+    async with (
+        running_server(udp=True) as sfu,
+        session(sfu, aio, publisher, "pub") as pub,
+        session(sfu, aio, first, "p1") as c1,
+        session(sfu, aio, second, "p2") as c2,
+    ):
+        await wait_for(
+            lambda: len(valid_counters(first)) >= 30 and len(valid_counters(second)) >= 30,
+            20,
+            "30 decoded frames at both players",
+        )
+        first_frame = first.frames[0][0] - first.offered_at
+        await wait_for(lambda: first.audio_frames > 100 and second.audio_frames > 100, 10, "audio")
+        for player in (first, second):
+            assert_video_matches(player, publisher)
+            assert abs(player.dominant_frequency() - TONE_HZ) < 15
+            assert player.codecs == {"video": "video/VP8", "audio": "audio/opus"}
+        print(f"first decoded frame {first_frame * 1000:.0f} ms after the player's offer")
+
+        # The first player mutes video: its frames stop, its audio goes on; the second is untouched.
+        reply = await c1.request("stream.mute", "cam", {"video": True})
+        assert reply["data"] == {"video": True, "audio": False}
+        await trio.sleep(0.5)
+        frozen, audio_before, other_before = len(first.frames), first.audio_frames, len(second.frames)
+        await trio.sleep(1.5)
+        assert len(first.frames) == frozen
+        assert first.audio_frames > audio_before + 40
+        assert len(second.frames) > other_before + 15
+
+        # Unmute: video resumes within a second or so (keyframe requested), decodes cleanly.
+        unmuted = time.monotonic()
+        assert (await c1.request("stream.mute", "cam", {"video": False}))["err"] == 0
+        resume = await wait_for(lambda: len(valid_counters(first, unmuted)) >= 10, 10, "video after unmute")
+        assert_video_matches(first, publisher, unmuted)
+        print(f"video back {resume * 1000:.0f} ms after unmute")
+
+        # The publisher mutes audio: both players are told, and their audio stops; video goes on.
+        reply = await pub.request("stream.mute", "cam", {"audio": True})
+        assert reply["data"] == {"video": False, "audio": True}
+        for client in (c1, c2):
+            with trio.fail_after(5):
+                notice = await client.next_server_request()
+            assert (notice["method"], notice["data"]) == ("stream.mute", {"video": False, "audio": True})
+        await trio.sleep(0.5)
+        audio_before, video_before = second.audio_frames, len(second.frames)
+        await trio.sleep(1.5)
+        assert second.audio_frames == audio_before
+        assert len(second.frames) > video_before + 15
+        audio_unmuted = time.monotonic()
+        assert (await pub.request("stream.mute", "cam", {"audio": False}))["err"] == 0
+        await wait_for(lambda: second.audio_frames > audio_before + 50, 5, "audio after unmute")
+        assert abs(second.dominant_frequency() - TONE_HZ) < 15
+        print(f"audio back {(time.monotonic() - audio_unmuted) * 1000:.0f} ms after unmute (50 frames)")
+        for client in (c1, c2):
+            await client.next_server_request()  # the unmute notice
+
+        # The publisher closes: both players are told.
+        assert (await pub.request("stream.close", "cam"))["err"] == 0
+        for client in (c1, c2):
+            with trio.fail_after(5):
+                notice = await client.next_server_request()
+            assert notice["method"] == "stream.close"
+            assert notice["data"] == {"reason": "publisher_closed"}
+
+
+@pytest.mark.parametrize("codec", ["video/VP8", "video/H264"])
+async def test_each_video_codec_end_to_end(aio: AsyncioThread, codec: str) -> None:
+    publisher, player = Publisher(video_codec=codec), Player()
+    async with (
+        running_server(udp=True) as sfu,
+        session(sfu, aio, publisher, "pub"),
+        session(sfu, aio, player, "p1"),
+    ):
+        await wait_for(lambda: len(valid_counters(player)) >= 20, 20, f"20 {codec} frames")
+        assert_video_matches(player, publisher)
+        assert player.codecs["video"] == codec
+
+
+async def test_audio_only_opus(aio: AsyncioThread) -> None:
+    publisher, player = Publisher(video=False), Player(video=False)
+    async with (
+        running_server(udp=True) as sfu,
+        session(sfu, aio, publisher, "pub"),
+        session(sfu, aio, player, "p1"),
+    ):
+        await wait_for(lambda: player.audio_frames > 150, 15, "3 s of audio")
+        assert abs(player.dominant_frequency() - TONE_HZ) < 15
+        assert player.codecs == {"audio": "audio/opus"}

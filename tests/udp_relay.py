@@ -1,0 +1,72 @@
+"""A userspace UDP relay between a peer and the server: loss and injection without netem.
+
+The peer is given the relay's front address in place of the server's candidate; the server learns the
+relay's back address from the peer's (relayed) ICE checks, so anything the test injects from the back
+socket comes from the address the session trusts.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import socket
+
+import trio
+
+Address = tuple[str, int]
+
+
+class UdpRelay:
+    def __init__(self, server: Address, *, seed: int = 1) -> None:
+        self.server = server
+        self.front = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.back = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.peer: Address | None = None
+        self.loss_to_peer = 0.0  # probability of dropping an RTP/RTCP datagram on its way to the peer
+        self.dropped = 0
+        self.relayed = 0
+        self._random = random.Random(seed)
+
+    async def bind(self) -> None:
+        await self.front.bind(("127.0.0.1", 0))
+        await self.back.bind(("127.0.0.1", 0))
+
+    @property
+    def front_port(self) -> int:
+        return int(self.front.getsockname()[1])
+
+    def rewrite_answer(self, sdp: str) -> str:
+        """Point the peer at the relay instead of the server."""
+        host, port = self.server
+        return re.sub(rf"{re.escape(host)} {port} typ host", f"127.0.0.1 {self.front_port} typ host", sdp)
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._towards_server)
+            nursery.start_soon(self._towards_peer)
+
+    async def _towards_server(self) -> None:
+        while True:
+            data, address = await self.front.recvfrom(4096)
+            self.peer = (address[0], address[1])
+            await self.back.sendto(data, self.server)
+
+    async def _towards_peer(self) -> None:
+        while True:
+            data, _ = await self.back.recvfrom(4096)
+            if self.peer is None:
+                continue
+            is_media = 128 <= data[0] <= 191
+            if is_media and self._random.random() < self.loss_to_peer:
+                self.dropped += 1
+                continue
+            self.relayed += 1
+            await self.front.sendto(data, self.peer)
+
+    async def inject(self, data: bytes) -> None:
+        """Send to the server from the address the session trusts."""
+        await self.back.sendto(data, self.server)
+
+    def close(self) -> None:
+        self.front.close()
+        self.back.close()

@@ -1,0 +1,154 @@
+"""A producer: one published track as the server receives it, and the players it feeds.
+
+It keeps what every player of the track shares: the last packets (to answer NACKs without asking the
+publisher), reception statistics (for the receiver reports the publisher expects), the publisher's
+sender-report clock mapping (so each player's sender reports keep audio and video in sync), and a
+throttle on keyframe requests (many players asking at once must not flood the encoder).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import attrs
+
+from .negotiation import NegotiatedTrack
+from .rtcp import ReportBlock, SenderReport
+from .rtp import RtpHeader
+
+if TYPE_CHECKING:
+    from .consumer import Consumer
+
+CACHE_SIZE = 1024  # packets; ~4 s of 1.5 Mbit/s video
+KEYFRAME_INTERVAL = 0.5  # seconds between keyframe requests for one track
+
+
+@attrs.define
+class ClockMapping:
+    """The publisher's last sender report: its RTP clock against NTP (wall) time."""
+
+    ntp: int
+    rtp: int
+    received_at: float
+
+
+class ReceptionStats:
+    """RFC 3550 appendix A.3 and A.8: loss and jitter for one incoming SSRC."""
+
+    def __init__(self, clock_rate: int) -> None:
+        self.clock_rate = clock_rate
+        self.started = False
+        self.base_seq = 0
+        self.max_seq = 0
+        self.cycles = 0
+        self.received = 0
+        self.expected_prior = 0
+        self.received_prior = 0
+        self.jitter = 0.0
+        self._last_transit: float | None = None
+
+    def update(self, sequence: int, timestamp: int, arrival: float) -> None:
+        if not self.started:
+            self.started = True
+            self.base_seq = self.max_seq = sequence
+        else:
+            delta = (sequence - self.max_seq) & 0xFFFF
+            if 0 < delta < 0x8000:
+                if sequence < self.max_seq:
+                    self.cycles += 0x10000
+                self.max_seq = sequence
+        self.received += 1
+        transit = arrival * self.clock_rate - timestamp
+        if self._last_transit is not None:
+            d = abs(transit - self._last_transit)
+            if d < self.clock_rate * 10:  # ignore timestamp jumps (new source, long mute)
+                self.jitter += (d - self.jitter) / 16
+        self._last_transit = transit
+
+    def report_block(self, ssrc: int, sender_report: ClockMapping | None, now: float) -> ReportBlock:
+        extended_max = self.cycles + self.max_seq
+        expected = extended_max - self.base_seq + 1
+        lost = max(-(1 << 23), min(expected - self.received, (1 << 23) - 1))
+        expected_interval = expected - self.expected_prior
+        received_interval = self.received - self.received_prior
+        self.expected_prior, self.received_prior = expected, self.received
+        lost_interval = expected_interval - received_interval
+        fraction = (
+            0 if expected_interval <= 0 or lost_interval <= 0 else (lost_interval << 8) // expected_interval
+        )
+        last_sr = delay = 0
+        if sender_report is not None:
+            last_sr = (sender_report.ntp >> 16) & 0xFFFFFFFF
+            delay = int((now - sender_report.received_at) * 65536)
+        return ReportBlock(
+            ssrc=ssrc,
+            fraction_lost=min(fraction, 255),
+            packets_lost=lost,
+            highest_sequence=extended_max & 0xFFFFFFFF,
+            jitter=int(self.jitter),
+            last_sr=last_sr,
+            delay_since_last_sr=delay,
+        )
+
+
+class PublisherLink(Protocol):
+    """How a producer reaches its publisher (RTCP feedback the server cannot answer itself)."""
+
+    def send_keyframe_request(self, producer: Producer) -> None: ...
+
+    def send_nack(self, producer: Producer, sequences: list[int]) -> None: ...
+
+
+class Producer:
+    def __init__(self, negotiated: NegotiatedTrack, publisher: PublisherLink) -> None:
+        self.negotiated = negotiated
+        self.publisher = publisher
+        self.kind = negotiated.kind
+        self.clock_rate = negotiated.codec.clock_rate
+        self.ssrc = negotiated.ssrc
+        self.consumers: list[Consumer] = []
+        self.stats = ReceptionStats(self.clock_rate)
+        self.clock: ClockMapping | None = None
+        self._cache: list[bytes | None] = [None] * CACHE_SIZE
+        self._last_keyframe_request = -1e9
+        self.keyframe_pending = False
+        self.packets = 0
+        self.keyframe_requests = 0
+
+    def receive(self, packet: bytes, header: RtpHeader, now: float) -> None:
+        """A decrypted packet from the publisher: remember it, then hand it to every consumer."""
+        self.packets += 1
+        self.stats.update(header.sequence, header.timestamp, now)
+        self._cache[header.sequence % CACHE_SIZE] = packet
+        for consumer in self.consumers:
+            consumer.forward(packet, header, now)
+
+    def cached(self, sequence: int) -> bytes | None:
+        packet = self._cache[sequence % CACHE_SIZE]
+        if packet is None or int.from_bytes(packet[2:4], "big") != sequence:
+            return None
+        return packet
+
+    def on_sender_report(self, report: SenderReport, now: float) -> None:
+        self.clock = ClockMapping(report.ntp_timestamp, report.rtp_timestamp, now)
+
+    def request_keyframe(self, now: float) -> None:
+        """Ask the publisher for a keyframe, at most once per KEYFRAME_INTERVAL (later if sooner)."""
+        if self.kind != "video":
+            return
+        if now - self._last_keyframe_request >= KEYFRAME_INTERVAL:
+            self._last_keyframe_request = now
+            self.keyframe_pending = False
+            self.keyframe_requests += 1
+            self.publisher.send_keyframe_request(self)
+        else:
+            self.keyframe_pending = True
+
+    def tick(self, now: float) -> None:
+        if self.keyframe_pending:
+            self.request_keyframe(now)
+
+    def end(self) -> None:
+        for consumer in self.consumers:
+            consumer.close()
+        self.consumers.clear()

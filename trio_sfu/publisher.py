@@ -1,0 +1,166 @@
+"""The publisher's side of the media plane: incoming RTP to producers, and the RTCP a sender needs.
+
+The server terminates RTCP on this leg: it sends the publisher receiver reports, keyframe requests and
+NACKs for packets players lost, and congestion feedback (transport-cc when negotiated, REMB otherwise)
+so the publisher's encoder ramps up instead of staying at its start bitrate.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import struct
+
+from .negotiation import EXT_MID, EXT_TRANSPORT_CC, Negotiated
+from .producer import Producer
+from .rtcp import Nack, Pli, ReceiverReport, Remb, RtcpError, SenderReport, parse_compound, serialize_compound
+from .rtp import RtpHeader, parse_rtp, read_extension
+from .transport import MediaHandler, Transport
+from .twcc import TwccRecorder
+
+log = logging.getLogger(__name__)
+
+REPORT_INTERVAL = 1.0
+TWCC_INTERVAL = 0.1
+
+
+def _extension_id(negotiated: Negotiated, uri: str) -> int | None:
+    for track in negotiated.tracks:
+        for extension in track.header_extensions:
+            if extension.uri == uri:
+                return extension.id
+    return None
+
+
+class PublisherMedia(MediaHandler):
+    def __init__(self, transport: Transport, negotiated: Negotiated, *, ssrc: int, max_bitrate: int) -> None:
+        self.transport = transport
+        self.ssrc = ssrc  # the server's own SSRC on this leg, for its RTCP
+        self.max_bitrate = max_bitrate
+        self.producers = [Producer(track, self) for track in negotiated.tracks]
+        self._by_ssrc: dict[int, Producer] = {}
+        self._rtx_by_ssrc: dict[int, Producer] = {}
+        for producer in self.producers:
+            track = producer.negotiated
+            if track.ssrc is not None:
+                self._by_ssrc[track.ssrc] = producer
+            if track.rtx_ssrc is not None:
+                self._rtx_by_ssrc[track.rtx_ssrc] = producer
+        self._by_mid = {producer.negotiated.mid: producer for producer in self.producers}
+        self._mid_id = _extension_id(negotiated, EXT_MID)
+        self._twcc_id = _extension_id(negotiated, EXT_TRANSPORT_CC)
+        media_ssrc = next((p.ssrc for p in self.producers if p.ssrc is not None), 0)
+        self.twcc = TwccRecorder(ssrc, media_ssrc) if self._twcc_id is not None else None
+        self.remb = any("goog-remb" in p.negotiated.feedback for p in self.producers)
+        self._next_report = 0.0
+        self.counters: collections.Counter[str] = collections.Counter()
+
+    # ---- incoming ----
+
+    def on_rtp(self, packet: bytes, now: float) -> None:
+        header = parse_rtp(packet)
+        if header is None:
+            self.counters["malformed_rtp"] += 1
+            return
+        if self.twcc is not None and header.extension_offset >= 0:
+            value = read_extension(packet, header, self._twcc_id)  # type: ignore[arg-type]
+            if value is not None and len(value) >= 2:
+                self.twcc.record(int.from_bytes(value[:2], "big"), now)
+        producer = self._by_ssrc.get(header.ssrc)
+        if producer is None:
+            producer = self._rtx_by_ssrc.get(header.ssrc)
+            if producer is None:
+                producer = self._learn(packet, header)
+                if producer is None:
+                    self.counters["unknown_ssrc"] += 1
+                    return
+        track = producer.negotiated
+        if header.payload_type == track.codec.payload_type and header.ssrc == producer.ssrc:
+            producer.receive(packet, header, now)
+        elif header.payload_type == track.rtx_payload_type:
+            original = self._unwrap_rtx(packet, header, producer)
+            if original is not None:
+                parsed = parse_rtp(original)
+                if parsed is not None:
+                    producer.receive(original, parsed, now)
+        else:
+            self.counters["unexpected_payload_type"] += 1
+
+    def _learn(self, packet: bytes, header: RtpHeader) -> Producer | None:
+        """An SSRC the SDP did not name (simulcast-style offers): match it by its mid extension."""
+        if self._mid_id is None or header.extension_offset < 0:
+            return None
+        mid = read_extension(packet, header, self._mid_id)
+        producer = self._by_mid.get(mid.decode("ascii", "replace")) if mid else None
+        if producer is None:
+            return None
+        if header.payload_type == producer.negotiated.rtx_payload_type:
+            self._rtx_by_ssrc[header.ssrc] = producer
+        elif header.payload_type == producer.negotiated.codec.payload_type and producer.ssrc is None:
+            producer.ssrc = header.ssrc
+            self._by_ssrc[header.ssrc] = producer
+        return producer
+
+    def _unwrap_rtx(self, packet: bytes, header: RtpHeader, producer: Producer) -> bytes | None:
+        """RFC 4588: restore the original packet from a retransmission the publisher sent us."""
+        start = header.header_length
+        if producer.ssrc is None or len(packet) < start + 2:
+            return None
+        original = bytearray(packet[:start])
+        original[1] = (original[1] & 0x80) | producer.negotiated.codec.payload_type
+        original[2:4] = packet[start : start + 2]
+        struct.pack_into("!I", original, 8, producer.ssrc)
+        original += packet[start + 2 :]
+        return bytes(original)
+
+    def on_rtcp(self, packet: bytes, now: float) -> None:
+        try:
+            packets = parse_compound(packet)
+        except RtcpError:
+            self.counters["malformed_rtcp"] += 1
+            return
+        for item in packets:
+            if isinstance(item, SenderReport):
+                producer = self._by_ssrc.get(item.ssrc)
+                if producer is not None:
+                    producer.on_sender_report(item, now)
+
+    # ---- outgoing RTCP ----
+
+    def send_keyframe_request(self, producer: Producer) -> None:
+        if producer.ssrc is not None:
+            self.transport.send_rtcp(
+                serialize_compound([Pli(sender_ssrc=self.ssrc, media_ssrc=producer.ssrc)])
+            )
+
+    def send_nack(self, producer: Producer, sequences: list[int]) -> None:
+        if producer.ssrc is not None and sequences:
+            nack = Nack(sender_ssrc=self.ssrc, media_ssrc=producer.ssrc, lost=tuple(sorted(set(sequences))))
+            self.transport.send_rtcp(serialize_compound([nack]))
+
+    def on_connected(self, now: float) -> None:
+        self._next_report = now
+
+    def tick(self, now: float) -> float:
+        if self.twcc is not None:
+            feedback = self.twcc.feedback(now)
+            if feedback:
+                self.transport.send_rtcp(serialize_compound(feedback))
+        for producer in self.producers:
+            producer.tick(now)
+        if now >= self._next_report:
+            self._next_report = now + REPORT_INTERVAL
+            self._send_reports(now)
+        return now + (TWCC_INTERVAL if self.twcc is not None else min(REPORT_INTERVAL, 0.25))
+
+    def _send_reports(self, now: float) -> None:
+        blocks = tuple(
+            p.stats.report_block(p.ssrc, p.clock, now)
+            for p in self.producers
+            if p.ssrc is not None and p.stats.started
+        )
+        packets: list[object] = [ReceiverReport(ssrc=self.ssrc, reports=blocks)]
+        if self.remb:
+            ssrcs = tuple(p.ssrc for p in self.producers if p.ssrc is not None and p.kind == "video")
+            packets.append(Remb(sender_ssrc=self.ssrc, bitrate=self.max_bitrate, ssrcs=ssrcs))
+        self.transport.send_rtcp(serialize_compound(packets))  # type: ignore[arg-type]
