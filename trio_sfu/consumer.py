@@ -26,6 +26,8 @@ SEQUENCE_MAP = 1024  # output sequence -> input sequence, for NACKs
 class PacketSink(Protocol):
     """What a consumer needs of the player's transport."""
 
+    stats: collections.Counter[str]
+
     def send_rtp(self, packet: bytes) -> bool | None:
         """True: sent; False: the socket would block; None: not connected yet (dropped)."""
         ...
@@ -67,6 +69,7 @@ class Consumer:
         self._last_input_timestamp = 0
         self.muted_by_player = False
         self.counters: collections.Counter[str] = collections.Counter()
+        self.stats = sink.stats
 
     # ---- the packet path ----
 
@@ -94,6 +97,7 @@ class Consumer:
             self.backlogged += 1
         except trio.WouldBlock:
             self.counters["backlog_full"] += 1
+            self.stats["drop_fanout_queue_full"] += 1
         except trio.ClosedResourceError:
             pass
 

@@ -77,6 +77,8 @@ class Server:
         self.router = Router()
         self.mux = MediaMux()
         self.counters: collections.Counter[str] = collections.Counter()
+        # Media totals across sessions (packets, bytes, drops by reason), read by /metrics.
+        self.stats: collections.Counter[str] = collections.Counter()
         self.connections: set[Connection] = set()
         self.shutting_down = False
         self.candidates: tuple[tuple[str, int], ...] = ()
@@ -111,6 +113,7 @@ class Server:
             self.certificate,
             consent_timeout=self.config.liveness_timeout,
             handshake_timeout=self.config.dtls_handshake_timeout,
+            stats=self.stats,
         )
 
     def local_transport(self, transport: Transport) -> LocalTransport:

@@ -61,6 +61,7 @@ class Transport:
         *,
         consent_timeout: float = 30.0,
         handshake_timeout: float = 10.0,
+        stats: collections.Counter[str] | None = None,
     ) -> None:
         self.mux = mux
         self.remote = remote
@@ -78,6 +79,8 @@ class Transport:
         self._media_peer: tuple[DatagramEndpoint, Address] | None = None
         self.connected = trio.Event()
         self.counters: collections.Counter[str] = collections.Counter()
+        # Server-wide totals for /metrics, shared by every transport (one dict update per packet).
+        self.stats: collections.Counter[str] = collections.Counter() if stats is None else stats
         self._timer: trio.CancelScope | None = None
         self._next_tick = 0.0
         self._failed = False
@@ -140,9 +143,11 @@ class Transport:
             if self._media_peer is None:
                 self._media_peer = self._dtls_peer
             self.connected.set()
+            self.stats["dtls_handshakes"] += 1
             log.info("event=dtls_connected profile=%s", self.dtls.keys.profile.name)
             self.handler.on_connected(now)
         elif self.dtls.state is DtlsState.FAILED:
+            self.stats["dtls_failures"] += 1
             self._fail(CloseReason.TRANSPORT_FAILED, self.dtls.failure or "DTLS failed")
         elif self.dtls.state is DtlsState.CLOSED and self.srtp is not None:
             self._fail(CloseReason.TRANSPORT_FAILED, "the peer closed DTLS", expected=True)
@@ -154,17 +159,23 @@ class Transport:
             self.counters["srtp_before_dtls"] += 1
             return
         data = datagram.data
+        stats = self.stats
         if is_rtcp(data):
             plain = srtp.unprotect_rtcp(data)
             if plain is None:
+                stats["drop_srtcp_auth"] += 1
                 return
+            stats["rtcp_packets_in"] += 1
             assert self.ice is not None
             self.ice.media_received(datagram.source, now)
             self.handler.on_rtcp(plain, now)
         else:
             plain = srtp.unprotect_rtp(data)
             if plain is None:
+                stats["drop_srtp_auth"] += 1
                 return
+            stats["rtp_packets_in"] += 1
+            stats["rtp_bytes_in"] += len(data)
             assert self.ice is not None
             self.ice.media_received(datagram.source, now)
             self.handler.on_rtp(plain, now)
@@ -179,7 +190,12 @@ class Transport:
             protected = srtp.protect_rtp(packet)
         except ValueError:  # too long for SRTP, or too old to protect again: counted by srtp
             return True
-        return peer[0].send(protected, peer[1])
+        if not peer[0].send(protected, peer[1]):
+            return False
+        stats = self.stats
+        stats["rtp_packets_out"] += 1
+        stats["rtp_bytes_out"] += len(protected)
+        return True
 
     def send_rtcp(self, packet: bytes) -> bool | None:
         srtp, peer = self.srtp, self._media_peer
@@ -189,6 +205,7 @@ class Transport:
             protected = srtp.protect_rtcp(packet)
         except ValueError:
             return True
+        self.stats["rtcp_packets_out"] += 1
         return peer[0].send(protected, peer[1])
 
     async def wait_writable(self) -> None:
