@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""Benchmark trio_sfu (or another server command) with one real publisher and N real subscribers.
+
+    scripts/bench.py                                   # N = 1, 10, 100, 300; 10 s windows
+    scripts/bench.py --subscribers 1,10,100 --json bench-results/today.json
+    scripts/bench.py --quick                           # N = 1, 5; 3 s windows (what the test runs)
+    scripts/bench.py --compare "CMD_A" "CMD_B"         # A, B, A, B per N; prints ratios B/A
+
+The server runs as its own process, so its CPU (utime+stime from /proc) is its alone. One publisher
+process sends pre-encoded VP8 (1.5 Mbit/s, 30 fps) and Opus (20 ms) in real time over a real leg
+(WebSocket signaling, ICE, DTLS, SRTP), with abs-send-time in every packet. Subscriber worker processes
+hold N real play legs and count what arrives. Everything runs in a private network namespace on
+loopback (the script re-executes itself under `unshare --net` unless told not to). See
+docs/performance.md for how to read the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import media, procfs
+from benchlib.progress import Progress
+from benchlib.run import (
+    Options,
+    python_command,
+    ratio_table,
+    ratios,
+    run_all,
+    summarize,
+    table,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--subscribers", default="1,10,100,300", help="comma-separated N (1,10,100,300)")
+    parser.add_argument("--duration", type=float, help="measurement window, s (10; --quick: 3)")
+    parser.add_argument("--settle", type=float, default=2.0,
+                        help="wait after ramp-up before measuring, s (2)")
+    parser.add_argument("--quick", action="store_true", help="CI mode: N=1,5, 3 s windows, 3 probes")
+    parser.add_argument("--json", type=Path, help="write the results here (e.g. bench-results/NAME.json)")
+    parser.add_argument("--server-cmd", help="server command line (default: this tree's python -m trio_sfu "
+                        "--signal 127.0.0.1:0 --media 127.0.0.1:0 --log-level warning); it must print the "
+                        "same 'signaling ws://...' and 'media udp ...' start-up lines")
+    parser.add_argument("--compare", nargs=2, metavar=("CMD_A", "CMD_B"),
+                        help="bench two server command lines in alternation and print ratios B/A")
+    parser.add_argument("--rounds", type=int, help="runs per (server, N); default 1, or 2 with --compare")
+    parser.add_argument("--probes", type=int, help="new subscribers timed after the window (5)")
+    parser.add_argument("--legs-per-worker", type=int, default=75, help="subscriber legs per process (75)")
+    parser.add_argument("--decrypt-every", type=int, default=8, choices=(1, 2, 4, 8, 16, 32),
+                        help="subscribers unprotect 1 packet in this many (8); one leg per process: all")
+    parser.add_argument("--pacing", type=float, default=2.5,
+                        help="publisher pacer rate as a multiple of the video bitrate (2.5); 0 = bursts")
+    parser.add_argument("--media", type=Path, default=media.DEFAULT_PATH, help="pre-encoded media file")
+    parser.add_argument("--regenerate-media", action="store_true", help="encode the media file again")
+    parser.add_argument("--token", default="", help="token for stream.connect (open mode: empty)")
+    parser.add_argument("--keep-logs", type=Path, help="copy each run's server stdout/stderr here")
+    parser.add_argument("--no-netns", action="store_true",
+                        help="do not re-execute in a private network namespace")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def in_private_netns() -> bool:
+    if os.environ.get("TRIO_SFU_NETNS"):
+        return True
+    try:
+        return os.readlink("/proc/self/ns/net") != os.readlink("/proc/1/ns/net")
+    except OSError:
+        return False
+
+
+def reexec_in_netns() -> None:
+    """Run again inside `unshare --net` with only loopback up, if this machine allows it."""
+    if not (shutil.which("unshare") and shutil.which("ip")):
+        return
+    if subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode != 0:
+        print("warning: cannot create a private network namespace; running in this one", file=sys.stderr)
+        return
+    script = 'ip link set lo up && exec "$@"'
+    os.execvp("unshare", ["unshare", "--net", "--", "env", "TRIO_SFU_NETNS=1", "bash", "-c", script,
+                          "bench", sys.executable, *sys.argv])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if not args.no_netns and not in_private_netns():
+        reexec_in_netns()
+    if args.quick:
+        subscribers, duration, settle, probes = [1, 5], 3.0, 0.5, 3
+    else:
+        subscribers = [int(x) for x in args.subscribers.split(",") if x.strip()]
+        duration, settle, probes = 10.0, args.settle, 5
+    if args.duration is not None:
+        duration = args.duration
+    if args.probes is not None:
+        probes = args.probes
+
+    loaded = media.load_or_generate(args.media, regenerate=args.regenerate_media)
+    if args.compare:
+        servers = [("A", shlex.split(args.compare[0])), ("B", shlex.split(args.compare[1]))]
+    elif args.server_cmd:
+        servers = [("server", shlex.split(args.server_cmd))]
+    else:
+        servers = [("trio_sfu", python_command())]
+    rounds = args.rounds or (2 if args.compare else 1)
+    options = Options(
+        subscribers=subscribers, duration=duration, settle=settle, probes=probes,
+        legs_per_worker=args.legs_per_worker, decrypt_every=args.decrypt_every, pacing=args.pacing,
+        media_path=args.media, token=args.token, keep_logs=args.keep_logs,
+    )
+    load_before = procfs.load_average()
+    started = datetime.datetime.now(datetime.UTC)
+    print(f"media: {loaded.summary()}", file=sys.stderr)
+    progress = Progress(enabled=not args.no_progress)
+    os.chdir(ROOT)  # `python -m trio_sfu` runs this tree
+    try:
+        results = run_all(servers, options, rounds, progress)
+    finally:
+        progress.close()
+    summaries = [s for n in subscribers for label, _ in servers if (s := summarize(results, label, n))]
+
+    print(table(summaries))
+    for result in results:
+        problems = []
+        if not result.get("ok"):
+            problems.append(f"FAILED: {result.get('error')}")
+        else:
+            if result["subscriber_saturated"]:
+                problems.append(
+                    f"subscriber processes saturated ({result['subscriber_cpu_pct']} % of a core): "
+                    "the figures are not trustworthy"
+                )
+            if result["legs_failed"]:
+                problems.append(
+                    f"{result['legs_failed']} legs failed to connect: {result['leg_failures'][:2]}"
+                )
+            if result["srtp_auth_failures_total"]:
+                problems.append(f"{result['srtp_auth_failures_total']} SRTP auth failures")
+            if result["closed_by_server"]:
+                problems.append(f"server closed {len(result['closed_by_server'])} legs")
+            if result["udp_drops_server_socket"] or result["udp_drops_client_sockets"]:
+                problems.append(
+                    f"kernel UDP drops: server socket {result['udp_drops_server_socket']}, "
+                    f"client sockets {result['udp_drops_client_sockets']}"
+                )
+            late = result["publisher"].get("late_max_ms") or 0
+            if late > 50:
+                problems.append(f"the publisher fell up to {late:.0f} ms behind real time (CPU contention?)")
+            failures = [f for w in result.get("worker_failures", []) for f in w if f.startswith("receiver")]
+            if failures:
+                problems.append(f"subscriber process errors: {failures[:2]}")
+            if result["probe_errors"]:
+                problems.append(f"probe errors: {result['probe_errors'][:2]}")
+        log = result["server_log"]
+        if log["errors"] or log["tracebacks"] or log["warnings"]:
+            problems.append(
+                f"server log: {log['warnings']} warnings, {log['errors']} errors, "
+                f"{log['tracebacks']} tracebacks {log['events']}"
+            )
+        if log["exit_code"] not in (0, None):
+            problems.append(f"server exit code {log['exit_code']} after SIGTERM")
+        if problems:
+            print(f"{result['server']} N={result['n']} round {result['round']}: " + "; ".join(problems))
+    comparison = ratios(summaries, "A", "B") if args.compare else []
+    if comparison:
+        print("\nratios B/A (below 1: B uses less / is faster):")
+        print(ratio_table(comparison))
+
+    load_after = procfs.load_average()
+    print(f"\nload average before {load_before}, after {load_after}; {procfs.machine()}")
+    if args.json:
+        document = {
+            "started": started.isoformat(timespec="seconds"),
+            "argv": sys.argv,
+            "machine": procfs.machine(),
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+            "media": loaded.summary(),
+            "servers": {label: shlex.join(command) for label, command in servers},
+            "options": {"subscribers": subscribers, "duration": duration, "settle": settle,
+                        "probes": probes, "rounds": rounds, "legs_per_worker": args.legs_per_worker,
+                        "decrypt_every": args.decrypt_every, "pacing": args.pacing},
+            "summary": summaries,
+            "ratios_b_over_a": comparison,
+            "runs": results,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(document, indent=1, default=str) + "\n")
+        print(f"results: {args.json}")
+    return 0 if all(r.get("ok") for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

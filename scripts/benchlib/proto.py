@@ -1,0 +1,450 @@
+"""A client leg as a browser would run it: signaling, an SDP offer, ICE (controlling), DTLS, SRTP.
+
+The server-side objects of trio_sfu are reused for the client role: `DtlsEndpoint(server=False)` is a
+DTLS client, `SrtpSession` protects with the client's key, `check_stun_auth` verifies the server's
+STUN responses. Nothing here is on the per-packet path of a subscriber (see `subscriber.py`).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import secrets
+import socket
+import string
+import struct
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import attrs
+import trio
+from aioice import stun
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+
+from trio_sfu.certificate import Certificate
+from trio_sfu.dtls import DtlsEndpoint, DtlsState
+from trio_sfu.ice import check_stun_auth
+from trio_sfu.negotiation import EXT_ABS_SEND_TIME, EXT_MID
+from trio_sfu.srtp import SrtpSession
+
+ABS_SEND_TIME_ID = 2  # Chromium's ids: abs-send-time 2, mid 4
+MID_ID = 4
+OPUS_PT = 111
+VP8_PT = 96
+AST_UNITS = 1 << 18  # abs-send-time: 6.18 fixed-point seconds, 24 bits (wraps every 64 s)
+AST_MASK = 0xFFFFFF
+_ICE_CHARS = string.ascii_letters + string.digits + "+/"
+
+
+def ice_credential(length: int) -> str:
+    return "".join(secrets.choice(_ICE_CHARS) for _ in range(length))
+
+
+def abs_send_time(now: float) -> int:
+    """The 24-bit abs-send-time of a CLOCK_MONOTONIC reading (every bench process shares that clock)."""
+    return int(now * AST_UNITS) & AST_MASK
+
+
+# --------------------------------------------------------------------------- SDP
+
+
+@attrs.frozen
+class LocalParams:
+    ice_ufrag: str
+    ice_pwd: str
+    fingerprint: str  # sha-256, of the client's own certificate
+    port: int  # the leg's UDP port (written as its host candidate)
+    audio_ssrc: int
+    video_ssrc: int
+    cname: str
+
+    @classmethod
+    def new(cls, certificate: Certificate, port: int) -> LocalParams:
+        ssrcs = struct.unpack("!II", os.urandom(8))
+        return cls(
+            ice_ufrag=ice_credential(8),
+            ice_pwd=ice_credential(24),
+            fingerprint=certificate.fingerprint("sha-256"),
+            port=port,
+            audio_ssrc=ssrcs[0] | 1,
+            video_ssrc=ssrcs[1] | 1,
+            cname=secrets.token_hex(8),
+        )
+
+
+def build_offer(local: LocalParams, *, publish: bool) -> str:
+    """A Chromium-shaped BUNDLE offer: opus/111 and VP8/96, rtcp-mux, setup:active, abs-send-time.
+
+    A publisher sends (a=ssrc lines name its SSRCs); a subscriber only receives.
+    """
+    direction = "sendonly" if publish else "recvonly"
+    session_id = int.from_bytes(os.urandom(7), "big")
+    lines = [
+        "v=0",
+        f"o=- {session_id} 2 IN IP4 127.0.0.1",
+        "s=-",
+        "t=0 0",
+        "a=group:BUNDLE 0 1",
+        "a=extmap-allow-mixed",
+        "a=msid-semantic: WMS bench",
+    ]
+    sections = (
+        ("audio", "0", OPUS_PT, local.audio_ssrc,
+         [f"a=rtpmap:{OPUS_PT} opus/48000/2", f"a=fmtp:{OPUS_PT} minptime=10;useinbandfec=1"]),
+        ("video", "1", VP8_PT, local.video_ssrc,
+         [f"a=rtpmap:{VP8_PT} VP8/90000", f"a=rtcp-fb:{VP8_PT} goog-remb", f"a=rtcp-fb:{VP8_PT} ccm fir",
+          f"a=rtcp-fb:{VP8_PT} nack", f"a=rtcp-fb:{VP8_PT} nack pli"]),
+    )
+    for index, (kind, mid, pt, ssrc, codec_lines) in enumerate(sections):
+        lines += [
+            f"m={kind} {local.port if index == 0 else 9} UDP/TLS/RTP/SAVPF {pt}",
+            "c=IN IP4 127.0.0.1" if index == 0 else "c=IN IP4 0.0.0.0",
+            "a=rtcp:9 IN IP4 0.0.0.0",
+        ]
+        if index == 0:
+            lines += [
+                f"a=candidate:1 1 udp 2122260223 127.0.0.1 {local.port} typ host generation 0",
+                "a=end-of-candidates",
+            ]
+        lines += [
+            f"a=ice-ufrag:{local.ice_ufrag}",
+            f"a=ice-pwd:{local.ice_pwd}",
+            f"a=fingerprint:sha-256 {local.fingerprint}",
+            "a=setup:active",
+            f"a=mid:{mid}",
+            f"a=extmap:{ABS_SEND_TIME_ID} {EXT_ABS_SEND_TIME}",
+            f"a=extmap:{MID_ID} {EXT_MID}",
+            f"a={direction}",
+            "a=rtcp-mux",
+            *codec_lines,
+        ]
+        if publish:
+            msid = f"bench {kind}"
+            lines += [f"a=msid:{msid}", f"a=ssrc:{ssrc} cname:{local.cname}", f"a=ssrc:{ssrc} msid:{msid}"]
+    return "\r\n".join(lines) + "\r\n"
+
+
+@attrs.frozen
+class Answer:
+    ice_ufrag: str
+    ice_pwd: str
+    fingerprints: tuple[tuple[str, str], ...]
+    candidates: tuple[tuple[str, int], ...]
+    ssrcs: dict[str, int]  # kind -> the SSRC the server sends (play answers)
+    payload_types: dict[str, int]  # kind -> payload type
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The server's IPv4 loopback candidate (the bench never uses any other address)."""
+        for host, port in self.candidates:
+            if host == "127.0.0.1":
+                return host, port
+        raise ValueError(f"the answer has no 127.0.0.1 candidate: {self.candidates}")
+
+
+def parse_answer(sdp: str) -> Answer:
+    ufrag = pwd = None
+    fingerprints: list[tuple[str, str]] = []
+    candidates: list[tuple[str, int]] = []
+    ssrcs: dict[str, int] = {}
+    pts: dict[str, int] = {}
+    kind = ""
+    for raw in sdp.splitlines():
+        line = raw.strip()
+        if line.startswith("m="):
+            fields = line[2:].split()
+            kind = fields[0]
+            if fields[1] != "0" and len(fields) > 3:
+                pts.setdefault(kind, int(fields[3]))
+        elif line.startswith("a=ice-ufrag:"):
+            ufrag = ufrag or line.split(":", 1)[1]
+        elif line.startswith("a=ice-pwd:"):
+            pwd = pwd or line.split(":", 1)[1]
+        elif line.startswith("a=fingerprint:"):
+            algorithm, _, value = line.split(":", 1)[1].partition(" ")
+            if (algorithm, value) not in fingerprints:
+                fingerprints.append((algorithm, value))
+        elif line.startswith("a=candidate:"):
+            fields = line.split()
+            if len(fields) >= 6 and fields[2].lower() == "udp":
+                candidate = (fields[4], int(fields[5]))
+                if candidate not in candidates:
+                    candidates.append(candidate)
+        elif line.startswith("a=ssrc:") and kind:
+            ssrcs.setdefault(kind, int(line[7:].split()[0]))
+    if ufrag is None or pwd is None or not fingerprints:
+        raise ValueError("the answer lacks ICE credentials or a fingerprint")
+    return Answer(ufrag, pwd, tuple(fingerprints), tuple(candidates), ssrcs, pts)
+
+
+# --------------------------------------------------------------------------- signaling
+
+
+class SignalingError(Exception):
+    pass
+
+
+class Signaling:
+    """JSON requests over one WebSocket, one at a time; server-initiated requests are acked and kept."""
+
+    def __init__(self, ws: WebSocketConnection, *, app: str, stream: str, uid: str) -> None:
+        self.ws = ws
+        self.header = {"version": "1.0", "app": app, "uid": uid, "stream": stream}
+        self._acks_send, self._acks = trio.open_memory_channel[dict[str, Any]](16)
+        self.server_requests: list[dict[str, Any]] = []
+        self.closed_by_server: str | None = None
+        self.on_server_request: Any = None
+
+    async def pump(self) -> None:
+        try:
+            while True:
+                message = json.loads(await self.ws.get_message())
+                if message.get("method") == "ack":
+                    await self._acks_send.send(message)
+                    continue
+                self.server_requests.append(message)
+                if message.get("method") == "stream.close":
+                    self.closed_by_server = str(message.get("data", {}).get("reason", "?"))
+                reply = {**self.header, "err": 0, "err_msg": "success", "method": "ack",
+                         "on_result": str(message.get("method", "")) + "d", "data": {}}
+                await self.ws.send_message(json.dumps(reply))
+                if self.on_server_request is not None:
+                    self.on_server_request(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._acks_send.close()
+
+    async def request(self, method: str, data: dict[str, Any]) -> dict[str, Any]:
+        await self.ws.send_message(json.dumps({**self.header, "method": method, "data": data}))
+        try:
+            reply = await self._acks.receive()
+        except trio.EndOfChannel:
+            raise SignalingError(f"{method}: the server closed the WebSocket") from None
+        if reply.get("err") != 0:
+            raise SignalingError(f"{method}: error {reply.get('err')} {reply.get('err_msg')}")
+        return reply
+
+
+# --------------------------------------------------------------------------- ICE + DTLS + SRTP
+
+
+class SetupError(Exception):
+    pass
+
+
+def udp_socket(rcvbuf: int = 0) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    if rcvbuf:
+        try:  # root may exceed net.core.rmem_max (the subscribers must not be the ones who drop)
+            sock.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)  # SO_RCVBUFFORCE
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
+
+
+class LegTransport:
+    """One leg's media transport: connected UDP socket, ICE checks as the controlling agent, DTLS
+    client, SRTP. `on_control` takes every datagram that is not RTP (STUN, DTLS, SRTCP)."""
+
+    def __init__(self, sock: socket.socket, local: LocalParams, answer: Answer, certificate: Certificate):
+        self.sock = sock
+        self.local = local
+        self.answer = answer
+        sock.connect(answer.address)
+        self._username = f"{answer.ice_ufrag}:{local.ice_ufrag}"
+        self._key = answer.ice_pwd.encode()
+        self._tie_breaker = int.from_bytes(os.urandom(8), "big")
+        self._pending: dict[bytes, bool] = {}
+        self.ice_done = False
+        self.dtls = DtlsEndpoint(certificate, server=False, remote_fingerprints=answer.fingerprints)
+        self.srtp: SrtpSession | None = None
+        self._changed = trio.Event()
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.rtcp_handler: Any = None
+
+    # -- sending --
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.send(data)
+        except BlockingIOError:
+            self.counters["send_would_block"] += 1
+        except OSError:
+            self.counters["send_error"] += 1
+
+    def send_binding(self, *, nominate: bool) -> None:
+        """A connectivity check (nominating) or an RFC 7675 consent check."""
+        attributes: dict[str, Any] = {
+            "USERNAME": self._username,
+            "PRIORITY": 0x6E7F1EFF,
+            "ICE-CONTROLLING": self._tie_breaker,
+        }
+        if nominate:
+            attributes["USE-CANDIDATE"] = None
+        message = stun.Message(stun.Method.BINDING, stun.Class.REQUEST, attributes=attributes)
+        message.add_message_integrity(self._key)  # and FINGERPRINT, last
+        if len(self._pending) > 64:
+            self._pending.clear()
+        self._pending[message.transaction_id] = nominate
+        self.counters["stun_requests"] += 1
+        self.send(bytes(message))
+
+    # -- receiving (called by whoever reads the socket) --
+
+    def on_control(self, data: bytes, now: float) -> None:
+        first = data[0]
+        if first < 4:
+            self._on_stun(data)
+        elif 20 <= first <= 63:
+            for out in self.dtls.receive(data, now):
+                self.send(out)
+            if self.srtp is None and self.dtls.state is DtlsState.CONNECTED and self.dtls.keys is not None:
+                # At once, not when `establish` next runs: the server's media follows its last flight.
+                self.srtp = SrtpSession(self.dtls.keys)
+            self._wake()
+        elif 128 <= first <= 191:
+            if not 192 <= data[1] <= 223:
+                self.counters["rtp_before_srtp"] += 1  # media overtook our view of the handshake
+                return
+            self.counters["rtcp_in"] += 1
+            if self.srtp is not None and self.rtcp_handler is not None:
+                plain = self.srtp.unprotect_rtcp(data)
+                if plain is not None:
+                    self.rtcp_handler(plain, now)
+        else:
+            self.counters["unknown_datagram"] += 1
+
+    def _on_stun(self, data: bytes) -> None:
+        try:
+            message = stun.parse_message(data)
+        except Exception:
+            self.counters["stun_malformed"] += 1
+            return
+        if message.transaction_id not in self._pending:
+            self.counters["stun_unexpected"] += 1
+            return
+        if message.message_class != stun.Class.RESPONSE:
+            self.counters["stun_error_response"] += 1
+            return
+        if check_stun_auth(data, self._key) is not None:
+            self.counters["stun_bad_auth"] += 1
+            return
+        nominated = self._pending.pop(message.transaction_id)
+        self.counters["stun_responses"] += 1
+        if nominated and not self.ice_done:
+            self.ice_done = True
+            self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+
+    async def _wait_change(self, deadline: float) -> None:
+        self._changed = trio.Event()
+        with trio.move_on_at(deadline):
+            await self._changed.wait()
+
+    # -- set-up --
+
+    async def establish(self, timeout: float = 20.0) -> None:
+        """ICE, then the DTLS handshake; SetupError if either fails or takes longer than `timeout`."""
+        give_up = trio.current_time() + timeout
+        interval = 0.05
+        while not self.ice_done:
+            if trio.current_time() >= give_up:
+                raise SetupError("ICE: no authenticated Binding success response")
+            self.send_binding(nominate=True)
+            await self._wait_change(min(give_up, trio.current_time() + interval))
+            interval = min(interval * 2, 0.5)
+        for out in self.dtls.start(trio.current_time()):
+            self.send(out)
+        while self.dtls.state is DtlsState.HANDSHAKING:
+            deadline = self.dtls.next_deadline() or give_up
+            await self._wait_change(min(deadline, give_up))
+            now = trio.current_time()
+            if now >= give_up:
+                raise SetupError("DTLS handshake did not finish")
+            for out in self.dtls.handle_timeout(now):
+                self.send(out)
+        if self.dtls.state is not DtlsState.CONNECTED or self.srtp is None:
+            raise SetupError(f"DTLS failed: {self.dtls.failure}")
+
+    async def consent(self, interval: float = 5.0) -> None:
+        """RFC 7675 consent freshness, as browsers do (every 5 s, jittered)."""
+        while True:
+            await trio.sleep(interval * (0.8 + 0.4 * secrets.randbelow(1000) / 1000))
+            self.send_binding(nominate=False)
+
+
+# --------------------------------------------------------------------------- one leg, end to end
+
+
+@attrs.define
+class Leg:
+    signaling: Signaling
+    transport: LegTransport
+    offer_sent_at: float  # time.monotonic()
+    connected_at: float = 0.0  # DTLS done
+
+
+@contextlib.asynccontextmanager
+async def open_leg(
+    url: str,
+    *,
+    publish: bool,
+    certificate: Certificate,
+    stream: str,
+    token: str = "",
+    app: str = "live",
+    uid: str = "bench",
+    rcvbuf: int = 0,
+    on_transport: Callable[[LegTransport], None] = lambda transport: None,
+    timeout: float = 20.0,
+    limiter: trio.CapacityLimiter | None = None,
+) -> AsyncIterator[Leg]:
+    """Connect, offer, do ICE and DTLS; the leg lives (WebSocket open, consent checks) inside the block.
+
+    `on_transport` is called as soon as the socket exists, so the caller's reader can feed it.
+    `limiter` bounds how many legs are in set-up at once (it is released once DTLS is done).
+    """
+    sock = udp_socket(rcvbuf)
+    holding = False
+    if limiter is not None:
+        await limiter.acquire()
+        holding = True
+    try:
+        async with (
+            open_websocket_url(url, connect_timeout=timeout, disconnect_timeout=1) as ws,
+            trio.open_nursery() as nursery,
+        ):
+            try:
+                signaling = Signaling(ws, app=app, stream=stream, uid=uid)
+                nursery.start_soon(signaling.pump)
+                with trio.fail_after(timeout):
+                    await signaling.request("stream.connect", {"token": token})
+                    local = LocalParams.new(certificate, sock.getsockname()[1])
+                    offer_sent_at = time.monotonic()
+                    reply = await signaling.request(
+                        "stream.offer", {"publish": publish, "sdp": build_offer(local, publish=publish)}
+                    )
+                    answer = parse_answer(reply["data"]["sdp"])
+                    transport = LegTransport(sock, local, answer, certificate)
+                    on_transport(transport)
+                await transport.establish(timeout)
+                leg = Leg(signaling, transport, offer_sent_at, time.monotonic())
+                if limiter is not None and holding:
+                    limiter.release()
+                    holding = False
+                nursery.start_soon(transport.consent)
+                yield leg
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        if limiter is not None and holding:
+            limiter.release()
+        sock.close()

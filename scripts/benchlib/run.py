@@ -1,0 +1,567 @@
+"""Orchestration: one server process, one publisher process, subscriber worker processes; the
+measurement window; the figures; the table and the JSON.
+
+The orchestrator itself is plain blocking Python: it only starts processes, sends them commands over
+pipes, and reads /proc at the edges of the measurement window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import multiprocessing
+import os
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from . import procfs
+from .media import Media
+from .progress import Progress
+from .publisher import PublisherConfig, run_publisher
+from .subscriber import COARSE_WIDTH, FINE_WIDTH, WorkerConfig, run_worker
+
+SATURATED = 0.90  # of one core
+
+
+@attrs.define
+class Options:
+    subscribers: list[int]
+    duration: float = 10.0
+    settle: float = 2.0
+    probes: int = 5
+    legs_per_worker: int = 75
+    decrypt_every: int = 8
+    pacing: float = 2.5
+    media_path: Path = Path()
+    token: str = ""
+    stream: str = "bench"
+    setup_concurrency: int = 8
+    ramp_timeout: float = 60.0
+    keep_logs: Path | None = None
+
+
+class BenchError(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class ServerProcess:
+    """The server under test, alone in its process (tree), its output in files that cannot fill up."""
+
+    def __init__(self, command: list[str], workdir: Path) -> None:
+        self.command = command
+        self.stdout_path = workdir / "server.stdout"
+        self.stderr_path = workdir / "server.stderr"
+        self.proc = subprocess.Popen(
+            command,
+            stdout=self.stdout_path.open("wb"),
+            stderr=self.stderr_path.open("wb"),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.ws_url = ""
+        self.media_port = 0
+        self.returncode: int | None = None
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Read the `signaling ws://...` and `media udp ...` start-up lines."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.stdout_path.read_text(errors="replace").splitlines():
+                fields = line.split()
+                if line.startswith("signaling") and len(fields) >= 2:
+                    self.ws_url = fields[1]
+                elif line.startswith("media") and len(fields) >= 3 and fields[2].startswith("127.0.0.1:"):
+                    self.media_port = int(fields[2].rsplit(":", 1)[1])
+            if self.ws_url and self.media_port:
+                return
+            if self.proc.poll() is not None:
+                raise BenchError(f"the server exited ({self.proc.returncode}): {self.stderr_tail()}")
+            time.sleep(0.05)
+        raise BenchError(f"no start-up lines from the server within {timeout} s: {self.stderr_tail()}")
+
+    def pids(self) -> list[int]:
+        return procfs.children(self.proc.pid)
+
+    def stderr_tail(self, lines: int = 5) -> str:
+        text = self.stderr_path.read_text(errors="replace").strip().splitlines()
+        return " | ".join(text[-lines:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.returncode = self.proc.returncode
+
+    def log_summary(self) -> dict[str, Any]:
+        lines = self.stderr_path.read_text(errors="replace").splitlines()
+        problems = [
+            line for line in lines
+            if "level=warning" in line or "level=error" in line or "Traceback" in line
+        ]
+        events: dict[str, int] = {}
+        for line in problems:
+            for field in line.split():
+                if field.startswith("event="):
+                    events[field[6:]] = events.get(field[6:], 0) + 1
+        return {
+            "exit_code": self.returncode,
+            "warnings": sum("level=warning" in line for line in lines),
+            "errors": sum("level=error" in line for line in lines),
+            "tracebacks": sum("Traceback" in line for line in lines),
+            "events": events,
+            "first_problems": problems[:5],
+        }
+
+
+# --------------------------------------------------------------------------- child processes
+
+
+class Child:
+    def __init__(self, name: str, target: Any, config: Any) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.name = name
+        self.conn, child_conn = context.Pipe()
+        self.process = context.Process(target=target, args=(child_conn, config), name=name, daemon=True)
+        self.process.start()
+        child_conn.close()
+        self.stash: list[dict[str, Any]] = []
+
+    @property
+    def pid(self) -> int:
+        assert self.process.pid is not None
+        return self.process.pid
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.conn.send(message)
+
+    def wait_event(self, *kinds: str, timeout: float) -> dict[str, Any]:
+        """The next event of one of `kinds`; other events are kept for whoever asks for them."""
+        for i, event in enumerate(self.stash):
+            if event.get("event") in kinds:
+                return self.stash.pop(i)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.conn.poll(remaining):
+                raise BenchError(f"{self.name}: no {'/'.join(kinds)} event within {timeout:.0f} s")
+            try:
+                received: dict[str, Any] = self.conn.recv()
+            except EOFError:
+                raise BenchError(f"{self.name} exited (code {self.process.exitcode})") from None
+            if received.get("event") in kinds:
+                return received
+            self.stash.append(received)
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            with contextlib.suppress(OSError):
+                self.conn.send({"cmd": "stop"})
+            self.process.join(3)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(3)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
+def _events(children: list[Child], timeout: float) -> list[tuple[Child, dict[str, Any]]]:
+    """Every event available within `timeout` from any child (stashed ones first)."""
+    out = [(child, event) for child in children for event in child.stash]
+    for child in children:
+        child.stash.clear()
+    if out:
+        return out
+    by_conn = {child.conn: child for child in children}
+    for conn in wait(list(by_conn), timeout):
+        child = by_conn[conn]  # type: ignore[index]
+        assert isinstance(conn, Connection)
+        try:
+            while conn.poll():
+                out.append((child, conn.recv()))
+        except EOFError:
+            raise BenchError(f"{child.name} exited (code {child.process.exitcode})") from None
+    return out
+
+
+# --------------------------------------------------------------------------- one run
+
+
+@attrs.define
+class Reading:
+    at: float
+    server_cpu: float
+    child_cpu: dict[str, float]
+    drops: dict[int, int]
+    publisher: dict[str, Any]
+    workers: list[dict[str, Any]]
+
+
+def _reading(server: ServerProcess, publisher: Child, workers: list[Child]) -> Reading:
+    for child in (publisher, *workers):
+        child.send({"cmd": "snapshot"})
+    at = time.monotonic()
+    server_cpu = procfs.cpu_seconds(server.pids())
+    child_cpu = {child.name: procfs.cpu_seconds([child.pid]) for child in (publisher, *workers)}
+    drops = procfs.udp_drops()
+    return Reading(
+        at=at,
+        server_cpu=server_cpu,
+        child_cpu=child_cpu,
+        drops=drops,
+        publisher=publisher.wait_event("snapshot", timeout=10),
+        workers=[worker.wait_event("snapshot", timeout=10) for worker in workers],
+    )
+
+
+def percentile(fine: list[int], coarse: list[int], q: float) -> float | None:
+    """The q-quantile (seconds) of the latency histogram, at bucket centres."""
+    total = sum(fine) + sum(coarse)
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for i, count in enumerate(fine):
+        seen += count
+        if seen >= rank:
+            return (i + 0.5) * FINE_WIDTH
+    for i, count in enumerate(coarse):
+        seen += count
+        if seen >= rank:
+            return (i + 0.5) * COARSE_WIDTH
+    return None
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _diff_lists(after: list[int], before: list[int]) -> list[int]:
+    return [a - (before[i] if i < len(before) else 0) for i, a in enumerate(after)]
+
+
+def figures(start: Reading, end: Reading, server: ServerProcess, n: int) -> dict[str, Any]:
+    seconds = end.at - start.at
+    delivered_per_leg: list[int] = []
+    expected = 0
+    fine = [0] * len(start.workers[0]["fine"])
+    coarse = [0] * len(start.workers[0]["coarse"])
+    decrypted = decrypted_all = 0
+    srtp_after: dict[str, int] = {}
+    srtp_window: dict[str, int] = {}
+    for before, after in zip(start.workers, end.workers, strict=True):
+        delivered_per_leg += _diff_lists(after["packets"], before["packets"])
+        expected += sum(_diff_lists(after["expected"], before["expected"]))
+        fine = [a + b for a, b in zip(fine, _diff_lists(after["fine"], before["fine"]), strict=True)]
+        coarse = [a + b for a, b in zip(coarse, _diff_lists(after["coarse"], before["coarse"]), strict=True)]
+        decrypted += after["decrypted"] - before["decrypted"]
+        decrypted_all += after["decrypted_all_legs"] - before["decrypted_all_legs"]
+        for key, value in after["srtp"].items():
+            srtp_after[key] = srtp_after.get(key, 0) + value
+            srtp_window[key] = srtp_window.get(key, 0) + value - before["srtp"].get(key, 0)
+    delivered = sum(delivered_per_leg)
+    server_cpu = end.server_cpu - start.server_cpu
+    published = end.publisher.get("packets", 0) - start.publisher.get("packets", 0)
+    legs = len(delivered_per_leg)
+    drops = {port: end.drops.get(port, 0) - start.drops.get(port, 0) for port in end.drops}
+    children = {
+        name: (end.child_cpu[name] - start.child_cpu[name]) / seconds for name in end.child_cpu
+    }
+    subscriber_cpu = [load for name, load in children.items() if name.startswith("subscribers")]
+    lost = expected - delivered
+    return {
+        "window_s": seconds,
+        "legs": legs,
+        "published_pps": published / seconds,
+        "delivered_packets": delivered,
+        "forwarded_pps": delivered / seconds,
+        "server_cpu_s": server_cpu,
+        "server_cpu_pct": 100 * server_cpu / seconds,
+        "server_us_per_packet": 1e6 * server_cpu / delivered if delivered else None,
+        "loss_pct": 100 * lost / expected if expected else None,
+        "lost_packets": lost,
+        "delivery_ratio": delivered / (published * legs) if published and legs else None,
+        "per_leg_pps": {
+            "min": min(delivered_per_leg) / seconds if legs else None,
+            "median": _median([d / seconds for d in delivered_per_leg]),
+            "max": max(delivered_per_leg) / seconds if legs else None,
+        },
+        "latency_ms": {
+            "p50": _ms(percentile(fine, coarse, 0.50)),
+            "p90": _ms(percentile(fine, coarse, 0.90)),
+            "p99": _ms(percentile(fine, coarse, 0.99)),
+            "p999": _ms(percentile(fine, coarse, 0.999)),
+            "samples": sum(fine) + sum(coarse),
+        },
+        "decrypted_packets": decrypted,
+        "decrypted_on_full_legs": decrypted_all,
+        "srtp_auth_failures": srtp_window.get("rtp_auth_failed", 0),
+        "srtp_auth_failures_total": srtp_after.get("rtp_auth_failed", 0),
+        "srtp_other_failures": {k: v for k, v in srtp_after.items() if k != "rtp_auth_failed" and v},
+        "udp_drops_server_socket": drops.pop(server.media_port, 0),
+        "udp_drops_client_sockets": sum(drops.values()),
+        "subscriber_cpu_pct": [round(100 * load, 1) for load in subscriber_cpu],
+        "subscriber_saturated": any(load > SATURATED for load in subscriber_cpu),
+        "publisher_cpu_pct": round(100 * children.get("publisher", 0.0), 1),
+        "publisher": {
+            key: end.publisher.get(key)
+            for key in ("keyframes", "keyframe_jumps", "pli", "fir", "nacked_packets", "remb_bps",
+                        "late_max_ms", "queued_max")
+        },
+        "worker_counters": [w["counters"] for w in end.workers],
+        "worker_failures": [w["failures"] for w in end.workers if w["failures"]],
+        "closed_by_server": [reason for w in end.workers for reason in w["closed_by_server"]],
+    }
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(1000 * value, 3)
+
+
+def run_case(label: str, command: list[str], n: int, options: Options, progress: Progress) -> dict[str, Any]:
+    """One server process, one publisher, `n` subscribers: ramp up, settle, measure, probe, stop."""
+    result: dict[str, Any] = {"server": label, "command": shlex.join(command), "n": n}
+    workdir = Path(tempfile.mkdtemp(prefix="trio_sfu_bench_"))
+    server = ServerProcess(command, workdir)
+    children: list[Child] = []
+    try:
+        progress.update(f"{label} N={n}: starting the server", 0, n)
+        server.wait_ready()
+        result["media_port"] = server.media_port
+        publisher = Child(
+            "publisher", run_publisher,
+            PublisherConfig(
+                server.ws_url, str(options.media_path), options.stream, options.token, options.pacing
+            ),
+        )
+        children.append(publisher)
+        worker_count = max(1, math.ceil(n / options.legs_per_worker))
+        worker_config = WorkerConfig(
+            server.ws_url, options.stream, options.token, options.decrypt_every,
+            setup_concurrency=options.setup_concurrency,
+        )
+        workers = [Child(f"subscribers-{i}", run_worker, worker_config) for i in range(worker_count)]
+        children += workers
+        ready = publisher.wait_event("ready", "failed", timeout=30)
+        if ready.get("event") == "failed":
+            raise BenchError(f"publisher: {ready['error']}")
+        result["publisher_setup_s"] = ready.get("setup_s")
+        for worker in workers:
+            worker.wait_event("worker_ready", timeout=30)
+        time.sleep(0.5)
+        result["server_rss_base"] = procfs.rss_bytes(server.pids())
+
+        # Ramp-up: every worker sets up its legs (a few at a time each).
+        for i, worker in enumerate(workers):
+            worker.send({"cmd": "add", "indexes": list(range(i, n, worker_count))})
+        ramp_started = time.monotonic()
+        done = failed = 0
+        failures: list[str] = []
+        deadline = ramp_started + options.ramp_timeout + 0.2 * n
+        while done + failed < n:
+            if time.monotonic() > deadline:
+                waited = deadline - ramp_started
+                raise BenchError(f"ramp-up: only {done}/{n} legs connected in {waited:.0f} s")
+            for _, event in _events(workers, 0.2):
+                if event.get("event") == "leg_ready":
+                    done += 1
+                elif event.get("event") == "leg_failed":
+                    failed += 1
+                    failures.append(event["error"])
+            progress.update(f"{label} N={n}: ramp-up ({failed} failed)", done, n)
+        result["ramp_s"] = time.monotonic() - ramp_started
+        result["legs_failed"] = failed
+        result["leg_failures"] = failures[:5]
+        if done == 0 and n:
+            raise BenchError(f"no subscriber leg connected: {failures[:3]}")
+
+        progress.update(f"{label} N={n}: settling", 0, 1)
+        time.sleep(options.settle)
+        start = _reading(server, publisher, workers)
+        end_at = start.at + options.duration
+        while (now := time.monotonic()) < end_at:
+            progress.update(f"{label} N={n}: measuring", now - start.at, options.duration)
+            time.sleep(min(0.25, end_at - now))
+        end = _reading(server, publisher, workers)
+        result["server_rss"] = procfs.rss_bytes(server.pids())
+        result.update(figures(start, end, server, n))
+        result["rss_per_session"] = (result["server_rss"] - result["server_rss_base"]) / max(1, done)
+        ramp_legs = {
+            "first_rtp_s": [v for w in end.workers for v in w["first_rtp_s"]],
+            "first_keyframe_s": [v for w in end.workers for v in w["first_keyframe_s"]],
+            "setup_s": [v for w in end.workers for v in w["setup_s"]],
+        }
+        result["ramp_legs"] = {key: _median(values) for key, values in ramp_legs.items()}
+
+        # New subscribers joining the loaded stream, one at a time.
+        probes = []
+        for i in range(options.probes):
+            progress.update(f"{label} N={n}: new-subscriber probes", i, options.probes)
+            workers[0].send({"cmd": "probe"})
+            probes.append(workers[0].wait_event("probe", timeout=30))
+            time.sleep(0.6)  # the server throttles keyframe requests (0.5 s per track)
+        result["probes"] = probes
+        good = [p for p in probes if "error" not in p]
+        result["probe_errors"] = [p["error"] for p in probes if "error" in p]
+        result["first_rtp_s"] = _median([p["first_rtp_s"] for p in good])
+        result["first_keyframe_s"] = _median([p["first_keyframe_s"] for p in good])
+        result["setup_s"] = _median([p["setup_s"] for p in good])
+        result["ok"] = True
+    except BenchError as exc:
+        result["ok"] = False
+        result["error"] = str(exc)
+    finally:
+        for child in reversed(children):
+            child.stop()
+        server.stop()
+        result["server_log"] = server.log_summary()
+        if options.keep_logs is not None:
+            options.keep_logs.mkdir(parents=True, exist_ok=True)
+            for path in (server.stdout_path, server.stderr_path):
+                target = options.keep_logs / f"{label}-N{n}-{path.name}"
+                target.write_bytes(path.read_bytes())
+        for path in workdir.iterdir():
+            path.unlink()
+        workdir.rmdir()
+    return result
+
+
+# --------------------------------------------------------------------------- many runs, reporting
+
+
+def run_all(
+    servers: list[tuple[str, list[str]]], options: Options, rounds: int, progress: Progress
+) -> list[dict[str, Any]]:
+    """Each N in turn; for several servers, alternate them (A, B, A, B) so drift hits both alike."""
+    results = []
+    plan = [(n, r, label, command) for n in options.subscribers for r in range(rounds)
+            for label, command in servers]
+    for step, (n, r, label, command) in enumerate(plan):
+        progress.run(step, len(plan))
+        result = run_case(label, command, n, options, progress)
+        result["round"] = r
+        results.append(result)
+    progress.run(len(plan), len(plan))
+    return results
+
+
+def summarize(results: list[dict[str, Any]], label: str, n: int) -> dict[str, Any] | None:
+    """The mean over rounds of one (server, N); None if no round succeeded."""
+    runs = [r for r in results if r["server"] == label and r["n"] == n and r.get("ok")]
+    if not runs:
+        return None
+
+    def mean(get: Any) -> float | None:
+        values = [v for v in (get(r) for r in runs) if v is not None]
+        return statistics.fmean(values) if values else None
+
+    return {
+        "server": label,
+        "n": n,
+        "rounds": len(runs),
+        "forwarded_pps": mean(lambda r: r["forwarded_pps"]),
+        "server_us_per_packet": mean(lambda r: r["server_us_per_packet"]),
+        "server_cpu_pct": mean(lambda r: r["server_cpu_pct"]),
+        "loss_pct": mean(lambda r: r["loss_pct"]),
+        "latency_p50_ms": mean(lambda r: r["latency_ms"]["p50"]),
+        "latency_p99_ms": mean(lambda r: r["latency_ms"]["p99"]),
+        "first_rtp_ms": mean(lambda r: r["first_rtp_s"] and 1000 * r["first_rtp_s"]),
+        "first_keyframe_ms": mean(lambda r: r["first_keyframe_s"] and 1000 * r["first_keyframe_s"]),
+        "server_rss_mb": mean(lambda r: r["server_rss"] / 2**20),
+        "rss_per_session_kb": mean(lambda r: r["rss_per_session"] / 1024),
+        "subscriber_cpu_max_pct": max(max(r["subscriber_cpu_pct"], default=0.0) for r in runs),
+        "subscriber_saturated": any(r["subscriber_saturated"] for r in runs),
+        "auth_failures": sum(r["srtp_auth_failures_total"] for r in runs),
+        "decrypted_packets": sum(r["decrypted_packets"] for r in runs),
+    }
+
+
+COLUMNS = (
+    ("server", "server", "{}"),
+    ("N", "n", "{}"),
+    ("fwd pkt/s", "forwarded_pps", "{:.0f}"),
+    ("CPU µs/pkt", "server_us_per_packet", "{:.1f}"),
+    ("srv CPU %", "server_cpu_pct", "{:.0f}"),
+    ("loss %", "loss_pct", "{:.2f}"),
+    ("lat p50 ms", "latency_p50_ms", "{:.2f}"),
+    ("lat p99 ms", "latency_p99_ms", "{:.2f}"),
+    ("1st RTP ms", "first_rtp_ms", "{:.0f}"),
+    ("1st key ms", "first_keyframe_ms", "{:.0f}"),
+    ("RSS MB", "server_rss_mb", "{:.1f}"),
+    ("KB/session", "rss_per_session_kb", "{:.0f}"),
+    ("sub CPU %", "subscriber_cpu_max_pct", "{:.0f}"),
+)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    cells = [[title for title, _, _ in COLUMNS]]
+    for row in rows:
+        line = []
+        for _, key, fmt in COLUMNS:
+            value = row.get(key)
+            text = "-" if value is None else fmt.format(value)
+            if key == "subscriber_cpu_max_pct" and row.get("subscriber_saturated"):
+                text += "!"
+            line.append(text)
+        cells.append(line)
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    lines = []
+    for k, cells_row in enumerate(cells):
+        lines.append("  ".join(cell.rjust(width) for cell, width in zip(cells_row, widths, strict=True)))
+        if k == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+RATIO_KEYS = ("server_us_per_packet", "forwarded_pps", "loss_pct", "latency_p50_ms", "latency_p99_ms",
+              "first_keyframe_ms", "rss_per_session_kb")
+
+
+def ratios(summaries: list[dict[str, Any]], a: str, b: str) -> list[dict[str, Any]]:
+    out = []
+    by_key = {(s["server"], s["n"]): s for s in summaries}
+    for n in sorted({s["n"] for s in summaries}):
+        sa, sb = by_key.get((a, n)), by_key.get((b, n))
+        if sa is None or sb is None:
+            continue
+        row: dict[str, Any] = {"n": n}
+        for key in RATIO_KEYS:
+            va, vb = sa.get(key), sb.get(key)
+            row[key] = vb / va if va and vb is not None else None
+        out.append(row)
+    return out
+
+
+def ratio_table(rows: list[dict[str, Any]]) -> str:
+    titles = ["N", "µs/pkt", "fwd pkt/s", "loss", "lat p50", "lat p99", "1st key", "KB/session"]
+    cells = [titles]
+    for row in rows:
+        cells.append([str(row["n"])] + ["-" if row[k] is None else f"{row[k]:.2f}" for k in RATIO_KEYS])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(titles))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells)
+
+
+def media_summary(path: Path) -> str:
+    return Media.load(path).summary()
+
+
+def python_command() -> list[str]:
+    return [sys.executable, "-m", "trio_sfu", "--signal", "127.0.0.1:0", "--media", "127.0.0.1:0",
+            "--log-level", "warning"]

@@ -1,0 +1,409 @@
+"""A subscriber worker process: many real play legs, and a receive loop cheap enough not to matter.
+
+Every leg has its own UDP socket (its own 5-tuple, as a browser would). All of them sit in one epoll
+set whose descriptor Trio waits on, so one wake-up serves every socket that has data, and each socket
+is read until EAGAIN. Per RTP packet the loop does only: sequence accounting per SSRC, the latency
+from abs-send-time (the header is not encrypted), and SRTP unprotect for 1 packet in 8 — every packet
+until the leg's first keyframe, and every packet on legs chosen to decrypt all.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import math
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+import attrs
+import trio
+
+from trio_sfu.certificate import Certificate
+
+from .proto import ABS_SEND_TIME_ID, AST_UNITS, VP8_PT, LegTransport, Signaling, open_leg
+
+SO_TIMESTAMPNS = 35  # Linux; the socket module does not export it
+FINE_BUCKETS = 4096  # abs-send-time ticks (3.8 us) >> 2: 15.3 us buckets up to 62.5 ms
+COARSE_SHIFT = 12  # then 15.6 ms buckets up to 32 s
+COARSE_BUCKETS = 2048
+TICK = 1.0 / AST_UNITS
+FINE_WIDTH = 4 * TICK
+COARSE_WIDTH = (1 << COARSE_SHIFT) * TICK
+
+
+@attrs.define
+class WorkerConfig:
+    url: str
+    stream: str = "bench"
+    token: str = ""
+    decrypt_every: int = 8  # a power of two
+    decrypt_all_legs: int = 1  # the first legs of this worker decrypt every packet
+    setup_concurrency: int = 8
+    rcvbuf: int = 1 << 21
+    coalesce: float = 0.002  # seconds the receive thread sleeps between rounds (see receive_loop)
+
+
+class SubscriberLeg:
+    """What the receive loop keeps per leg."""
+
+    def __init__(self, index: int, transport: LegTransport, decrypt_all: bool) -> None:
+        self.index = index
+        self.transport = transport
+        self.decrypt_all = decrypt_all
+        self.mask = 0  # decrypt when (count & mask) == 0: every packet until the first keyframe
+        self.count = 0
+        self.streams: dict[bytes, list[int]] = {}  # ssrc -> [extended max seq, received, first seq]
+        self.decrypted = 0
+        self.offer_sent_at = 0.0
+        self.connected_at = 0.0
+        self.first_rtp_at = 0.0
+        self.first_keyframe_at = 0.0
+        self.active = True
+        self.fd = -1
+        self.signaling: Signaling | None = None
+
+    def expected(self) -> int:
+        return sum(s[0] - s[2] + 1 for s in list(self.streams.values()))
+
+    def received(self) -> int:
+        return sum(s[1] for s in list(self.streams.values()))
+
+
+def is_vp8_keyframe_start(packet: bytes) -> bool:
+    """RFC 7741: descriptor with S=1, PID=0, then the payload header's P bit clear (a keyframe)."""
+    first = packet[0]
+    pos = 12 + 4 * (first & 0x0F)
+    if first & 0x10:
+        if pos + 4 > len(packet):
+            return False
+        pos += 4 + 4 * int.from_bytes(packet[pos + 2 : pos + 4], "big")
+    end = len(packet) - (packet[-1] if first & 0x20 else 0)
+    if pos >= end:
+        return False
+    descriptor = packet[pos]
+    if not descriptor & 0x10 or descriptor & 0x07:
+        return False
+    pos += 1
+    if descriptor & 0x80:
+        extension = packet[pos]
+        pos += 1
+        if extension & 0x80:
+            pos += 2 if packet[pos] & 0x80 else 1
+        if extension & 0x40:
+            pos += 1
+        if extension & 0x30:
+            pos += 1
+    return pos < end and not packet[pos] & 0x01
+
+
+def clock_offset(monotonic: Callable[[], float], realtime: Callable[[], float]) -> float:
+    """CLOCK_MONOTONIC minus CLOCK_REALTIME, from the tightest of three bracketed readings (a thread
+    preempted between two readings would shift every latency of the round)."""
+    best_gap, best = math.inf, 0.0
+    for _ in range(3):
+        before = realtime()
+        mono = monotonic()
+        after = realtime()
+        if after - before < best_gap:
+            best_gap, best = after - before, mono - (before + after) / 2
+    return best
+
+
+class Worker:
+    def __init__(self, conn: Connection, config: WorkerConfig) -> None:
+        self.conn = conn
+        self.config = config
+        self.certificate = Certificate.generate("bench-subscriber")
+        self.epoll = select.epoll()
+        self.by_fd: dict[int, tuple[SubscriberLeg, LegTransport]] = {}
+        self.legs: list[SubscriberLeg] = []
+        self.fine = [0] * FINE_BUCKETS
+        self.coarse = [0] * COARSE_BUCKETS
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.failures: list[str] = []
+        self.limiter = trio.CapacityLimiter(config.setup_concurrency)
+        self.started = 0
+        self.stopping = False
+        self.setting_up = 0  # legs between offer and DTLS done
+        self.trio_token = trio.lowlevel.current_trio_token()
+
+    # ---- the receive loop (its own thread) ----
+
+    def receive_loop(self) -> None:
+        try:
+            self._receive_loop()
+        except BaseException as exc:  # a dead receiver must show in the report, not just stop counting
+            self.failures.append(f"receiver thread: {_describe(exc)}")
+            self.counters["receiver_died"] += 1
+            raise
+
+    def _receive_loop(self) -> None:
+        """Block in epoll (GIL released) until something arrives; then read one datagram from each
+        ready socket and poll again without blocking until nothing is left (no EAGAIN per socket);
+        then sleep `coalesce` seconds so that the next round finds many packets, not one.
+
+        Sleeping does not bias the figures: arrival times are the kernel's receive timestamps
+        (SO_TIMESTAMPNS, CLOCK_REALTIME, mapped onto CLOCK_MONOTONIC each round), not our read times.
+        Only RTP is handled here; every other datagram goes to the Trio thread.
+        """
+        poll = self.epoll.poll
+        by_fd = self.by_fd
+        monotonic, realtime, sleep = time.monotonic, time.time, time.sleep
+        timespec = struct.Struct("@qq").unpack
+        fine, coarse = self.fine, self.coarse
+        counters = self.counters
+        ast_byte = (ABS_SEND_TIME_ID << 4) | 2
+        decrypt_mask = self.config.decrypt_every - 1
+        coalesce = self.config.coalesce
+        to_trio = self.trio_token.run_sync_soon
+        control = self._control_datagram
+        while not self.stopping:
+            events = poll(0.25)
+            if events:
+                counters["rounds"] += 1
+            offset = clock_offset(monotonic, realtime)
+            while events:
+                for fd, _ in events:
+                    entry = by_fd.get(fd)
+                    if entry is None:
+                        continue
+                    leg, transport = entry
+                    try:
+                        data, ancillary, _, _ = transport.sock.recvmsg(2048, 64)
+                    except OSError:  # EAGAIN after all, or a socket closed under us
+                        counters["recv_error"] += 1
+                        continue
+                    if ancillary:
+                        seconds, nanoseconds = timespec(ancillary[0][2])
+                        now = seconds + nanoseconds * 1e-9 + offset
+                    else:
+                        now = monotonic()
+                        counters["no_timestamp"] += 1
+                    first = data[0]
+                    srtp = transport.srtp
+                    if first < 128 or first > 191 or 192 <= data[1] <= 223 or srtp is None:
+                        to_trio(control, transport, data)
+                        continue
+                    seq = (data[2] << 8) | data[3]
+                    key = data[8:12]
+                    state = leg.streams.get(key)
+                    if state is None:
+                        leg.streams[key] = [seq, 1, seq]
+                        if not leg.first_rtp_at:
+                            leg.first_rtp_at = now
+                    else:
+                        delta = (seq - state[0]) & 0xFFFF
+                        if delta < 0x8000:
+                            state[0] += delta
+                        state[1] += 1
+                    if first & 0x10:
+                        pos = 12 + ((first & 0x0F) << 2)
+                        if data[pos + 4] == ast_byte and data[pos] == 0xBE:
+                            sent = (data[pos + 5] << 16) | (data[pos + 6] << 8) | data[pos + 7]
+                            ticks = (int(now * 262144.0) - sent) & 0xFFFFFF
+                            if ticks < 16384:
+                                fine[ticks >> 2] += 1
+                            elif ticks < 0x800000:
+                                coarse[min(ticks >> COARSE_SHIFT, COARSE_BUCKETS - 1)] += 1
+                            else:
+                                counters["latency_negative"] += 1
+                        else:
+                            counters["latency_unparsed"] += 1
+                    count = leg.count = leg.count + 1
+                    if count & leg.mask == 0:
+                        plain = srtp.unprotect_rtp(data)
+                        if plain is not None:
+                            leg.decrypted += 1
+                            if (
+                                not leg.first_keyframe_at
+                                and (plain[1] & 0x7F) == VP8_PT
+                                and is_vp8_keyframe_start(plain)
+                            ):
+                                leg.first_keyframe_at = now
+                                if not leg.decrypt_all:
+                                    leg.mask = decrypt_mask
+                events = poll(0)
+                counters["polls"] += 1
+            if coalesce and not self.setting_up:  # set-up round trips are timed: answer them at once
+                sleep(coalesce)
+
+    @staticmethod
+    def _control_datagram(transport: LegTransport, data: bytes) -> None:
+        transport.on_control(data, trio.current_time())
+
+    def register(self, leg: SubscriberLeg, transport: LegTransport) -> None:
+        leg.fd = transport.sock.fileno()
+        transport.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.by_fd[leg.fd] = (leg, transport)
+        self.epoll.register(leg.fd, select.EPOLLIN)
+
+    def unregister(self, leg: SubscriberLeg) -> None:
+        if self.by_fd.get(leg.fd, (None,))[0] is leg:
+            del self.by_fd[leg.fd]
+            with contextlib.suppress(OSError):  # closing the socket already removed it
+                self.epoll.unregister(leg.fd)
+
+    # ---- legs ----
+
+    async def run_leg(self, index: int, done: trio.MemorySendChannel[dict[str, Any]]) -> None:
+        leg: SubscriberLeg | None = None
+        decrypt_all = self.started < self.config.decrypt_all_legs
+        self.started += 1
+
+        def on_transport(transport: LegTransport) -> None:
+            nonlocal leg
+            leg = SubscriberLeg(index, transport, decrypt_all)
+            self.register(leg, transport)
+
+        self.setting_up += 1
+        setting_up = True
+        try:
+            async with open_leg(
+                self.config.url, publish=False, certificate=self.certificate, stream=self.config.stream,
+                token=self.config.token, rcvbuf=self.config.rcvbuf, on_transport=on_transport,
+                limiter=self.limiter,
+            ) as opened:
+                assert leg is not None
+                leg.offer_sent_at = opened.offer_sent_at
+                leg.connected_at = opened.connected_at
+                leg.signaling = opened.signaling
+                self.setting_up -= 1
+                setting_up = False
+                self.legs.append(leg)
+                await done.send({"event": "leg_ready", "index": index})
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    leg.active = False
+        except Exception as exc:
+            self.failures.append(f"leg {index}: {_describe(exc)}")
+            await done.send({"event": "leg_failed", "index": index, "error": _describe(exc)})
+        finally:
+            if setting_up:
+                self.setting_up -= 1
+            if leg is not None:
+                self.unregister(leg)
+
+    async def probe(self) -> dict[str, Any]:
+        """A new subscriber on the loaded server: offer to first RTP and to first keyframe, then leave."""
+        leg: SubscriberLeg | None = None
+
+        def on_transport(transport: LegTransport) -> None:
+            nonlocal leg
+            leg = SubscriberLeg(-1, transport, False)
+            self.register(leg, transport)
+
+        self.setting_up += 1  # until the first keyframe
+        try:
+            with trio.fail_after(15):
+                async with open_leg(
+                    self.config.url, publish=False, certificate=self.certificate, stream=self.config.stream,
+                    token=self.config.token, rcvbuf=self.config.rcvbuf, on_transport=on_transport,
+                ) as opened:
+                    assert leg is not None
+                    while not leg.first_keyframe_at:
+                        await trio.sleep(0.005)
+                    return {
+                        "event": "probe",
+                        "setup_s": opened.connected_at - opened.offer_sent_at,
+                        "first_rtp_s": leg.first_rtp_at - opened.offer_sent_at,
+                        "first_keyframe_s": leg.first_keyframe_at - opened.offer_sent_at,
+                    }
+        except Exception as exc:
+            return {"event": "probe", "error": _describe(exc)}
+        finally:
+            self.setting_up -= 1
+            if leg is not None:
+                self.unregister(leg)
+
+    # ---- reporting ----
+
+    def snapshot(self) -> dict[str, Any]:
+        srtp: collections.Counter[str] = collections.Counter()
+        transport: collections.Counter[str] = collections.Counter()
+        for leg in self.legs:
+            if leg.transport.srtp is not None:
+                srtp.update(leg.transport.srtp.counters)
+            transport.update(leg.transport.counters)
+        return {
+            "event": "snapshot",
+            "at": time.monotonic(),
+            "legs": len(self.legs),
+            "active": sum(leg.active for leg in self.legs),
+            "packets": [leg.received() for leg in list(self.legs)],
+            "expected": [leg.expected() for leg in list(self.legs)],
+            "decrypted": sum(leg.decrypted for leg in self.legs),
+            "decrypted_all_legs": sum(leg.decrypted for leg in self.legs if leg.decrypt_all),
+            "first_rtp_s": [leg.first_rtp_at - leg.offer_sent_at for leg in self.legs if leg.first_rtp_at],
+            "first_keyframe_s": [
+                leg.first_keyframe_at - leg.offer_sent_at for leg in self.legs if leg.first_keyframe_at
+            ],
+            "setup_s": [leg.connected_at - leg.offer_sent_at for leg in self.legs],
+            "fine": list(self.fine),
+            "coarse": list(self.coarse),
+            "counters": dict(self.counters),
+            "closed_by_server": [
+                leg.signaling.closed_by_server for leg in self.legs
+                if leg.signaling is not None and leg.signaling.closed_by_server
+            ],
+            "srtp": dict(srtp),
+            "transport": dict(transport),
+            "failures": list(self.failures),
+        }
+
+    async def control(self, nursery: trio.Nursery) -> None:
+        send, receive = trio.open_memory_channel[dict[str, Any]](math.inf)
+        nursery.start_soon(self._forward_events, receive)
+        while True:
+            await trio.lowlevel.wait_readable(self.conn.fileno())
+            while self.conn.poll():
+                message = self.conn.recv()
+                command = message["cmd"]
+                if command == "add":
+                    for index in message["indexes"]:
+                        nursery.start_soon(self.run_leg, index, send.clone())
+                elif command == "snapshot":
+                    self.conn.send(self.snapshot())
+                elif command == "probe":
+                    nursery.start_soon(self._probe, send.clone())
+                elif command == "stop":
+                    nursery.cancel_scope.cancel()
+                    return
+
+    async def _probe(self, send: trio.MemorySendChannel[dict[str, Any]]) -> None:
+        await send.send(await self.probe())
+
+    async def _forward_events(self, receive: trio.MemoryReceiveChannel[dict[str, Any]]) -> None:
+        async for event in receive:
+            self.conn.send(event)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(e) for e in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def worker_main(conn: Connection, config: WorkerConfig) -> None:
+    worker = Worker(conn, config)
+    receiver = threading.Thread(target=worker.receive_loop, name="receiver", daemon=True)
+    receiver.start()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker.control, nursery)
+            conn.send({"event": "worker_ready"})
+    finally:
+        worker.stopping = True
+        receiver.join(1)
+
+
+def run_worker(conn: Connection, config: WorkerConfig) -> None:
+    """multiprocessing entry point."""
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(worker_main, conn, config)
