@@ -58,7 +58,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "--signal 127.0.0.1:0 --media 127.0.0.1:0 --log-level warning); it must print the "
                         "same 'signaling ws://...' and 'media udp ...' start-up lines")
     parser.add_argument("--compare", nargs=2, metavar=("CMD_A", "CMD_B"),
-                        help="bench two server command lines in alternation and print ratios B/A")
+                        help="bench two server command lines in alternation and print ratios B/A; "
+                        "'default' is this tree's server, 'janus' is Debian's Janus (VideoRoom, HTTP API)")
+    parser.add_argument("--janus", action="store_true",
+                        help="also bench Janus in the same run (alternating with trio_sfu): same as "
+                        "--compare default janus")
     parser.add_argument("--rounds", type=int, help="runs per (server, N); default 1, or 2 with --compare")
     parser.add_argument("--probes", type=int, help="new subscribers timed after the window (5)")
     parser.add_argument("--legs-per-worker", type=int, default=75, help="subscriber legs per process (75)")
@@ -76,15 +80,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def in_private_netns() -> bool:
-    if os.environ.get("TRIO_SFU_NETNS"):
-        return True
-    try:
-        return os.readlink("/proc/self/ns/net") != os.readlink("/proc/1/ns/net")
-    except OSError:
-        return False
-
-
 def reexec_in_netns() -> None:
     """Run again inside `unshare --net` with only loopback up, if this machine allows it."""
     if not (shutil.which("unshare") and shutil.which("ip")):
@@ -99,7 +94,7 @@ def reexec_in_netns() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if not args.no_netns and not in_private_netns():
+    if not args.no_netns and not os.environ.get("TRIO_SFU_NETNS") and not procfs.loopback_only():
         reexec_in_netns()
     if args.quick:
         subscribers, duration, settle, probes = [1, 5], 3.0, 0.5, 3
@@ -112,10 +107,20 @@ def main(argv: list[str] | None = None) -> int:
         probes = args.probes
 
     loaded = media.load_or_generate(args.media, regenerate=args.regenerate_media)
+    def command(text: str) -> list[str]:
+        return python_command() if text == "default" else shlex.split(text)
+
+    if args.janus:
+        args.compare = [args.server_cmd or "default", "janus"]
     if args.compare:
-        servers = [("A", shlex.split(args.compare[0])), ("B", shlex.split(args.compare[1]))]
+        pairs = zip(args.compare, "AB", strict=True)
+        labels = [text if text in ("default", "janus") else name for text, name in pairs]
+        if labels[0] == labels[1]:
+            labels = ["A", "B"]
+        labels = ["trio_sfu" if label == "default" else label for label in labels]
+        servers = [(labels[0], command(args.compare[0])), (labels[1], command(args.compare[1]))]
     elif args.server_cmd:
-        servers = [("server", shlex.split(args.server_cmd))]
+        servers = [("janus" if args.server_cmd == "janus" else "server", command(args.server_cmd))]
     else:
         servers = [("trio_sfu", python_command())]
     rounds = args.rounds or (2 if args.compare else 1)
@@ -177,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
             problems.append(f"server exit code {log['exit_code']} after SIGTERM")
         if problems:
             print(f"{result['server']} N={result['n']} round {result['round']}: " + "; ".join(problems))
-    comparison = ratios(summaries, "A", "B") if args.compare else []
+    comparison = ratios(summaries, servers[0][0], servers[1][0]) if args.compare else []
     if comparison:
-        print("\nratios B/A (below 1: B uses less / is faster):")
+        print(f"\nratios {servers[1][0]}/{servers[0][0]} (below 1: {servers[1][0]} uses less / is faster):")
         print(ratio_table(comparison))
 
     load_after = procfs.load_average()

@@ -57,7 +57,8 @@ def rss_bytes(pids: list[int]) -> int:
 
 
 def udp_drops() -> dict[int, int]:
-    """Datagrams the kernel dropped per local UDP port (receive buffer full), this network namespace."""
+    """Datagrams the kernel dropped per UDP socket (by inode; receive buffer full), in this network
+    namespace."""
     drops: dict[int, int] = {}
     for name in ("/proc/net/udp", "/proc/net/udp6"):
         try:
@@ -66,9 +67,40 @@ def udp_drops() -> dict[int, int]:
             continue
         for line in lines:
             fields = line.split()
-            port = int(fields[1].rsplit(":", 1)[1], 16)
-            drops[port] = drops.get(port, 0) + int(fields[-1])
+            drops[int(fields[9])] = int(fields[-1])  # inode, drops
     return drops
+
+
+def socket_inodes(pids: list[int]) -> set[int]:
+    """The inodes of the sockets these processes hold open."""
+    inodes = set()
+    for pid in pids:
+        try:
+            entries = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{entry}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    return inodes
+
+
+BENCH_INTERFACES = frozenset({"lo", "bench0", "bench1"})  # bench0/1: see janus.prepare_network
+
+
+def loopback_only() -> bool:
+    """Whether this network namespace has no interface but loopback (and the bench's own veth pair):
+    a private one made by `unshare --net`, not the machine's."""
+    try:  # /proc/self/net follows this process's namespace (/sys/class/net follows sysfs's mount)
+        lines = Path("/proc/self/net/dev").read_text().splitlines()[2:]
+    except OSError:
+        return False
+    interfaces = {line.split(":", 1)[0].strip() for line in lines}
+    return bool(interfaces) and interfaces <= BENCH_INTERFACES
 
 
 def load_average() -> list[float]:

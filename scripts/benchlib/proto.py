@@ -36,6 +36,7 @@ OPUS_PT = 111
 VP8_PT = 96
 AST_UNITS = 1 << 18  # abs-send-time: 6.18 fixed-point seconds, 24 bits (wraps every 64 s)
 AST_MASK = 0xFFFFFF
+JANUS_MEDIA_HOST = "127.0.0.2"
 _ICE_CHARS = string.ascii_letters + string.digits + "+/"
 
 
@@ -60,9 +61,10 @@ class LocalParams:
     audio_ssrc: int
     video_ssrc: int
     cname: str
+    host: str = "127.0.0.1"  # the leg's address (its host candidate)
 
     @classmethod
-    def new(cls, certificate: Certificate, port: int) -> LocalParams:
+    def new(cls, certificate: Certificate, port: int, host: str = "127.0.0.1") -> LocalParams:
         ssrcs = struct.unpack("!II", os.urandom(8))
         return cls(
             ice_ufrag=ice_credential(8),
@@ -72,6 +74,7 @@ class LocalParams:
             audio_ssrc=ssrcs[0] | 1,
             video_ssrc=ssrcs[1] | 1,
             cname=secrets.token_hex(8),
+            host=host,
         )
 
 
@@ -106,7 +109,7 @@ def build_offer(local: LocalParams, *, publish: bool) -> str:
         ]
         if index == 0:
             lines += [
-                f"a=candidate:1 1 udp 2122260223 127.0.0.1 {local.port} typ host generation 0",
+                f"a=candidate:1 1 udp 2122260223 {local.host} {local.port} typ host generation 0",
                 "a=end-of-candidates",
             ]
         lines += [
@@ -128,21 +131,38 @@ def build_offer(local: LocalParams, *, publish: bool) -> str:
 
 
 @attrs.frozen
+class Section:
+    kind: str
+    port: int
+    mid: str | None
+    formats: tuple[str, ...]
+    rtpmaps: dict[int, str]  # payload type -> "VP8/90000"
+    extensions: dict[str, int]  # uri -> id
+
+
+@attrs.frozen
 class Answer:
+    """The peer's session description (an answer from trio_sfu; an offer from Janus for players)."""
+
     ice_ufrag: str
     ice_pwd: str
     fingerprints: tuple[tuple[str, str], ...]
     candidates: tuple[tuple[str, int], ...]
     ssrcs: dict[str, int]  # kind -> the SSRC the server sends (play answers)
     payload_types: dict[str, int]  # kind -> payload type
+    sections: tuple[Section, ...] = ()
 
     @property
     def address(self) -> tuple[str, int]:
-        """The server's IPv4 loopback candidate (the bench never uses any other address)."""
-        for host, port in self.candidates:
-            if host == "127.0.0.1":
-                return host, port
-        raise ValueError(f"the answer has no 127.0.0.1 candidate: {self.candidates}")
+        """The server's IPv4 loopback candidate (the bench never uses any other address): 127.0.0.1
+        first, else another 127/8 one (Janus gathers only on non-loopback interfaces)."""
+        loopback = [(h, p) for h, p in self.candidates if h.startswith("127.")]
+        for host, port in sorted(loopback, key=lambda c: c[0] != "127.0.0.1"):
+            return host, port
+        raise ValueError(f"the answer has no 127.0.0.0/8 candidate: {self.candidates}")
+
+    def extension_id(self, uri: str) -> int:
+        return next((s.extensions[uri] for s in self.sections if uri in s.extensions), 0)
 
 
 def parse_answer(sdp: str) -> Answer:
@@ -151,14 +171,15 @@ def parse_answer(sdp: str) -> Answer:
     candidates: list[tuple[str, int]] = []
     ssrcs: dict[str, int] = {}
     pts: dict[str, int] = {}
-    kind = ""
+    sections: list[Section] = []
     for raw in sdp.splitlines():
         line = raw.strip()
+        section = sections[-1] if sections else None
         if line.startswith("m="):
             fields = line[2:].split()
-            kind = fields[0]
+            sections.append(Section(fields[0], int(fields[1]), None, tuple(fields[3:]), {}, {}))
             if fields[1] != "0" and len(fields) > 3:
-                pts.setdefault(kind, int(fields[3]))
+                pts.setdefault(fields[0], int(fields[3]))
         elif line.startswith("a=ice-ufrag:"):
             ufrag = ufrag or line.split(":", 1)[1]
         elif line.startswith("a=ice-pwd:"):
@@ -173,11 +194,21 @@ def parse_answer(sdp: str) -> Answer:
                 candidate = (fields[4], int(fields[5]))
                 if candidate not in candidates:
                     candidates.append(candidate)
-        elif line.startswith("a=ssrc:") and kind:
-            ssrcs.setdefault(kind, int(line[7:].split()[0]))
+        elif section is None:
+            continue
+        elif line.startswith("a=ssrc:"):
+            ssrcs.setdefault(section.kind, int(line[7:].split()[0]))
+        elif line.startswith("a=mid:"):
+            sections[-1] = attrs.evolve(section, mid=line[6:])
+        elif line.startswith("a=rtpmap:"):
+            pt, _, codec = line[9:].partition(" ")
+            section.rtpmaps[int(pt)] = codec
+        elif line.startswith("a=extmap:"):
+            ident, _, uri = line[9:].partition(" ")
+            section.extensions[uri.split()[0]] = int(ident.split("/")[0])
     if ufrag is None or pwd is None or not fingerprints:
         raise ValueError("the answer lacks ICE credentials or a fingerprint")
-    return Answer(ufrag, pwd, tuple(fingerprints), tuple(candidates), ssrcs, pts)
+    return Answer(ufrag, pwd, tuple(fingerprints), tuple(candidates), ssrcs, pts, tuple(sections))
 
 
 # --------------------------------------------------------------------------- signaling
@@ -197,6 +228,7 @@ class Signaling:
         self.server_requests: list[dict[str, Any]] = []
         self.closed_by_server: str | None = None
         self.on_server_request: Any = None
+        self.offer_sent_at = 0.0
 
     async def pump(self) -> None:
         try:
@@ -218,6 +250,14 @@ class Signaling:
         finally:
             self._acks_send.close()
 
+    async def negotiate(self, local: LocalParams, *, publish: bool, token: str) -> Answer:
+        """stream.connect, then our offer; the server's answer."""
+        await self.request("stream.connect", {"token": token})
+        self.offer_sent_at = time.monotonic()
+        offer = build_offer(local, publish=publish)
+        reply = await self.request("stream.offer", {"publish": publish, "sdp": offer})
+        return parse_answer(reply["data"]["sdp"])
+
     async def request(self, method: str, data: dict[str, Any]) -> dict[str, Any]:
         await self.ws.send_message(json.dumps({**self.header, "method": method, "data": data}))
         try:
@@ -236,14 +276,14 @@ class SetupError(Exception):
     pass
 
 
-def udp_socket(rcvbuf: int = 0) -> socket.socket:
+def udp_socket(rcvbuf: int = 0, host: str = "127.0.0.1") -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     if rcvbuf:
         try:  # root may exceed net.core.rmem_max (the subscribers must not be the ones who drop)
             sock.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)  # SO_RCVBUFFORCE
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind((host, 0))
     sock.setblocking(False)
     return sock
 
@@ -326,6 +366,9 @@ class LegTransport:
         except Exception:
             self.counters["stun_malformed"] += 1
             return
+        if message.message_class == stun.Class.REQUEST:
+            self._answer_check(message, data)
+            return
         if message.transaction_id not in self._pending:
             self.counters["stun_unexpected"] += 1
             return
@@ -340,6 +383,26 @@ class LegTransport:
         if nominated and not self.ice_done:
             self.ice_done = True
             self._wake()
+
+    def _answer_check(self, message: stun.Message, data: bytes) -> None:
+        """A full ICE peer (Janus's libnice, even in lite mode, sends triggered checks) checks us too:
+        answer as a browser would, signed with our password."""
+        expected = f"{self.local.ice_ufrag}:{self.answer.ice_ufrag}"
+        if (
+            message.message_method != stun.Method.BINDING
+            or message.attributes.get("USERNAME") != expected
+            or check_stun_auth(data, self.local.ice_pwd.encode()) is not None
+        ):
+            self.counters["stun_bad_request"] += 1
+            return
+        host, port = self.sock.getpeername()[:2]
+        response = stun.Message(
+            stun.Method.BINDING, stun.Class.RESPONSE, transaction_id=message.transaction_id,
+            attributes={"XOR-MAPPED-ADDRESS": (host, port)},
+        )
+        response.add_message_integrity(self.local.ice_pwd.encode())
+        self.counters["stun_checks_answered"] += 1
+        self.send(bytes(response))
 
     def _wake(self) -> None:
         self._changed.set()
@@ -386,7 +449,7 @@ class LegTransport:
 
 @attrs.define
 class Leg:
-    signaling: Signaling
+    signaling: Any  # Signaling, or janus.JanusSignaling
     transport: LegTransport
     offer_sent_at: float  # time.monotonic()
     connected_at: float = 0.0  # DTLS done
@@ -412,39 +475,54 @@ async def open_leg(
     `on_transport` is called as soon as the socket exists, so the caller's reader can feed it.
     `limiter` bounds how many legs are in set-up at once (it is released once DTLS is done).
     """
-    sock = udp_socket(rcvbuf)
+    # Janus's media sockets live on a 127/8 address of a non-loopback interface (see janus.py), and
+    # the kernel will not route from there to 127.0.0.1: the leg uses that address too.
+    host = JANUS_MEDIA_HOST if url.startswith("http") else "127.0.0.1"
+    sock = udp_socket(rcvbuf, host)
     holding = False
     if limiter is not None:
         await limiter.acquire()
         holding = True
     try:
-        async with (
-            open_websocket_url(url, connect_timeout=timeout, disconnect_timeout=1) as ws,
-            trio.open_nursery() as nursery,
-        ):
-            try:
-                signaling = Signaling(ws, app=app, stream=stream, uid=uid)
-                nursery.start_soon(signaling.pump)
-                with trio.fail_after(timeout):
-                    await signaling.request("stream.connect", {"token": token})
-                    local = LocalParams.new(certificate, sock.getsockname()[1])
-                    offer_sent_at = time.monotonic()
-                    reply = await signaling.request(
-                        "stream.offer", {"publish": publish, "sdp": build_offer(local, publish=publish)}
-                    )
-                    answer = parse_answer(reply["data"]["sdp"])
-                    transport = LegTransport(sock, local, answer, certificate)
-                    on_transport(transport)
-                await transport.establish(timeout)
-                leg = Leg(signaling, transport, offer_sent_at, time.monotonic())
-                if limiter is not None and holding:
-                    limiter.release()
-                    holding = False
+        async with _signaling(url, app=app, stream=stream, uid=uid, timeout=timeout) as signaling:
+            with trio.fail_after(timeout):
+                local = LocalParams.new(certificate, sock.getsockname()[1], host)
+                answer = await signaling.negotiate(local, publish=publish, token=token)
+                transport = LegTransport(sock, local, answer, certificate)
+                on_transport(transport)
+            await transport.establish(timeout)
+            leg = Leg(signaling, transport, signaling.offer_sent_at, time.monotonic())
+            if limiter is not None and holding:
+                limiter.release()
+                holding = False
+            async with trio.open_nursery() as nursery:
                 nursery.start_soon(transport.consent)
-                yield leg
-            finally:
-                nursery.cancel_scope.cancel()
+                try:
+                    yield leg
+                finally:
+                    nursery.cancel_scope.cancel()
     finally:
         if limiter is not None and holding:
             limiter.release()
         sock.close()
+
+
+@contextlib.asynccontextmanager
+async def _signaling(url: str, *, app: str, stream: str, uid: str, timeout: float) -> AsyncIterator[Any]:
+    """trio_sfu's WebSocket protocol for ws:// URLs; Janus's VideoRoom over its HTTP API for http://."""
+    if url.startswith("http"):
+        from .janus import open_janus
+
+        async with open_janus(url, timeout=timeout) as janus:
+            yield janus
+        return
+    async with (
+        open_websocket_url(url, connect_timeout=timeout, disconnect_timeout=1) as ws,
+        trio.open_nursery() as nursery,
+    ):
+        signaling = Signaling(ws, app=app, stream=stream, uid=uid)
+        nursery.start_soon(signaling.pump)
+        try:
+            yield signaling
+        finally:
+            nursery.cancel_scope.cancel()

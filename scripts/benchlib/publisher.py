@@ -25,6 +25,7 @@ from trio_sfu.rtcp import serialize_compound as rtcp_compound
 
 from .media import AUDIO_PTIME, Media
 from .proto import ABS_SEND_TIME_ID, OPUS_PT, VP8_PT, Leg, LegTransport, abs_send_time, open_leg
+from .sendlog import KINDS, SendLog
 
 _RTP = struct.Struct("!BBHII")
 _EXT_HEADER = struct.pack("!HH", 0xBEDE, 1) + bytes([(ABS_SEND_TIME_ID << 4) | 2])
@@ -37,11 +38,15 @@ class PublisherConfig:
     stream: str = "bench"
     token: str = ""
     pacing: float = 2.5  # pacer rate as a multiple of the video bitrate; 0 sends each frame at once
+    send_log: SendLog | None = None
 
 
 class Sender:
-    def __init__(self, media: Media, transport: LegTransport, pacing: float) -> None:
+    def __init__(
+        self, media: Media, transport: LegTransport, pacing: float, send_log: SendLog | None = None
+    ) -> None:
         self.media = media
+        self.send_log = send_log
         self.transport = transport
         self.pacing_bps = pacing * media.bitrate if pacing > 0 else 0.0
         rand = struct.unpack("!HHIIH", os.urandom(14))
@@ -62,10 +67,13 @@ class Sender:
         seq = self.seq[kind]
         self.seq[kind] = (seq + 1) & 0xFFFF
         header = _RTP.pack(0x90, (0x80 if marker else 0) | pt, seq, timestamp, self.ssrc[kind])
-        ast = abs_send_time(time.monotonic()).to_bytes(3, "big")
+        now = time.monotonic()
+        ast = abs_send_time(now).to_bytes(3, "big")
         srtp = self.transport.srtp
         assert srtp is not None
         protected = srtp.protect_rtp(header + _EXT_HEADER + ast + payload)
+        if self.send_log is not None:
+            self.send_log.record(KINDS[kind], seq, payload, now)
         self.transport.send(protected)
         self.counters["packets"] += 1
         self.counters[f"{kind}_packets"] += 1
@@ -221,15 +229,21 @@ async def publisher_main(conn: Connection, config: PublisherConfig) -> None:
                 config.url, publish=True, certificate=certificate, stream=config.stream,
                 token=config.token, on_transport=start_reader,
             ) as leg:
-                sender = Sender(media, leg.transport, config.pacing)
+                sender = Sender(media, leg.transport, config.pacing, config.send_log)
                 leg.transport.rtcp_handler = sender.on_rtcp
                 conn.send({"event": "ready", "setup_s": leg.connected_at - leg.offer_sent_at})
                 async with trio.open_nursery() as inner:
                     inner.start_soon(sender.run)
                     inner.start_soon(_control, conn, sender, leg, inner.cancel_scope)
         except Exception as exc:  # the orchestrator reports it and stops the run
-            conn.send({"event": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            conn.send({"event": "failed", "error": describe(exc)})
         nursery.cancel_scope.cancel()
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe(e) for e in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def run_publisher(conn: Connection, config: PublisherConfig) -> None:

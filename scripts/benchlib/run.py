@@ -8,26 +8,31 @@ pipes, and reads /proc at the edges of the measurement window.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import multiprocessing
 import os
 import shlex
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from . import procfs
+from . import janus, procfs
 from .media import Media
 from .progress import Progress
 from .publisher import PublisherConfig, run_publisher
+from .sendlog import SendLog
 from .subscriber import COARSE_WIDTH, FINE_WIDTH, WorkerConfig, run_worker
 
 SATURATED = 0.90  # of one core
@@ -57,10 +62,27 @@ class BenchError(Exception):
 # --------------------------------------------------------------------------- the server
 
 
+JANUS = "janus"
+"""The server command that means: Debian's Janus with a generated loopback-only configuration."""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 class ServerProcess:
     """The server under test, alone in its process (tree), its output in files that cannot fill up."""
 
     def __init__(self, command: list[str], workdir: Path) -> None:
+        self.janus_url = ""
+        if command == [JANUS]:
+            janus.prepare_network()
+            port = _free_port()
+            command = janus.write_config(workdir / "janus", port)
+            self.janus_url = f"http://127.0.0.1:{port}/janus"
         self.command = command
         self.stdout_path = workdir / "server.stdout"
         self.stderr_path = workdir / "server.stderr"
@@ -76,8 +98,21 @@ class ServerProcess:
         self.returncode: int | None = None
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Read the `signaling ws://...` and `media udp ...` start-up lines."""
+        """Read the `signaling ws://...` and `media udp ...` start-up lines (Janus: ask its HTTP API)."""
         deadline = time.monotonic() + timeout
+        if self.janus_url:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise BenchError(f"Janus exited ({self.proc.returncode}): {self.stderr_tail()}")
+                try:
+                    body = json.dumps({"janus": "info", "transaction": "ready"}).encode()
+                    with urllib.request.urlopen(self.janus_url, body, timeout=2) as reply:
+                        if json.load(reply).get("janus") == "server_info":
+                            self.ws_url = self.janus_url
+                            return
+                except (OSError, ValueError):
+                    time.sleep(0.1)
+            raise BenchError(f"Janus did not answer within {timeout} s: {self.stderr_tail()}")
         while time.monotonic() < deadline:
             for line in self.stdout_path.read_text(errors="replace").splitlines():
                 fields = line.split()
@@ -97,6 +132,8 @@ class ServerProcess:
 
     def stderr_tail(self, lines: int = 5) -> str:
         text = self.stderr_path.read_text(errors="replace").strip().splitlines()
+        if self.janus_url:  # Janus logs to stdout
+            text += self.stdout_path.read_text(errors="replace").strip().splitlines()
         return " | ".join(text[-lines:])
 
     def stop(self) -> None:
@@ -111,6 +148,14 @@ class ServerProcess:
 
     def log_summary(self) -> dict[str, Any]:
         lines = self.stderr_path.read_text(errors="replace").splitlines()
+        if self.janus_url:  # Janus logs to stdout: "[WARN] ...", "[ERR] ..."
+            janus_lines = self.stdout_path.read_text(errors="replace").splitlines()
+            benign = ("has been disabled, skipping", "mDNS resolution disabled")  # our configuration
+            lines += [
+                line.replace("[WARN]", "level=warning").replace("[ERR]", "level=error")
+                for line in janus_lines
+                if not any(text in line for text in benign)
+            ]
         problems = [
             line for line in lines
             if "level=warning" in line or "level=error" in line or "Traceback" in line
@@ -210,6 +255,7 @@ class Reading:
     server_cpu: float
     child_cpu: dict[str, float]
     drops: dict[int, int]
+    server_sockets: set[int]
     publisher: dict[str, Any]
     workers: list[dict[str, Any]]
 
@@ -221,11 +267,13 @@ def _reading(server: ServerProcess, publisher: Child, workers: list[Child]) -> R
     server_cpu = procfs.cpu_seconds(server.pids())
     child_cpu = {child.name: procfs.cpu_seconds([child.pid]) for child in (publisher, *workers)}
     drops = procfs.udp_drops()
+    server_sockets = procfs.socket_inodes(server.pids())
     return Reading(
         at=at,
         server_cpu=server_cpu,
         child_cpu=child_cpu,
         drops=drops,
+        server_sockets=server_sockets,
         publisher=publisher.wait_event("snapshot", timeout=10),
         workers=[worker.wait_event("snapshot", timeout=10) for worker in workers],
     )
@@ -263,6 +311,8 @@ def figures(start: Reading, end: Reading, server: ServerProcess, n: int) -> dict
     expected = 0
     fine = [0] * len(start.workers[0]["fine"])
     coarse = [0] * len(start.workers[0]["coarse"])
+    e2e_fine = [0] * len(start.workers[0]["e2e_fine"])
+    e2e_coarse = [0] * len(start.workers[0]["e2e_coarse"])
     decrypted = decrypted_all = 0
     srtp_after: dict[str, int] = {}
     srtp_window: dict[str, int] = {}
@@ -271,6 +321,13 @@ def figures(start: Reading, end: Reading, server: ServerProcess, n: int) -> dict
         expected += sum(_diff_lists(after["expected"], before["expected"]))
         fine = [a + b for a, b in zip(fine, _diff_lists(after["fine"], before["fine"]), strict=True)]
         coarse = [a + b for a, b in zip(coarse, _diff_lists(after["coarse"], before["coarse"]), strict=True)]
+        e2e_fine = [
+            a + b for a, b in zip(e2e_fine, _diff_lists(after["e2e_fine"], before["e2e_fine"]), strict=True)
+        ]
+        e2e_coarse = [
+            a + b
+            for a, b in zip(e2e_coarse, _diff_lists(after["e2e_coarse"], before["e2e_coarse"]), strict=True)
+        ]
         decrypted += after["decrypted"] - before["decrypted"]
         decrypted_all += after["decrypted_all_legs"] - before["decrypted_all_legs"]
         for key, value in after["srtp"].items():
@@ -280,7 +337,8 @@ def figures(start: Reading, end: Reading, server: ServerProcess, n: int) -> dict
     server_cpu = end.server_cpu - start.server_cpu
     published = end.publisher.get("packets", 0) - start.publisher.get("packets", 0)
     legs = len(delivered_per_leg)
-    drops = {port: end.drops.get(port, 0) - start.drops.get(port, 0) for port in end.drops}
+    drops = {inode: end.drops[inode] - start.drops.get(inode, 0) for inode in end.drops}
+    server_drops = sum(drops.pop(inode, 0) for inode in start.server_sockets | end.server_sockets)
     children = {
         name: (end.child_cpu[name] - start.child_cpu[name]) / seconds for name in end.child_cpu
     }
@@ -303,19 +361,14 @@ def figures(start: Reading, end: Reading, server: ServerProcess, n: int) -> dict
             "median": _median([d / seconds for d in delivered_per_leg]),
             "max": max(delivered_per_leg) / seconds if legs else None,
         },
-        "latency_ms": {
-            "p50": _ms(percentile(fine, coarse, 0.50)),
-            "p90": _ms(percentile(fine, coarse, 0.90)),
-            "p99": _ms(percentile(fine, coarse, 0.99)),
-            "p999": _ms(percentile(fine, coarse, 0.999)),
-            "samples": sum(fine) + sum(coarse),
-        },
+        "latency_ms": _latency(fine, coarse),
+        "e2e_latency_ms": _latency(e2e_fine, e2e_coarse),
         "decrypted_packets": decrypted,
         "decrypted_on_full_legs": decrypted_all,
         "srtp_auth_failures": srtp_window.get("rtp_auth_failed", 0),
         "srtp_auth_failures_total": srtp_after.get("rtp_auth_failed", 0),
         "srtp_other_failures": {k: v for k, v in srtp_after.items() if k != "rtp_auth_failed" and v},
-        "udp_drops_server_socket": drops.pop(server.media_port, 0),
+        "udp_drops_server_socket": server_drops,
         "udp_drops_client_sockets": sum(drops.values()),
         "subscriber_cpu_pct": [round(100 * load, 1) for load in subscriber_cpu],
         "subscriber_saturated": any(load > SATURATED for load in subscriber_cpu),
@@ -328,6 +381,16 @@ def figures(start: Reading, end: Reading, server: ServerProcess, n: int) -> dict
         "worker_counters": [w["counters"] for w in end.workers],
         "worker_failures": [w["failures"] for w in end.workers if w["failures"]],
         "closed_by_server": [reason for w in end.workers for reason in w["closed_by_server"]],
+    }
+
+
+def _latency(fine: list[int], coarse: list[int]) -> dict[str, Any]:
+    return {
+        "p50": _ms(percentile(fine, coarse, 0.50)),
+        "p90": _ms(percentile(fine, coarse, 0.90)),
+        "p99": _ms(percentile(fine, coarse, 0.99)),
+        "p999": _ms(percentile(fine, coarse, 0.999)),
+        "samples": sum(fine) + sum(coarse),
     }
 
 
@@ -345,17 +408,19 @@ def run_case(label: str, command: list[str], n: int, options: Options, progress:
         progress.update(f"{label} N={n}: starting the server", 0, n)
         server.wait_ready()
         result["media_port"] = server.media_port
+        send_log = SendLog.create()
         publisher = Child(
             "publisher", run_publisher,
             PublisherConfig(
-                server.ws_url, str(options.media_path), options.stream, options.token, options.pacing
+                server.ws_url, str(options.media_path), options.stream, options.token, options.pacing,
+                send_log,
             ),
         )
         children.append(publisher)
         worker_count = max(1, math.ceil(n / options.legs_per_worker))
         worker_config = WorkerConfig(
             server.ws_url, options.stream, options.token, options.decrypt_every,
-            setup_concurrency=options.setup_concurrency,
+            setup_concurrency=options.setup_concurrency, send_log=send_log,
         )
         workers = [Child(f"subscribers-{i}", run_worker, worker_config) for i in range(worker_count)]
         children += workers
@@ -437,9 +502,7 @@ def run_case(label: str, command: list[str], n: int, options: Options, progress:
             for path in (server.stdout_path, server.stderr_path):
                 target = options.keep_logs / f"{label}-N{n}-{path.name}"
                 target.write_bytes(path.read_bytes())
-        for path in workdir.iterdir():
-            path.unlink()
-        workdir.rmdir()
+        shutil.rmtree(workdir, ignore_errors=True)
     return result
 
 
@@ -462,6 +525,11 @@ def run_all(
     return results
 
 
+def _latency_of(result: dict[str, Any]) -> dict[str, Any]:
+    e2e: dict[str, Any] = result["e2e_latency_ms"]
+    return e2e if e2e["samples"] else result["latency_ms"]
+
+
 def summarize(results: list[dict[str, Any]], label: str, n: int) -> dict[str, Any] | None:
     """The mean over rounds of one (server, N); None if no round succeeded."""
     runs = [r for r in results if r["server"] == label and r["n"] == n and r.get("ok")]
@@ -480,8 +548,11 @@ def summarize(results: list[dict[str, Any]], label: str, n: int) -> dict[str, An
         "server_us_per_packet": mean(lambda r: r["server_us_per_packet"]),
         "server_cpu_pct": mean(lambda r: r["server_cpu_pct"]),
         "loss_pct": mean(lambda r: r["loss_pct"]),
-        "latency_p50_ms": mean(lambda r: r["latency_ms"]["p50"]),
-        "latency_p99_ms": mean(lambda r: r["latency_ms"]["p99"]),
+        # End to end (the publisher's send log) when there are samples, else from abs-send-time.
+        "latency_p50_ms": mean(lambda r: _latency_of(r)["p50"]),
+        "latency_p99_ms": mean(lambda r: _latency_of(r)["p99"]),
+        "abs_send_time_latency_p50_ms": mean(lambda r: r["latency_ms"]["p50"]),
+        "abs_send_time_latency_p99_ms": mean(lambda r: r["latency_ms"]["p99"]),
         "first_rtp_ms": mean(lambda r: r["first_rtp_s"] and 1000 * r["first_rtp_s"]),
         "first_keyframe_ms": mean(lambda r: r["first_keyframe_s"] and 1000 * r["first_keyframe_s"]),
         "server_rss_mb": mean(lambda r: r["server_rss"] / 2**20),
@@ -563,5 +634,9 @@ def media_summary(path: Path) -> str:
 
 
 def python_command() -> list[str]:
-    return [sys.executable, "-m", "trio_sfu", "--signal", "127.0.0.1:0", "--media", "127.0.0.1:0",
-            "--log-level", "warning"]
+    command = [sys.executable, "-m", "trio_sfu", "--signal", "127.0.0.1:0", "--media", "127.0.0.1:0",
+               "--log-level", "warning"]
+    usage = subprocess.run([*command[:3], "--help"], capture_output=True, text=True).stdout
+    if "--http" in usage:  # newer servers also listen on HTTP (8081 by default): any free port
+        command[5:5] = ["--http", "127.0.0.1:0"]
+    return command

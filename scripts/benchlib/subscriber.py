@@ -25,8 +25,11 @@ import attrs
 import trio
 
 from trio_sfu.certificate import Certificate
+from trio_sfu.negotiation import EXT_ABS_SEND_TIME
 
-from .proto import ABS_SEND_TIME_ID, AST_UNITS, VP8_PT, LegTransport, Signaling, open_leg
+from .proto import ABS_SEND_TIME_ID, AST_UNITS, VP8_PT, LegTransport, open_leg
+from .publisher import describe
+from .sendlog import SLOTS, SendLog, payload_offset
 
 SO_TIMESTAMPNS = 35  # Linux; the socket module does not export it
 FINE_BUCKETS = 4096  # abs-send-time ticks (3.8 us) >> 2: 15.3 us buckets up to 62.5 ms
@@ -47,6 +50,7 @@ class WorkerConfig:
     setup_concurrency: int = 8
     rcvbuf: int = 1 << 21
     coalesce: float = 0.002  # seconds the receive thread sleeps between rounds (see receive_loop)
+    send_log: SendLog | None = None  # the publisher's, for end-to-end latency (see sendlog.py)
 
 
 class SubscriberLeg:
@@ -58,7 +62,9 @@ class SubscriberLeg:
         self.decrypt_all = decrypt_all
         self.mask = 0  # decrypt when (count & mask) == 0: every packet until the first keyframe
         self.count = 0
-        self.streams: dict[bytes, list[int]] = {}  # ssrc -> [extended max seq, received, first seq]
+        # ssrc -> [extended max seq, received, first seq, seq offset to the publisher's (-1: not yet
+        # known), send-log base of its kind]
+        self.streams: dict[bytes, list[int]] = {}
         self.decrypted = 0
         self.offer_sent_at = 0.0
         self.connected_at = 0.0
@@ -66,7 +72,11 @@ class SubscriberLeg:
         self.first_keyframe_at = 0.0
         self.active = True
         self.fd = -1
-        self.signaling: Signaling | None = None
+        answer = transport.answer
+        self.ast_id = answer.extension_id(EXT_ABS_SEND_TIME) or ABS_SEND_TIME_ID
+        self.ast_byte = (self.ast_id << 4) | 2  # the one-byte header of a 3-byte abs-send-time element
+        self.video_pt = answer.payload_types.get("video", VP8_PT)
+        self.signaling: Any = None  # proto.Signaling or janus.JanusSignaling
 
     def expected(self) -> int:
         return sum(s[0] - s[2] + 1 for s in list(self.streams.values()))
@@ -115,6 +125,26 @@ def clock_offset(monotonic: Callable[[], float], realtime: Callable[[], float]) 
     return best
 
 
+def find_abs_send_time(packet: bytes, offset: int, ext_id: int) -> int:
+    """The abs-send-time value in a one-byte-header extension block at `offset`, or -1."""
+    if packet[offset : offset + 2] != b"\xbe\xde":
+        return -1
+    pos = offset + 4
+    end = pos + 4 * int.from_bytes(packet[offset + 2 : offset + 4], "big")
+    while pos < end:
+        byte = packet[pos]
+        if byte == 0:
+            pos += 1
+            continue
+        ident, size = byte >> 4, (byte & 0x0F) + 1
+        if ident == 15:
+            return -1
+        if ident == ext_id and size == 3:
+            return int.from_bytes(packet[pos + 1 : pos + 4], "big")
+        pos += 1 + size
+    return -1
+
+
 class Worker:
     def __init__(self, conn: Connection, config: WorkerConfig) -> None:
         self.conn = conn
@@ -125,6 +155,8 @@ class Worker:
         self.legs: list[SubscriberLeg] = []
         self.fine = [0] * FINE_BUCKETS
         self.coarse = [0] * COARSE_BUCKETS
+        self.e2e_fine = [0] * FINE_BUCKETS
+        self.e2e_coarse = [0] * COARSE_BUCKETS
         self.counters: collections.Counter[str] = collections.Counter()
         self.failures: list[str] = []
         self.limiter = trio.CapacityLimiter(config.setup_concurrency)
@@ -139,7 +171,7 @@ class Worker:
         try:
             self._receive_loop()
         except BaseException as exc:  # a dead receiver must show in the report, not just stop counting
-            self.failures.append(f"receiver thread: {_describe(exc)}")
+            self.failures.append(f"receiver thread: {describe(exc)}")
             self.counters["receiver_died"] += 1
             raise
 
@@ -157,8 +189,10 @@ class Worker:
         monotonic, realtime, sleep = time.monotonic, time.time, time.sleep
         timespec = struct.Struct("@qq").unpack
         fine, coarse = self.fine, self.coarse
+        e2e_fine, e2e_coarse = self.e2e_fine, self.e2e_coarse
+        send_log = self.config.send_log
+        sent_times = send_log.times if send_log is not None else None
         counters = self.counters
-        ast_byte = (ABS_SEND_TIME_ID << 4) | 2
         decrypt_mask = self.config.decrypt_every - 1
         coalesce = self.config.coalesce
         to_trio = self.trio_token.run_sync_soon
@@ -194,7 +228,8 @@ class Worker:
                     key = data[8:12]
                     state = leg.streams.get(key)
                     if state is None:
-                        leg.streams[key] = [seq, 1, seq]
+                        base = SLOTS if (data[1] & 0x7F) == leg.video_pt else 0
+                        state = leg.streams[key] = [seq, 1, seq, -1, base]
                         if not leg.first_rtp_at:
                             leg.first_rtp_at = now
                     else:
@@ -202,10 +237,22 @@ class Worker:
                         if delta < 0x8000:
                             state[0] += delta
                         state[1] += 1
+                    if state[3] >= 0 and sent_times is not None:
+                        ticks = int((now - sent_times[state[4] + ((seq - state[3]) & 0xFFFF)]) * 262144.0)
+                        if 0 <= ticks < 16384:
+                            e2e_fine[ticks >> 2] += 1
+                        elif 0 <= ticks < 0x800000:
+                            e2e_coarse[min(ticks >> COARSE_SHIFT, COARSE_BUCKETS - 1)] += 1
+                        else:  # not the packet we took it for: learn the offset again
+                            counters["e2e_remapped"] += 1
+                            state[3] = -1
                     if first & 0x10:
                         pos = 12 + ((first & 0x0F) << 2)
-                        if data[pos + 4] == ast_byte and data[pos] == 0xBE:
+                        if data[pos + 4] == leg.ast_byte and data[pos] == 0xBE:
                             sent = (data[pos + 5] << 16) | (data[pos + 6] << 8) | data[pos + 7]
+                        else:
+                            sent = find_abs_send_time(data, pos, leg.ast_id)
+                        if sent >= 0:
                             ticks = (int(now * 262144.0) - sent) & 0xFFFFFF
                             if ticks < 16384:
                                 fine[ticks >> 2] += 1
@@ -220,9 +267,14 @@ class Worker:
                         plain = srtp.unprotect_rtp(data)
                         if plain is not None:
                             leg.decrypted += 1
+                            if state[3] < 0 and send_log is not None:
+                                original = send_log.find(state[4] // SLOTS, plain[payload_offset(plain) :])
+                                if original >= 0:
+                                    state[3] = (seq - original) & 0xFFFF
+                                    counters["e2e_mapped"] += 1
                             if (
                                 not leg.first_keyframe_at
-                                and (plain[1] & 0x7F) == VP8_PT
+                                and (plain[1] & 0x7F) == leg.video_pt
                                 and is_vp8_keyframe_start(plain)
                             ):
                                 leg.first_keyframe_at = now
@@ -282,8 +334,8 @@ class Worker:
                 finally:
                     leg.active = False
         except Exception as exc:
-            self.failures.append(f"leg {index}: {_describe(exc)}")
-            await done.send({"event": "leg_failed", "index": index, "error": _describe(exc)})
+            self.failures.append(f"leg {index}: {describe(exc)}")
+            await done.send({"event": "leg_failed", "index": index, "error": describe(exc)})
         finally:
             if setting_up:
                 self.setting_up -= 1
@@ -316,7 +368,7 @@ class Worker:
                         "first_keyframe_s": leg.first_keyframe_at - opened.offer_sent_at,
                     }
         except Exception as exc:
-            return {"event": "probe", "error": _describe(exc)}
+            return {"event": "probe", "error": describe(exc)}
         finally:
             self.setting_up -= 1
             if leg is not None:
@@ -347,6 +399,8 @@ class Worker:
             "setup_s": [leg.connected_at - leg.offer_sent_at for leg in self.legs],
             "fine": list(self.fine),
             "coarse": list(self.coarse),
+            "e2e_fine": list(self.e2e_fine),
+            "e2e_coarse": list(self.e2e_coarse),
             "counters": dict(self.counters),
             "closed_by_server": [
                 leg.signaling.closed_by_server for leg in self.legs
@@ -382,12 +436,6 @@ class Worker:
     async def _forward_events(self, receive: trio.MemoryReceiveChannel[dict[str, Any]]) -> None:
         async for event in receive:
             self.conn.send(event)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, BaseExceptionGroup):
-        return "; ".join(_describe(e) for e in exc.exceptions)
-    return f"{type(exc).__name__}: {exc}"
 
 
 async def worker_main(conn: Connection, config: WorkerConfig) -> None:
