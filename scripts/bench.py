@@ -63,6 +63,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--janus", action="store_true",
                         help="also bench Janus in the same run (alternating with trio_sfu): same as "
                         "--compare default janus")
+    parser.add_argument("--janus-event-loops", type=int, default=os.cpu_count() or 2,
+                        help="Janus's event_loops setting (default: one per CPU); 0 = Janus's default, "
+                        "one media thread per handle")
     parser.add_argument("--rounds", type=int, help="runs per (server, N); default 1, or 2 with --compare")
     parser.add_argument("--probes", type=int, help="new subscribers timed after the window (5)")
     parser.add_argument("--legs-per-worker", type=int, default=75, help="subscriber legs per process (75)")
@@ -128,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         subscribers=subscribers, duration=duration, settle=settle, probes=probes,
         legs_per_worker=args.legs_per_worker, decrypt_every=args.decrypt_every, pacing=args.pacing,
         media_path=args.media, token=args.token, keep_logs=args.keep_logs,
+        janus_event_loops=args.janus_event_loops,
     )
     load_before = procfs.load_average()
     started = datetime.datetime.now(datetime.UTC)

@@ -46,8 +46,11 @@ def _library_folder() -> Path:
     raise FileNotFoundError("Janus plugins not found (is Debian's janus package installed?)")
 
 
-def write_config(folder: Path, http_port: int) -> list[str]:
-    """A private configuration (nothing in /etc/janus is used); returns the command line."""
+def write_config(folder: Path, http_port: int, event_loops: int = 0) -> list[str]:
+    """A private configuration (nothing in /etc/janus is used); returns the command line.
+
+    `event_loops` > 0 shares that many media threads between all handles; 0 is Janus's default of one
+    thread per handle (which thrashes with hundreds of subscribers on a few cores)."""
     lib = _library_folder()
     keep = {"plugins": "libjanus_videoroom.so", "transports": "libjanus_http.so"}
     disabled = {
@@ -68,6 +71,7 @@ general: {{
     interface = "127.0.0.1"
     session_timeout = 120
     server_name = "trio_sfu-bench"
+    {f"event_loops = {event_loops}" if event_loops > 0 else ""}
 }}
 certificates: {{
 }}

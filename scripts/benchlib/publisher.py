@@ -28,6 +28,9 @@ from .proto import ABS_SEND_TIME_ID, OPUS_PT, VP8_PT, Leg, LegTransport, abs_sen
 from .sendlog import KINDS, SendLog
 
 _RTP = struct.Struct("!BBHII")
+KEYFRAME_MIN_INTERVAL = 0.3
+"""Keyframe requests this soon after a keyframe are ignored, as libwebrtc's sender does: a server that
+forwards every new player's PLI would otherwise make the encoder send nothing but keyframes."""
 _EXT_HEADER = struct.pack("!HH", 0xBEDE, 1) + bytes([(ABS_SEND_TIME_ID << 4) | 2])
 
 
@@ -58,6 +61,8 @@ class Sender:
         self.frames_sent = 0
         self.audio_sent = 0
         self.keyframe_requested = False
+        self.last_keyframe_at = -1e9
+        self.queued = 0
         self.counters: collections.Counter[str] = collections.Counter()
         self.late_max = 0.0
         self.started_at = 0.0
@@ -98,6 +103,7 @@ class Sender:
         self.frame = (self.frame + 1) % len(video)
         if frame.keyframe:
             self.counters["keyframes"] += 1
+            self.last_keyframe_at = trio.current_time()
         timestamp = (self.ts_base["video"] + 3000 * self.frames_sent) & 0xFFFFFFFF
         self.frames_sent += 1
         pid = bytes((0x80 | (self.picture_id >> 8), self.picture_id & 0xFF))
@@ -132,7 +138,10 @@ class Sender:
         for item in items:
             if isinstance(item, Pli | Fir):
                 self.counters["pli" if isinstance(item, Pli) else "fir"] += 1
-                self.keyframe_requested = True
+                if now - self.last_keyframe_at < KEYFRAME_MIN_INTERVAL:
+                    self.counters["keyframe_requests_ignored"] += 1
+                else:
+                    self.keyframe_requested = True
             elif isinstance(item, Nack):
                 self.counters["nacked_packets"] += len(item.lost)
             elif isinstance(item, Remb):
@@ -166,7 +175,8 @@ class Sender:
             if now >= next_report:
                 self.transport.send(self.transport.srtp.protect_rtcp(self.sender_reports()))  # type: ignore[union-attr]
                 next_report += 1.0
-            self.counters["queued_max"] = max(self.counters["queued_max"], len(queue))
+            self.queued = len(queue)
+            self.counters["queued_max"] = max(self.counters["queued_max"], self.queued)
             wake = min(next_audio, next_video, next_report)
             if queue:
                 wake = min(wake, pace_at)
@@ -207,6 +217,7 @@ def snapshot(sender: Sender, leg: Leg) -> dict[str, Any]:
         "at": time.monotonic(),
         **dict(sender.counters),
         "frames": sender.frames_sent,
+        "queued": sender.queued,
         "late_max_ms": 1000 * sender.late_max,
         "transport": dict(leg.transport.counters),
         "closed_by_server": leg.signaling.closed_by_server,

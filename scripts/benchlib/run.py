@@ -53,6 +53,7 @@ class Options:
     setup_concurrency: int = 8
     ramp_timeout: float = 60.0
     keep_logs: Path | None = None
+    janus_event_loops: int = 0
 
 
 class BenchError(Exception):
@@ -76,12 +77,12 @@ def _free_port() -> int:
 class ServerProcess:
     """The server under test, alone in its process (tree), its output in files that cannot fill up."""
 
-    def __init__(self, command: list[str], workdir: Path) -> None:
+    def __init__(self, command: list[str], workdir: Path, janus_event_loops: int = 0) -> None:
         self.janus_url = ""
         if command == [JANUS]:
             janus.prepare_network()
             port = _free_port()
-            command = janus.write_config(workdir / "janus", port)
+            command = janus.write_config(workdir / "janus", port, janus_event_loops)
             self.janus_url = f"http://127.0.0.1:{port}/janus"
         self.command = command
         self.stdout_path = workdir / "server.stdout"
@@ -375,9 +376,10 @@ def figures(start: Reading, end: Reading, server: ServerProcess, n: int) -> dict
         "publisher_cpu_pct": round(100 * children.get("publisher", 0.0), 1),
         "publisher": {
             key: end.publisher.get(key)
-            for key in ("keyframes", "keyframe_jumps", "pli", "fir", "nacked_packets", "remb_bps",
-                        "late_max_ms", "queued_max")
+            for key in ("keyframes", "keyframe_jumps", "pli", "fir", "keyframe_requests_ignored",
+                        "nacked_packets", "remb_bps", "late_max_ms", "queued_max")
         },
+        "publisher_queue_at_start_end": [start.publisher.get("queued"), end.publisher.get("queued")],
         "worker_counters": [w["counters"] for w in end.workers],
         "worker_failures": [w["failures"] for w in end.workers if w["failures"]],
         "closed_by_server": [reason for w in end.workers for reason in w["closed_by_server"]],
@@ -402,7 +404,8 @@ def run_case(label: str, command: list[str], n: int, options: Options, progress:
     """One server process, one publisher, `n` subscribers: ramp up, settle, measure, probe, stop."""
     result: dict[str, Any] = {"server": label, "command": shlex.join(command), "n": n}
     workdir = Path(tempfile.mkdtemp(prefix="trio_sfu_bench_"))
-    server = ServerProcess(command, workdir)
+    server = ServerProcess(command, workdir, options.janus_event_loops)
+    result["server_command"] = shlex.join(server.command)
     children: list[Child] = []
     try:
         progress.update(f"{label} N={n}: starting the server", 0, n)
@@ -459,6 +462,14 @@ def run_case(label: str, command: list[str], n: int, options: Options, progress:
 
         progress.update(f"{label} N={n}: settling", 0, 1)
         time.sleep(options.settle)
+        # Keyframes requested during the ramp-up may still sit in the publisher's pacer: the window
+        # must see the stream's normal rate.
+        drain_deadline = time.monotonic() + 15
+        while time.monotonic() < drain_deadline:
+            publisher.send({"cmd": "snapshot"})
+            if publisher.wait_event("snapshot", timeout=10).get("queued", 0) < 20:
+                break
+            time.sleep(0.2)
         start = _reading(server, publisher, workers)
         end_at = start.at + options.duration
         while (now := time.monotonic()) < end_at:

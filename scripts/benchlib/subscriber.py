@@ -224,6 +224,8 @@ class Worker:
                     if first < 128 or first > 191 or 192 <= data[1] <= 223 or srtp is None:
                         to_trio(control, transport, data)
                         continue
+                    if first & 0x20:
+                        counters["rtp_with_padding"] += 1  # e.g. bandwidth probes, not media
                     seq = (data[2] << 8) | data[3]
                     key = data[8:12]
                     state = leg.streams.get(key)
