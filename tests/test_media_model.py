@@ -507,12 +507,6 @@ def test_retransmit_returns_what_the_cache_lacks() -> None:
     assert len(s.sink.rtp) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="consumer.py retransmit(): an output sequence number whose input packet never reached the "
-    "server (lost upstream) has no entry in _input_sequence (-1), so it is neither answered nor reported "
-    "missing: the publisher is never asked for it",
-)
 def test_retransmit_reports_packets_lost_upstream() -> None:
     s = Setup()
     consumer = s.consumers["video"]
@@ -565,12 +559,6 @@ def test_sender_report_without_publisher_clock_uses_wall_time() -> None:
     assert report.rtp_timestamp == (out.timestamp + 45000) & 0xFFFFFFFF
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="consumer.py forward(): _last_input_timestamp takes a reordered (late) packet's timestamp while "
-    "rewriter.last_timestamp stays at the newest packet's, so sender_report()'s input->output offset is "
-    "wrong by the reordering distance until the next in-order packet",
-)
 def test_sender_report_unaffected_by_a_reordered_packet() -> None:
     s = Setup()
     consumer, producer = s.consumers["video"], s.producers["video"]
@@ -610,13 +598,6 @@ def test_mute_and_unmute_keep_sequence_contiguous_and_timestamps_on_wall_clock()
     assert following.timestamp == (resumed.timestamp + 3000) & 0xFFFFFFFF
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="consumer.py retransmit() calls rewriter.rewrite() on the cached packet; right after an "
-    "unmute the Rewriter still needs a sync, so a NACK arriving before the next new packet splices the "
-    "output onto that OLD packet (rtp.py Rewriter._sync) and counts it as sent: the next new packet then "
-    "jumps the output sequence by the muted span, a hole of packets that were never sent",
-)
 def test_nack_between_unmute_and_the_next_packet_keeps_sequence_contiguous() -> None:
     s = Setup()
     consumer = s.consumers["video"]
@@ -877,12 +858,6 @@ def many_audio_sections(count: int) -> str:
     return (head + body).replace("\n", "\r\n")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="publisher.py _send_reports(): one ReceiverReport gets a block per producer, but RTCP allows "
-    "31; an offer may have 32 sections (sdp.MAX_MEDIA), and then serialize() raises RtcpError out of "
-    "tick(), i.e. out of Transport.run",
-)
 def test_receiver_reports_for_32_published_tracks() -> None:
     media, transport = publisher_media(text=many_audio_sections(32))
     assert len(media.producers) == 32
@@ -893,11 +868,6 @@ def test_receiver_reports_for_32_published_tracks() -> None:
     assert len(blocks) == 32
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="player.py tick(): one SDES gets a chunk per consumer that sent, but its count field holds "
-    "31; a player of 32 tracks makes serialize() raise RtcpError out of tick(), i.e. out of Transport.run",
-)
 def test_sender_reports_for_32_played_tracks() -> None:
     link = FakeLink()
     published = publish(text=many_audio_sections(32))

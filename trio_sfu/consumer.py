@@ -65,8 +65,11 @@ class Consumer:
         self.rtx_payload_type = played.rtx_payload_type
         self.rtx_ssrc = played.rtx_ssrc
         self._rtx_sequence = 0
-        self._input_sequence: list[int] = [-1] * SEQUENCE_MAP
-        self._last_input_timestamp = 0
+        # Output sequence -> input sequence of recently sent packets, for NACKs that reach back
+        # across a splice (unmute); newer ones are mapped through the rewriter's offset.
+        self._sent_output: list[int] = [-1] * SEQUENCE_MAP
+        self._sent_input: list[int] = [-1] * SEQUENCE_MAP
+        self._timestamp_offset = 0
         self.muted_by_player = False
         self.counters: collections.Counter[str] = collections.Counter()
         self.stats = sink.stats
@@ -77,8 +80,12 @@ class Consumer:
         out = self.rewriter.rewrite(packet, header, now)
         if out is None:
             return
-        self._input_sequence[int.from_bytes(out[2:4], "big") % SEQUENCE_MAP] = header.sequence
-        self._last_input_timestamp = header.timestamp
+        slot = ((out[2] << 8) | out[3]) % SEQUENCE_MAP
+        self._sent_output[slot] = (out[2] << 8) | out[3]
+        self._sent_input[slot] = header.sequence
+        # Output minus input timestamp of the same packet: what sender reports add to the publisher's
+        # clock mapping (a reordered packet has the same offset, so it cannot skew it).
+        self._timestamp_offset = (int.from_bytes(out[4:8], "big") - header.timestamp) & 0xFFFFFFFF
         self._send(out)
 
     def _send(self, packet: bytes) -> None:
@@ -118,26 +125,33 @@ class Consumer:
     # ---- RTCP from the player ----
 
     def retransmit(self, lost: tuple[int, ...], now: float) -> list[int]:
-        """Answer a NACK from the cache; returns the input sequence numbers the cache lacked."""
+        """Answer a NACK from the cache; returns the input sequence numbers the cache lacks (lost
+        before they reached the server: only the publisher can resend those)."""
         missing = []
         for sequence in lost:
-            source_sequence = self._input_sequence[sequence % SEQUENCE_MAP]
-            packet = self.producer.cached(source_sequence) if source_sequence >= 0 else None
+            source = self._source_of(sequence)
+            if source is None:
+                self.counters["nack_unknown"] += 1
+                continue
+            packet = self.producer.cached(source)
             if packet is None:
-                if source_sequence >= 0:
-                    missing.append(source_sequence)
+                missing.append(source)
                 self.counters["nack_missed"] += 1
                 continue
             header = parse_rtp(packet)
-            if header is None:
-                continue
-            out = self.rewriter.rewrite(packet, header, now)
-            if out is None or int.from_bytes(out[2:4], "big") != sequence:
-                self.counters["nack_missed"] += 1
+            out = self.rewriter.rewrite_retransmission(packet, header) if header is not None else None
+            if out is None or ((out[2] << 8) | out[3]) != sequence:
+                self.counters["nack_unknown"] += 1
                 continue
             self.counters["nack_answered"] += 1
             self._send(self._as_rtx(out) if self.rtx_ssrc is not None else out)
         return missing
+
+    def _source_of(self, sequence: int) -> int | None:
+        slot = sequence % SEQUENCE_MAP
+        if self._sent_output[slot] == sequence:
+            return self._sent_input[slot]
+        return self.rewriter.source_sequence(sequence)
 
     def _as_rtx(self, packet: bytes) -> bytes:
         """RFC 4588: same timestamp, RTX SSRC/PT/sequence, original sequence first in the payload."""
@@ -157,7 +171,7 @@ class Consumer:
         """An SR whose NTP/RTP pair follows the publisher's clock mapping (lip sync across tracks)."""
         if self.rewriter.packets == 0:
             return None
-        offset = (self.rewriter.last_timestamp - self._last_input_timestamp) & 0xFFFFFFFF
+        offset = self._timestamp_offset
         clock = self.producer.clock
         if clock is not None:
             elapsed = now - clock.received_at

@@ -12,7 +12,17 @@ import time
 from collections.abc import Callable
 
 from .consumer import Consumer
-from .rtcp import Fir, Nack, Pli, RtcpError, Sdes, parse_compound, serialize_compound
+from .rtcp import (
+    MAX_REPORT_BLOCKS,
+    SDES_CNAME,
+    Fir,
+    Nack,
+    Pli,
+    RtcpError,
+    Sdes,
+    parse_compound,
+    serialize_compound,
+)
 from .transport import MediaHandler
 
 REPORT_INTERVAL = 1.0
@@ -62,7 +72,9 @@ class PlayerMedia(MediaHandler):
     def tick(self, now: float) -> float:
         wall = time.time()
         reports = [r for c in self.consumers if (r := c.sender_report(now, wall)) is not None]
-        if reports:
-            chunks = tuple((r.ssrc, ((1, self.cname),)) for r in reports)
-            self._send_rtcp(serialize_compound([*reports, Sdes(chunks=chunks)]))
+        # At most 31 reports or chunks per RTCP packet: many tracks make several compounds.
+        for i in range(0, len(reports), MAX_REPORT_BLOCKS):
+            batch = reports[i : i + MAX_REPORT_BLOCKS]
+            chunks = tuple((r.ssrc, ((SDES_CNAME, self.cname),)) for r in batch)
+            self._send_rtcp(serialize_compound([*batch, Sdes(chunks=chunks)]))
         return now + REPORT_INTERVAL

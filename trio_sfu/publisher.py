@@ -13,7 +13,18 @@ import struct
 
 from .negotiation import EXT_MID, EXT_TRANSPORT_CC, Negotiated
 from .producer import Producer
-from .rtcp import Nack, Pli, ReceiverReport, Remb, RtcpError, SenderReport, parse_compound, serialize_compound
+from .rtcp import (
+    MAX_REPORT_BLOCKS,
+    Nack,
+    Pli,
+    ReceiverReport,
+    Remb,
+    RtcpError,
+    RtcpPacket,
+    SenderReport,
+    parse_compound,
+    serialize_compound,
+)
 from .rtp import RtpHeader, parse_rtp, read_extension
 from .transport import MediaHandler, Transport
 from .twcc import TwccRecorder
@@ -156,13 +167,17 @@ class PublisherMedia(MediaHandler):
         return now + (TWCC_INTERVAL if self.twcc is not None else min(REPORT_INTERVAL, 0.25))
 
     def _send_reports(self, now: float) -> None:
-        blocks = tuple(
+        blocks = [
             p.stats.report_block(p.ssrc, p.clock, now)
             for p in self.producers
             if p.ssrc is not None and p.stats.started
-        )
-        packets: list[object] = [ReceiverReport(ssrc=self.ssrc, reports=blocks)]
+        ]
+        # An RTCP report holds at most 31 blocks: a publisher of many tracks gets several.
+        packets: list[RtcpPacket] = [
+            ReceiverReport(ssrc=self.ssrc, reports=tuple(blocks[i : i + MAX_REPORT_BLOCKS]))
+            for i in range(0, max(len(blocks), 1), MAX_REPORT_BLOCKS)
+        ]
         if self.remb:
             ssrcs = tuple(p.ssrc for p in self.producers if p.ssrc is not None and p.kind == "video")
-            packets.append(Remb(sender_ssrc=self.ssrc, bitrate=self.max_bitrate, ssrcs=ssrcs))
-        self.transport.send_rtcp(serialize_compound(packets))  # type: ignore[arg-type]
+            packets.append(Remb(sender_ssrc=self.ssrc, bitrate=self.max_bitrate, ssrcs=ssrcs[:255]))
+        self.transport.send_rtcp(serialize_compound(packets))

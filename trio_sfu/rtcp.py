@@ -26,6 +26,7 @@ FMT_PLI = 1
 FMT_FIR = 4
 FMT_AFB = 15
 SDES_CNAME = 1
+MAX_REPORT_BLOCKS = 31  # the 5-bit count of SR/RR report blocks and SDES chunks
 NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
 TWCC_DELTA_US = 250
 TWCC_REFERENCE_US = 64_000

@@ -292,17 +292,47 @@ class Rewriter:
                 return None
 
         out_timestamp = (header.timestamp + self._ts_offset) & 0xFFFFFFFF
-        buf = bytearray(packet)
-        _REWRITE.pack_into(buf, 1, (packet[1] & 0x80) | payload_type, out_sequence, out_timestamp, self.ssrc)
-        if header.extension_offset >= 0:
-            self._rewrite_extensions(buf, packet, header.extension_offset, header.header_length)
+        out = self._emit(packet, header, payload_type, out_sequence, out_timestamp)
         self.packets += 1
         self.octets += len(packet) - header.header_length - header.padding
         if newest:
             self.last_sequence = out_sequence
             self.last_timestamp = out_timestamp
             self.last_sent_at = now
+        return out
+
+    def _emit(
+        self, packet: bytes, header: RtpHeader, payload_type: int, out_sequence: int, out_timestamp: int
+    ) -> bytes:
+        buf = bytearray(packet)
+        _REWRITE.pack_into(buf, 1, (packet[1] & 0x80) | payload_type, out_sequence, out_timestamp, self.ssrc)
+        if header.extension_offset >= 0:
+            self._rewrite_extensions(buf, packet, header.extension_offset, header.header_length)
         return bytes(buf)
+
+    def source_sequence(self, output: int) -> int | None:
+        """The input sequence number that output number `output` stands for since the last splice
+        (packets lost before the server included), or None before anything was numbered."""
+        if self._needs_sync or self.last_sequence < 0:
+            return None
+        return (output - self._seq_offset) & 0xFFFF
+
+    def rewrite_retransmission(self, packet: bytes, header: RtpHeader) -> bytes | None:
+        """A packet sent again for a NACK, numbered as it was the first time. It never splices the
+        stream (a retransmission right after an unmute must not become the splice point), and it is
+        not counted in the sender report (RFC 3550 6.4.1)."""
+        if self._muted or self._needs_sync or header.ssrc != self._input_ssrc:
+            return None
+        payload_type = self._pt_map[header.payload_type]
+        if payload_type < 0:
+            return None
+        sequence = header.sequence
+        back = (self._max_input - sequence) & 0xFFFF
+        if back > self._max_back:
+            return None  # from before the last splice, or too old to have a place
+        out_sequence = (sequence + self._seq_offset + self._drops_after(sequence)) & 0xFFFF
+        out_timestamp = (header.timestamp + self._ts_offset) & 0xFFFFFFFF
+        return self._emit(packet, header, payload_type, out_sequence, out_timestamp)
 
     def _prune_drops(self, sequence: int) -> None:
         drops = self._drops

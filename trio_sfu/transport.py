@@ -279,4 +279,11 @@ class Transport:
             self._fail(CloseReason.TIMEOUT, f"no ICE consent or media for {self._consent_timeout:g} s")
             return
         if now >= self._next_tick:
-            self._next_tick = self.handler.tick(now) if self.srtp is not None else now + 0.1
+            self._next_tick = now + 0.1
+            if self.srtp is not None:
+                try:
+                    self._next_tick = self.handler.tick(now)
+                except Exception:
+                    # Like deliver(): a bug costs one round of reports, never the session or server.
+                    self.counters["internal_error"] += 1
+                    log.exception("event=tick_error")
