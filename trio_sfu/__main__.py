@@ -34,6 +34,10 @@ def _serve_parser() -> argparse.ArgumentParser:
         "--signal", metavar="HOST:PORT", help="signaling WebSocket listener (default 127.0.0.1:8080)"
     )
     parser.add_argument(
+        "--http", metavar="HOST:PORT",
+        help="HTTP listener: demo page, /config.json, /healthz, /metrics (default 127.0.0.1:8081)",
+    )
+    parser.add_argument(
         "--media", metavar="HOST:PORT", action="append",
         help="media UDP socket, repeatable (default 127.0.0.1:40000; port 0 picks a free one)",
     )
@@ -44,6 +48,11 @@ def _serve_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--token-secret", help="HS256 secret (or env TRIO_SFU_TOKEN_SECRET)")
     parser.add_argument("--token-public-key", type=Path, help="PEM public key for RS256/ES256")
+    parser.add_argument(
+        "--tls-cert", type=Path, metavar="FILE",
+        help="PEM certificate chain: serve https and wss on the same ports (with --tls-key)",
+    )
+    parser.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM private key of --tls-cert")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -113,23 +122,31 @@ def load_config(argv: list[str]) -> Config:
     return config_module.load(
         args.config,
         signal=HostPort.parse(args.signal) if args.signal else None,
+        http=HostPort.parse(args.http) if args.http else None,
         media=tuple(HostPort.parse(m) for m in args.media) if args.media else None,
         announce=tuple(args.announce) if args.announce else None,
         token_secret=args.token_secret or os.environ.get("TRIO_SFU_TOKEN_SECRET") or None,
         token_public_key=args.token_public_key,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
         log_level=args.log_level,
     )
+
+
+def _shown(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 async def run_server(server: Server) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve)
+        tls = server.config.tls
         for host, port in server.signal_addresses:
-            shown = f"[{host}]" if ":" in host else host
-            print(f"signaling  ws://{shown}:{port}/ws", flush=True)
+            print(f"signaling  {'wss' if tls else 'ws'}://{_shown(host)}:{port}/ws", flush=True)
         for host, port in server.media_addresses:
-            shown = f"[{host}]" if ":" in host else host
-            print(f"media      udp {shown}:{port}", flush=True)
+            print(f"media      udp {_shown(host)}:{port}", flush=True)
+        for host, port in server.http_addresses:
+            print(f"http       {'https' if tls else 'http'}://{_shown(host)}:{port}/", flush=True)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 log.info("event=signal signal=%s", signal.Signals(signum).name)

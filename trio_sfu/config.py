@@ -70,12 +70,15 @@ def _check_announce(_: Any, __: Any, values: tuple[str, ...]) -> None:
 @attrs.frozen(kw_only=True)
 class Config:
     signal: HostPort = HostPort("127.0.0.1", 8080)
+    http: HostPort = HostPort("127.0.0.1", 8081)
     media: tuple[HostPort, ...] = (HostPort("127.0.0.1", 40000),)
     announce: tuple[str, ...] = attrs.field(default=(), validator=_check_announce)
     token_secret: str | None = None
     token_public_key: Path | None = None
     dtls_certificate: Path | None = None
     dtls_private_key: Path | None = None
+    tls_cert: Path | None = None  # PEM chain: serve https and wss (with tls_key)
+    tls_key: Path | None = None
     log_level: str = "warning"
     max_message_size: int = 64 * 1024
     max_sessions_per_socket: int = 16
@@ -86,11 +89,13 @@ class Config:
     dtls_handshake_timeout: float = 10.0
     max_publisher_bitrate: int = 2_500_000
     shutdown_grace: float = 2.0
+    http_idle_timeout: float = 10.0  # seconds to send a whole request (and between keep-alive requests)
+    http_max_connections: int = 256
 
     def check(self) -> None:
         if not self.media:
             raise ConfigError("media: at least one media address is needed")
-        positive = ("max_message_size", "max_sessions_per_socket", "max_sessions")
+        positive = ("max_message_size", "max_sessions_per_socket", "max_sessions", "http_max_connections")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
@@ -98,6 +103,10 @@ class Config:
             raise ConfigError("give either token_secret or token_public_key, not both")
         if (self.dtls_certificate is None) != (self.dtls_private_key is None):
             raise ConfigError("dtls_certificate and dtls_private_key go together")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key go together (--tls-cert FILE --tls-key FILE)")
+        if self.http_idle_timeout <= 0:
+            raise ConfigError("http_idle_timeout must be positive")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level: one of debug, info, warning, error")
 
@@ -107,7 +116,12 @@ class Config:
         return self.token_secret is None and self.token_public_key is None
 
     def non_loopback_binds(self) -> list[HostPort]:
-        return [a for a in (self.signal, *self.media) if not a.is_loopback]
+        return [a for a in (self.signal, self.http, *self.media) if not a.is_loopback]
+
+    @property
+    def tls(self) -> bool:
+        """https and wss on the HTTP and signaling ports (with a certificate browsers trust)."""
+        return self.tls_cert is not None
 
 
 _converter = cattrs.Converter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -25,6 +26,7 @@ from trio_websocket import (
 from .auth import TokenVerifier
 from .certificate import Certificate
 from .config import Config, ConfigError, HostPort
+from .http import HttpFrontend
 from .messages import ErrorCode, SignalingError
 from .mux import MediaMux
 from .negotiation import LocalTransport
@@ -83,6 +85,10 @@ class Server:
         self.shutting_down = False
         self.candidates: tuple[tuple[str, int], ...] = ()
         self.signal_addresses: list[tuple[str, int]] = []
+        self.http_addresses: list[tuple[str, int]] = []
+        self.http_responses: collections.Counter[int] = collections.Counter()
+        self.ssl_context = self._ssl_context(config)
+        self.http = HttpFrontend(self)
         self._ssrcs_used: set[int] = set()
         self._nursery: trio.Nursery | None = None
 
@@ -131,6 +137,21 @@ class Server:
                 self._ssrcs_used.add(ssrc)
                 return ssrc
 
+    @staticmethod
+    def _ssl_context(config: Config) -> ssl.SSLContext | None:
+        """The TLS context for https and wss, or None (plain http and ws)."""
+        if config.tls_cert is None or config.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(config.tls_cert, config.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"TLS certificate {config.tls_cert} / key {config.tls_key}: {exc}; "
+                "give PEM files (--tls-cert FILE --tls-key FILE)"
+            ) from None
+        return context
+
     # ---- running ----
 
     def check_binds(self) -> None:
@@ -168,11 +189,15 @@ class Server:
                             self._handle_request,
                             signal.host,
                             signal.port,
-                            None,
+                            self.ssl_context,
                             max_message_size=self.config.max_message_size,
                         )
                     )
                     self.signal_addresses = [(str(e.address), e.port) for e in ws_server.listeners]
+                    http = self.config.http
+                    self.http_addresses = await nursery.start(
+                        self.http.serve, http.host, http.port, self.ssl_context
+                    )
                 task_status.started(self)
         finally:
             for endpoint in endpoints:

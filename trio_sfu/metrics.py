@@ -1,0 +1,137 @@
+"""Prometheus metrics, read from the server's own counters at scrape time.
+
+The packet path only bumps plain `collections.Counter`s (`Server.stats`, `MediaMux.received` and
+`.dropped`); this collector turns them into metric families when `/metrics` is fetched, so metrics cost
+nothing per packet. Every `Server` gets its own `CollectorRegistry` (tests run many servers in one
+process; the global registry would mix them up).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .server import Server
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Server.stats keys that count dropped packets, and the `reason` label each is exported under.
+STATS_DROPS = {
+    "drop_fanout_queue_full": "fanout_queue_full",
+    "drop_srtp_auth": "srtp_auth",
+    "drop_srtcp_auth": "srtcp_auth",
+}
+# MediaMux.dropped keys (datagrams dropped before reaching any session).
+MUX_DROPS = {
+    "unknown_source": "unknown_source",
+    "malformed_stun": "malformed_stun",
+    "unknown_kind": "unknown_kind",
+    "queue_full": "transport_queue_full",
+}
+
+
+class ServerCollector(Collector):
+    """Reads one server's counters, sessions and streams whenever the registry is collected."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[Metric]:
+        server = self.server
+        stats = server.stats
+
+        sessions = GaugeMetricFamily(
+            "trio_sfu_sessions", "Sessions (one stream and direction on one WebSocket)", labels=["kind"]
+        )
+        counts = {"publish": 0, "play": 0}
+        for connection in list(server.connections):
+            for session in list(connection.sessions.values()):
+                counts["publish" if session.publish else "play"] += 1
+        for kind, value in counts.items():
+            sessions.add_metric([kind], value)
+        yield sessions
+
+        streams = GaugeMetricFamily(
+            "trio_sfu_streams", "Streams by kind: published, and being played", labels=["kind"]
+        )
+        streams.add_metric(["publish"], len(server.router))
+        played = {
+            (session.header.app, session.header.stream)
+            for connection in list(server.connections)
+            for session in list(connection.sessions.values())
+            if not session.publish
+        }
+        streams.add_metric(["play"], len(played))
+        yield streams
+
+        yield GaugeMetricFamily(
+            "trio_sfu_connections", "Open signaling WebSockets", value=len(server.connections)
+        )
+
+        for name, help_text in (
+            ("rtp_packets", "RTP packets received and sent"),
+            ("rtp_bytes", "RTP bytes (SRTP, as on the wire) received and sent"),
+            ("rtcp_packets", "RTCP packets received and sent"),
+        ):
+            family = CounterMetricFamily(f"trio_sfu_{name}", help_text, labels=["direction"])
+            family.add_metric(["in"], stats[f"{name}_in"])
+            family.add_metric(["out"], stats[f"{name}_out"])
+            yield family
+
+        datagrams = CounterMetricFamily(
+            "trio_sfu_datagrams_received", "Datagrams on the media port by kind (RFC 7983)", labels=["kind"]
+        )
+        for kind in ("stun", "dtls", "rtp", "unknown"):
+            datagrams.add_metric([kind], server.mux.received[kind])
+        yield datagrams
+
+        drops = CounterMetricFamily(
+            "trio_sfu_dropped_packets", "Packets and datagrams dropped", labels=["reason"]
+        )
+        for key, reason in STATS_DROPS.items():
+            drops.add_metric([reason], stats[key])
+        for key, reason in MUX_DROPS.items():
+            drops.add_metric([reason], server.mux.dropped[key])
+        yield drops
+
+        yield CounterMetricFamily(
+            "trio_sfu_dtls_handshakes", "DTLS handshakes completed", value=stats["dtls_handshakes"]
+        )
+        yield CounterMetricFamily(
+            "trio_sfu_handshake_failures", "DTLS handshakes that failed", value=stats["dtls_failures"]
+        )
+        yield CounterMetricFamily(
+            "trio_sfu_keyframe_requests", "Keyframe requests (PLI) sent to publishers",
+            value=stats["keyframe_requests"],
+        )
+        yield CounterMetricFamily(
+            "trio_sfu_nacks_to_publisher", "NACKs sent to publishers for packets players lost",
+            value=stats["nacks_to_publisher"],
+        )
+        yield CounterMetricFamily(
+            "trio_sfu_signaling_bad_requests", "Signaling frames that could not be parsed",
+            value=server.counters["bad_request"],
+        )
+        http = CounterMetricFamily(
+            "trio_sfu_http_responses", "HTTP responses by status code", labels=["code"]
+        )
+        for code, value in sorted(server.http_responses.items()):
+            http.add_metric([str(code)], value)
+        yield http
+
+
+def make_registry(server: Server) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServerCollector(server))
+    ProcessCollector(registry=registry)  # CPU seconds, resident memory, open files of this process
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text exposition format (version 0.0.4)."""
+    return generate_latest(registry)
