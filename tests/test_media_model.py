@@ -153,6 +153,11 @@ def header(packet: bytes) -> RtpHeader:
     return parsed
 
 
+# RFC 7741 payload descriptor S=1, PID=0, then the VP8 frame header's first byte (P bit 0 / 1).
+VP8_KEYFRAME = b"\x10\x50keyframe"
+VP8_DELTA = b"\x10\x51delta"
+
+
 def payload_of(packet: bytes) -> bytes:
     return packet[header(packet).header_length :]
 
@@ -199,6 +204,7 @@ class Setup:
             send, receive = trio.open_memory_channel[bytes](16)
             self.backlogs.append(receive)
             consumer = Consumer(None, producer, track, self.sink, send)
+            consumer.awaiting_keyframe = False  # these tests send synthetic payloads; gating is tested apart
             producer.consumers.append(consumer)
             self.consumers[track.kind] = consumer
 
@@ -588,7 +594,7 @@ def test_mute_and_unmute_keep_sequence_contiguous_and_timestamps_on_wall_clock()
     assert len(s.link.keyframes) == requests + 1  # the player needs a keyframe to show anything
     consumer.update_mute(False, 1.25)
     assert len(s.link.keyframes) == requests + 1  # no change, no request
-    s.video(533, 3000 * 33, 1.3)
+    s.video(533, 3000 * 33, 1.3, VP8_KEYFRAME)  # the keyframe the server asked for
     s.video(534, 3000 * 34, 1.3 + 1 / 30)
     resumed, following = header(s.sink.rtp[3]), header(s.sink.rtp[4])
     assert resumed.sequence == (last.sequence + 1) & 0xFFFF
@@ -611,8 +617,29 @@ def test_nack_between_unmute_and_the_next_packet_keeps_sequence_contiguous() -> 
     # A player re-sends its NACK for a pre-mute packet (Chromium repeats NACKs until they time out).
     consumer.retransmit((sent[1].sequence,), 1.21)
     assert len(s.sink.rtp) == 3  # not answered: fine
-    s.video(533, 3000 * 33, 1.3)
+    s.video(533, 3000 * 33, 1.3, VP8_KEYFRAME)
     assert header(s.sink.rtp[-1]).sequence == (sent[-1].sequence + 1) & 0xFFFF
+
+
+def test_video_waits_for_a_keyframe_at_start_and_after_unmute() -> None:
+    s = Setup()
+    consumer = s.consumers["video"]
+    consumer.awaiting_keyframe = True  # as a new consumer starts
+    s.video(100, 0, 0.0, VP8_DELTA)
+    s.video(101, 3000, 0.6, VP8_DELTA)
+    assert s.sink.rtp == []
+    assert len(s.link.keyframes) == 2  # asked again (throttled to one per 500 ms) while waiting
+    s.video(102, 6000, 0.7, VP8_KEYFRAME)
+    s.video(103, 9000, 0.8, VP8_DELTA)
+    assert [payload_of(p) for p in s.sink.rtp] == [VP8_KEYFRAME, VP8_DELTA]
+    assert header(s.sink.rtp[1]).sequence == (header(s.sink.rtp[0]).sequence + 1) & 0xFFFF
+    consumer.update_mute(True, 1.0)
+    consumer.update_mute(False, 2.0)
+    s.video(104, 12000, 2.1, VP8_DELTA)
+    assert len(s.sink.rtp) == 2
+    s.video(105, 15000, 2.2, VP8_KEYFRAME)
+    assert len(s.sink.rtp) == 3
+    assert header(s.sink.rtp[2]).sequence == (header(s.sink.rtp[1]).sequence + 1) & 0xFFFF
 
 
 def test_mute_by_player_and_publisher_combine() -> None:
@@ -653,6 +680,7 @@ def attach_player(producers: dict[str, Producer]) -> tuple[dict[str, Consumer], 
         producer = producers[track.kind]
         send, _ = trio.open_memory_channel[bytes](16)
         consumer = Consumer(None, producer, track, sink, send)
+        consumer.awaiting_keyframe = False  # these tests send synthetic payloads; gating is tested apart
         producer.consumers.append(consumer)
         consumers[track.kind] = consumer
     return consumers, sink
@@ -877,6 +905,7 @@ def test_sender_reports_for_32_played_tracks() -> None:
         producer = Producer(track, link)
         played = attrs.evolve(track, ssrc=5000 + i, rtx_ssrc=None, rtx_payload_type=None)
         consumer = Consumer(None, producer, played, sink, trio.open_memory_channel[bytes](4)[0])
+        consumer.awaiting_keyframe = False  # these tests send synthetic payloads; gating is tested apart
         producer.consumers.append(consumer)
         consumers.append(consumer)
         packet = rtp_packet(1, 0, track.ssrc or 0, 96)

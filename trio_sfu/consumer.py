@@ -14,6 +14,7 @@ from typing import Protocol
 
 import trio
 
+from .keyframe import detector
 from .negotiation import EXT_MID, NegotiatedTrack
 from .producer import Producer
 from .rtcp import SenderReport, ntp_timestamp
@@ -71,12 +72,22 @@ class Consumer:
         self._sent_input: list[int] = [-1] * SEQUENCE_MAP
         self._timestamp_offset = 0
         self.muted_by_player = False
+        # Video is forwarded from a keyframe on: at the start and after every unmute.
+        starts_keyframe = detector(played.codec.name) if self.kind == "video" else None
+        self._starts_keyframe = starts_keyframe or (lambda payload: True)
+        self.awaiting_keyframe = starts_keyframe is not None
         self.counters: collections.Counter[str] = collections.Counter()
         self.stats = sink.stats
 
     # ---- the packet path ----
 
     def forward(self, packet: bytes, header: RtpHeader, now: float) -> None:
+        if self.awaiting_keyframe:
+            if not self._starts_keyframe(memoryview(packet)[header.header_length :]):
+                self.counters["waiting_for_keyframe"] += 1
+                self.producer.request_keyframe(now)  # throttled by the producer
+                return
+            self.awaiting_keyframe = False
         out = self.rewriter.rewrite(packet, header, now)
         if out is None:
             return
@@ -120,6 +131,7 @@ class Consumer:
             self.rewriter.mute(now)
         elif not muted and self.rewriter.muted:
             self.rewriter.unmute(now)
+            self.awaiting_keyframe = self.kind == "video"
             self.producer.request_keyframe(now)
 
     # ---- RTCP from the player ----
