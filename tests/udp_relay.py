@@ -23,6 +23,8 @@ class UdpRelay:
         self.back = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.peer: Address | None = None
         self.loss_to_peer = 0.0  # probability of dropping an RTP/RTCP datagram on its way to the peer
+        self.paused = False  # drop everything, both ways (a peer that went silent or away)
+        self.drop_dtls = False  # drop DTLS both ways (a handshake that never finishes)
         self.dropped = 0
         self.relayed = 0
         self._random = random.Random(seed)
@@ -49,12 +51,14 @@ class UdpRelay:
         while True:
             data, address = await self.front.recvfrom(4096)
             self.peer = (address[0], address[1])
+            if self.paused or (self.drop_dtls and 20 <= data[0] <= 63):
+                continue
             await self.back.sendto(data, self.server)
 
     async def _towards_peer(self) -> None:
         while True:
             data, _ = await self.back.recvfrom(4096)
-            if self.peer is None:
+            if self.peer is None or self.paused or (self.drop_dtls and 20 <= data[0] <= 63):
                 continue
             is_media = 128 <= data[0] <= 191
             if is_media and self._random.random() < self.loss_to_peer:
