@@ -83,6 +83,12 @@ class Config:
     max_message_size: int = 64 * 1024
     max_sessions_per_socket: int = 16
     max_sessions: int = 10_000
+    max_sessions_per_address: int = 64
+    max_players_per_stream: int = 1_000
+    max_handshakes: int = 256
+    requests_per_second: float = 20.0
+    request_burst: float = 40.0
+    allowed_origins: tuple[str, ...] = ()  # WebSocket Origins; () = any in open mode, same host otherwise
     keepalive_interval: float = 20.0
     keepalive_timeout: float = 60.0
     liveness_timeout: float = 30.0
@@ -152,7 +158,7 @@ def load(file: Path | None = None, **overrides: Any) -> Config:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    for key in ("media", "announce"):
+    for key in ("media", "announce", "allowed_origins"):
         if key in values:
             values[key] = _as_tuple(values[key])
     try:

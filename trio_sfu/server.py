@@ -12,6 +12,7 @@ import logging
 import secrets
 import ssl
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -27,6 +28,7 @@ from .auth import TokenVerifier
 from .certificate import Certificate
 from .config import Config, ConfigError, HostPort
 from .http import HttpFrontend
+from .limits import Limits, LimitSettings
 from .messages import ErrorCode, SignalingError
 from .mux import MediaMux
 from .negotiation import LocalTransport
@@ -82,6 +84,17 @@ class Server:
         # Media totals across sessions (packets, bytes, drops by reason), read by /metrics.
         self.stats: collections.Counter[str] = collections.Counter()
         self.connections: set[Connection] = set()
+        self.limits = Limits(
+            LimitSettings(
+                max_sessions=config.max_sessions,
+                max_sessions_per_socket=config.max_sessions_per_socket,
+                max_sessions_per_address=config.max_sessions_per_address,
+                max_players_per_stream=config.max_players_per_stream,
+                max_handshakes=config.max_handshakes,
+                requests_per_second=config.requests_per_second,
+                request_burst=config.request_burst,
+            )
+        )
         self.shutting_down = False
         self.candidates: tuple[tuple[str, int], ...] = ()
         self.signal_addresses: list[tuple[str, int]] = []
@@ -96,21 +109,15 @@ class Server:
 
     @property
     def session_count(self) -> int:
-        return sum(len(c.sessions) for c in self.connections)
+        return self.limits.sessions
 
-    def check_new_session(self, connection: Connection) -> None:
+    def check_new_session(self, connection: Connection, players: int | None) -> None:
+        """`players`: the stream's player count for a play offer, None for a publish."""
         if self.shutting_down:
             raise SignalingError(ErrorCode.UNAVAILABLE, "the server is shutting down")
-        if len(connection.sessions) >= self.config.max_sessions_per_socket:
-            raise SignalingError(
-                ErrorCode.TOO_MANY_REQUESTS,
-                f"at most {self.config.max_sessions_per_socket} sessions per connection; "
-                "close one or open another connection",
-            )
-        if self.session_count >= self.config.max_sessions:
-            raise SignalingError(
-                ErrorCode.UNAVAILABLE, "the server is at its session limit; try again later"
-            )
+        self.limits.check_new_session(
+            socket_sessions=len(connection.sessions), address=connection.address, players=players
+        )
 
     def new_transport(self, offer: Offer) -> Transport:
         return Transport(
@@ -214,9 +221,28 @@ class Server:
     def media_addresses(self) -> list[tuple[str, int]]:
         return list(self.candidates)
 
+    def origin_allowed(self, headers: list[tuple[bytes, bytes]], host: str) -> bool:
+        """Browsers send Origin; other clients (aiortc, servers) do not and are not limited here.
+        Allowed: the configured list; else any origin in open mode, the same host otherwise."""
+        fields = {name.lower(): value.decode("latin-1") for name, value in headers}
+        origin = fields.get(b"origin")
+        if origin is None:
+            return True
+        if self.config.allowed_origins:
+            return origin in self.config.allowed_origins
+        if self.verifier.open_mode:
+            return True
+        origin_host = urllib.parse.urlsplit(origin).hostname
+        return origin_host is not None and origin_host == urllib.parse.urlsplit(f"//{host}").hostname
+
     async def _handle_request(self, request: WebSocketRequest) -> None:
         if request.path.split("?")[0] != "/ws":
             await request.reject(404, body=b"the signaling WebSocket is at /ws\n")
+            return
+        # wsproto keeps the Host header apart from the others (trio-websocket exposes only those).
+        if not self.origin_allowed(request.headers, request._event.host):
+            self.limits.refused["origin"] += 1
+            await request.reject(403, body=b"this Origin may not open the signaling WebSocket\n")
             return
         ws = await request.accept()
         await self.handle_connection(ws)
@@ -224,9 +250,7 @@ class Server:
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one WebSocket over any byte stream (tests use `trio.testing.memory_stream_pair`)."""
         async with trio.open_nursery() as nursery:
-            request = await wrap_server_stream(
-                nursery, stream, max_message_size=self.config.max_message_size
-            )
+            request = await wrap_server_stream(nursery, stream, max_message_size=self.config.max_message_size)
             try:
                 await self._handle_request(request)
             finally:
@@ -236,9 +260,10 @@ class Server:
 
     async def handle_connection(self, ws: WebSocketConnection) -> None:
         remote = ws.remote
-        connection = Connection(
-            self, ws, remote if isinstance(remote, str) else f"{remote.address}:{remote.port}"
-        )
+        if isinstance(remote, str):
+            connection = Connection(self, ws, remote, remote)
+        else:
+            connection = Connection(self, ws, f"{remote.address}:{remote.port}", str(remote.address))
         self.connections.add(connection)
         try:
             await connection.run()

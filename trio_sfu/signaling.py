@@ -47,10 +47,12 @@ _ping_payloads = itertools.count()
 class Connection:
     OUTBOX = 256
 
-    def __init__(self, server: Server, ws: WebSocketConnection, remote: str) -> None:
+    def __init__(self, server: Server, ws: WebSocketConnection, remote: str, address: str = "") -> None:
         self.server = server
         self.ws = ws
         self.remote = remote
+        self.address = address  # the client's IP, for per-address limits
+        self._requests = server.limits.request_bucket()
         self.grant: Grant | None = None
         self.sessions: dict[str, Session] = {}
         self._outbox_send, self._outbox = trio.open_memory_channel[str](self.OUTBOX)
@@ -86,9 +88,7 @@ class Connection:
     def notify(self, session: Session, method: str, data: dict[str, Any]) -> None:
         header = session.header
         self.send(
-            ServerRequest(
-                method=method, app=header.app, uid=header.uid, stream=header.stream, data=data
-            )
+            ServerRequest(method=method, app=header.app, uid=header.uid, stream=header.stream, data=data)
         )
 
     def abort(self) -> None:
@@ -149,13 +149,16 @@ class Connection:
         if isinstance(frame, Ack):
             return None
         try:
+            self.server.limits.check_rate(self._requests, trio.current_time())
             data = await self._dispatch(frame)
         except SignalingError as exc:
             return error_reply(frame.method.result, frame.header, exc.code, exc.message)
         except Exception:
             log.exception("event=internal_error method=%s remote=%s", frame.method, self.remote)
             return error_reply(
-                frame.method.result, frame.header, ErrorCode.INTERNAL,
+                frame.method.result,
+                frame.header,
+                ErrorCode.INTERNAL,
                 "internal error; the server logged it — please report",
             )
         return Reply.to(frame.method.result, frame.header, data=data)
@@ -198,9 +201,7 @@ class Connection:
                 ErrorCode.UNAUTHORIZED, "not authenticated: send stream.connect with a token first"
             )
         try:
-            self.grant.check_request(
-                request.header.app, request.header.uid, self.server.wall_clock()
-            )
+            self.grant.check_request(request.header.app, request.header.uid, self.server.wall_clock())
         except AuthError as exc:
             raise SignalingError(ErrorCode(exc.code), exc.message) from None
         return self.grant
@@ -219,16 +220,14 @@ class Connection:
                 f"this connection already has a {existing.direction} session for stream "
                 f"{header.stream!r}; close it first",
             )
-        self.server.check_new_session(self)
         publication = None
         if data.publish:
             self.server.router.check_free(key)
         else:
             publication = self.server.router.lookup(key)
             if publication is None:
-                raise SignalingError(
-                    ErrorCode.NOT_FOUND, f"stream {header.stream!r} is not being published"
-                )
+                raise SignalingError(ErrorCode.NOT_FOUND, f"stream {header.stream!r} is not being published")
+        self.server.check_new_session(self, players=None if publication is None else len(publication.players))
         try:
             offer = parse_offer(data.sdp)
             transport = self.server.new_transport(offer)
@@ -236,9 +235,7 @@ class Connection:
             if publication is None:
                 negotiated = answer_publish(offer, local)
             else:
-                negotiated = answer_play(
-                    offer, local, publication.negotiated_tracks, self.server.new_ssrc
-                )
+                negotiated = answer_play(offer, local, publication.negotiated_tracks, self.server.new_ssrc)
         except SdpError as exc:
             raise SignalingError(ErrorCode.UNSUPPORTED_MEDIA, f"SDP unusable: {exc}") from None
         session = Session(
@@ -253,11 +250,17 @@ class Connection:
         )
         session.attach(publication)
         self.sessions[header.stream] = session
+        limits = self.server.limits
+        limits.session_started(self.address)
+        transport.on_established = limits.handshake_done
         assert self._nursery is not None
         self._nursery.start_soon(self._run_session, session, name=repr(session))
         log.info(
             "event=session_started app=%s stream=%s direction=%s remote=%s",
-            header.app, header.stream, session.direction, self.remote,
+            header.app,
+            header.stream,
+            session.direction,
+            self.remote,
         )
         return {"publish": data.publish, "sdp": negotiated.answer}
 
@@ -265,12 +268,18 @@ class Connection:
         try:
             await session.run()
         finally:
+            self.server.limits.session_ended(
+                self.address, handshake_pending=not session.transport.connected.is_set()
+            )
             if self.sessions.get(session.header.stream) is session:
                 del self.sessions[session.header.stream]
             log.info(
                 "event=session_ended app=%s stream=%s direction=%s reason=%s",
-                session.header.app, session.header.stream, session.direction,
-                session.end_reason.value if session.end_reason
+                session.header.app,
+                session.header.stream,
+                session.direction,
+                session.end_reason.value
+                if session.end_reason
                 else ("client_closed" if session.closed_by_client else "connection_closed"),
             )
 

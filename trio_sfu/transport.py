@@ -72,6 +72,7 @@ class Transport:
         self._handshake_timeout = handshake_timeout
         self.handler = MediaHandler()
         self.on_failed: Callable[[CloseReason, str], None] = lambda reason, why: None
+        self.on_established: Callable[[], None] = lambda: None
         self.ice: IceLiteAgent | None = None
         self.dtls: DtlsEndpoint | None = None
         self.srtp: SrtpSession | None = None
@@ -144,6 +145,7 @@ class Transport:
                 self._media_peer = self._dtls_peer
             self.connected.set()
             self.stats["dtls_handshakes"] += 1
+            self.on_established()
             log.info("event=dtls_connected profile=%s", self.dtls.keys.profile.name)
             self.handler.on_connected(now)
         elif self.dtls.state is DtlsState.FAILED:
