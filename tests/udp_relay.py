@@ -26,6 +26,7 @@ class UdpRelay:
         self.paused = False  # drop everything, both ways (a peer that went silent or away)
         self.drop_dtls = False  # drop DTLS both ways (a handshake that never finishes)
         self.dropped = 0
+        self.captured: list[bytes] = []  # the peer's last SRTP/SRTCP datagrams, for replay attacks
         self.relayed = 0
         self._random = random.Random(seed)
 
@@ -53,6 +54,9 @@ class UdpRelay:
             self.peer = (address[0], address[1])
             if self.paused or (self.drop_dtls and 20 <= data[0] <= 63):
                 continue
+            if 128 <= data[0] <= 191:
+                self.captured.append(data)
+                del self.captured[:-200]
             await self.back.sendto(data, self.server)
 
     async def _towards_peer(self) -> None:
