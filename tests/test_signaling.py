@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import attrs
+import jwt
 import pytest
 import trio
 from trio_websocket import HandshakeError, open_websocket_url
@@ -473,3 +474,34 @@ async def test_origin_allow_list(config: Config, origin: str | None, allowed: bo
         assert accepted is allowed
         assert server.limits.refused["origin"] == (0 if allowed else 1)
         nursery.cancel_scope.cancel()
+
+
+async def test_one_socket_cannot_touch_another_sockets_session() -> None:
+    async with running_server() as sfu, sfu.client(uid="alice") as alice, sfu.client(uid="alice") as mallory:
+        for c in (alice, mallory):
+            assert_reply(await c.connect(), "stream.connected")
+        assert_reply(await alice.offer("cam", PUBLISH_SDP, True), "stream.answer")
+        # Same app, same uid, same stream name: still another socket's session.
+        assert_reply(await mallory.request("stream.mute", "cam", {"video": True}), "stream.muted", 404)
+        assert_reply(await mallory.request("stream.close", "cam"), "stream.closed", 404)
+        assert sfu.server.router.lookup(("live", "cam")) is not None
+        data = assert_reply(await alice.request("stream.mute", "cam", {}), "stream.muted")
+        assert data == {"video": False, "audio": False}
+
+
+async def test_unsigned_and_wrong_algorithm_tokens_are_401(secret_config: Config) -> None:
+    import base64
+
+    def b64(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    claims = {"app": "live", "publish": True, "exp": NOW + 3600}
+    unsigned = f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims)}."
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    es256 = jwt.encode(claims, ec.generate_private_key(ec.SECP256R1()), algorithm="ES256")
+    hs512 = jwt.encode(claims, SECRET, algorithm="HS512")
+    async with running_server(secret_config) as sfu, sfu.client() as client:
+        for bad in (unsigned, es256, hs512):
+            assert_reply(await client.connect(bad), "stream.connected", 401)
+        assert_reply(await client.connect(token(publish=True)), "stream.connected")
