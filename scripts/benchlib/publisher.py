@@ -29,8 +29,9 @@ from .sendlog import KINDS, SendLog
 
 _RTP = struct.Struct("!BBHII")
 KEYFRAME_MIN_INTERVAL = 0.3
-"""Keyframe requests this soon after a keyframe are ignored, as libwebrtc's sender does: a server that
-forwards every new player's PLI would otherwise make the encoder send nothing but keyframes."""
+"""Keyframe requests this soon after a keyframe are answered only when the interval is over: a server
+that forwards every new player's PLI (Janus does) would otherwise make the encoder send nothing but
+keyframes, and dropping them would leave a player waiting for the next scheduled one."""
 _EXT_HEADER = struct.pack("!HH", 0xBEDE, 1) + bytes([(ABS_SEND_TIME_ID << 4) | 2])
 
 
@@ -61,6 +62,7 @@ class Sender:
         self.frames_sent = 0
         self.audio_sent = 0
         self.keyframe_requested = False
+        self.keyframe_deferred = False
         self.last_keyframe_at = -1e9
         self.queued = 0
         self.counters: collections.Counter[str] = collections.Counter()
@@ -93,6 +95,9 @@ class Sender:
     def next_frame(self) -> list[tuple[bool, int, bytes]]:
         """The next frame's packets (marker, timestamp, payload), its picture id renumbered."""
         video = self.media.video
+        if self.keyframe_deferred and trio.current_time() >= self.last_keyframe_at + KEYFRAME_MIN_INTERVAL:
+            self.keyframe_deferred = False
+            self.keyframe_requested = True
         if self.keyframe_requested:
             self.keyframe_requested = False
             if not video[self.frame].keyframe:
@@ -104,6 +109,7 @@ class Sender:
         if frame.keyframe:
             self.counters["keyframes"] += 1
             self.last_keyframe_at = trio.current_time()
+            self.keyframe_deferred = False
         timestamp = (self.ts_base["video"] + 3000 * self.frames_sent) & 0xFFFFFFFF
         self.frames_sent += 1
         pid = bytes((0x80 | (self.picture_id >> 8), self.picture_id & 0xFF))
@@ -139,7 +145,8 @@ class Sender:
             if isinstance(item, Pli | Fir):
                 self.counters["pli" if isinstance(item, Pli) else "fir"] += 1
                 if now - self.last_keyframe_at < KEYFRAME_MIN_INTERVAL:
-                    self.counters["keyframe_requests_ignored"] += 1
+                    self.counters["keyframe_requests_deferred"] += 1
+                    self.keyframe_deferred = True
                 else:
                     self.keyframe_requested = True
             elif isinstance(item, Nack):

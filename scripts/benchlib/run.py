@@ -163,9 +163,12 @@ class ServerProcess:
         ]
         events: dict[str, int] = {}
         for line in problems:
-            for field in line.split():
-                if field.startswith("event="):
-                    events[field[6:]] = events.get(field[6:], 0) + 1
+            kind = next((f[6:] for f in line.split() if f.startswith("event=")), None)
+            if kind is None and self.janus_url:  # "[date] level=warning [handle id] message..."
+                text = line.split("level=", 1)[-1].split(None, 1)[-1]
+                kind = " ".join(w for w in text.split() if not w.strip("[]").isdigit())[:60]
+            if kind:
+                events[kind] = events.get(kind, 0) + 1
         return {
             "exit_code": self.returncode,
             "warnings": sum("level=warning" in line for line in lines),
@@ -376,7 +379,7 @@ def figures(start: Reading, end: Reading, server: ServerProcess, n: int) -> dict
         "publisher_cpu_pct": round(100 * children.get("publisher", 0.0), 1),
         "publisher": {
             key: end.publisher.get(key)
-            for key in ("keyframes", "keyframe_jumps", "pli", "fir", "keyframe_requests_ignored",
+            for key in ("keyframes", "keyframe_jumps", "pli", "fir", "keyframe_requests_deferred",
                         "nacked_packets", "remb_bps", "late_max_ms", "queued_max")
         },
         "publisher_queue_at_start_end": [start.publisher.get("queued"), end.publisher.get("queued")],
@@ -400,9 +403,11 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(1000 * value, 3)
 
 
-def run_case(label: str, command: list[str], n: int, options: Options, progress: Progress) -> dict[str, Any]:
+def run_case(
+    label: str, command: list[str], n: int, options: Options, progress: Progress, round_: int = 0
+) -> dict[str, Any]:
     """One server process, one publisher, `n` subscribers: ramp up, settle, measure, probe, stop."""
-    result: dict[str, Any] = {"server": label, "command": shlex.join(command), "n": n}
+    result: dict[str, Any] = {"server": label, "command": shlex.join(command), "n": n, "round": round_}
     workdir = Path(tempfile.mkdtemp(prefix="trio_sfu_bench_"))
     server = ServerProcess(command, workdir, options.janus_event_loops)
     result["server_command"] = shlex.join(server.command)
@@ -511,7 +516,7 @@ def run_case(label: str, command: list[str], n: int, options: Options, progress:
         if options.keep_logs is not None:
             options.keep_logs.mkdir(parents=True, exist_ok=True)
             for path in (server.stdout_path, server.stderr_path):
-                target = options.keep_logs / f"{label}-N{n}-{path.name}"
+                target = options.keep_logs / f"{label}-N{n}-r{result.get('round', 0)}-{path.name}"
                 target.write_bytes(path.read_bytes())
         shutil.rmtree(workdir, ignore_errors=True)
     return result
@@ -529,8 +534,7 @@ def run_all(
             for label, command in servers]
     for step, (n, r, label, command) in enumerate(plan):
         progress.run(step, len(plan))
-        result = run_case(label, command, n, options, progress)
-        result["round"] = r
+        result = run_case(label, command, n, options, progress, r)
         results.append(result)
     progress.run(len(plan), len(plan))
     return results
