@@ -83,7 +83,7 @@ class Config:
     max_message_size: int = 64 * 1024
     max_sessions_per_socket: int = 16
     max_sessions: int = 10_000
-    max_sessions_per_address: int = 64
+    max_sessions_per_address: int = 1_000
     max_players_per_stream: int = 1_000
     max_handshakes: int = 256
     requests_per_second: float = 20.0
