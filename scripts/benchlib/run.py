@@ -12,6 +12,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -166,7 +167,7 @@ class ServerProcess:
             kind = next((f[6:] for f in line.split() if f.startswith("event=")), None)
             if kind is None and self.janus_url:  # "[date] level=warning [handle id] message..."
                 text = line.split("level=", 1)[-1].split(None, 1)[-1]
-                kind = " ".join(w for w in text.split() if not w.strip("[]").isdigit())[:60]
+                kind = re.sub(r"\d+", "N", text)[:70]
             if kind:
                 events[kind] = events.get(kind, 0) + 1
         return {
@@ -497,7 +498,7 @@ def run_case(
             progress.update(f"{label} N={n}: new-subscriber probes", i, options.probes)
             workers[0].send({"cmd": "probe"})
             probes.append(workers[0].wait_event("probe", timeout=30))
-            time.sleep(0.6)  # the server throttles keyframe requests (0.5 s per track)
+            time.sleep(1.0)  # servers throttle keyframe requests (trio_sfu: 0.5 s per track)
         result["probes"] = probes
         good = [p for p in probes if "error" not in p]
         result["probe_errors"] = [p["error"] for p in probes if "error" in p]
