@@ -25,7 +25,7 @@ from .mux import Datagram, Kind, MediaMux
 from .rtp import is_rtcp
 from .sdp import Offer
 from .srtp import SrtpSession
-from .udp import Address, DatagramEndpoint
+from .udp import Address, ConnectedUdp, DatagramEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,8 @@ class Transport:
         self.srtp: SrtpSession | None = None
         self._dtls_peer: tuple[DatagramEndpoint, Address] | None = None
         self._media_peer: tuple[DatagramEndpoint, Address] | None = None
+        self._connected: ConnectedUdp | None = None
+        self._nursery: trio.Nursery | None = None
         self.connected = trio.Event()
         self.counters: collections.Counter[str] = collections.Counter()
         # Server-wide totals for /metrics, shared by every transport (one dict update per packet).
@@ -114,7 +116,7 @@ class Transport:
             if isinstance(event, CandidateValidated):
                 self.mux.route_address(event.address, self)
             elif isinstance(event, PairSelected):
-                self._media_peer = (datagram.endpoint, event.address)
+                self._use_media_peer(datagram.endpoint, event.address)
                 if (
                     self._dtls_peer is not None
                     and self.dtls is not None
@@ -141,8 +143,9 @@ class Transport:
         if self.dtls.state is DtlsState.CONNECTED and self.srtp is None:
             assert self.dtls.keys is not None
             self.srtp = SrtpSession(self.dtls.keys)
-            if self._media_peer is None:
-                self._media_peer = self._dtls_peer
+            peer = self._media_peer or self._dtls_peer
+            if peer is not None:
+                self._use_media_peer(*peer)
             self.connected.set()
             self.stats["dtls_handshakes"] += 1
             self.on_established()
@@ -192,7 +195,8 @@ class Transport:
             protected = srtp.protect_rtp(packet)
         except ValueError:  # too long for SRTP, or too old to protect again: counted by srtp
             return True
-        if not peer[0].send(protected, peer[1]):
+        connected = self._connected
+        if not (connected.send(protected) if connected is not None else peer[0].send(protected, peer[1])):
             return False
         stats = self.stats
         stats["rtp_packets_out"] += 1
@@ -208,11 +212,14 @@ class Transport:
         except ValueError:
             return True
         self.stats["rtcp_packets_out"] += 1
-        return peer[0].send(protected, peer[1])
+        connected = self._connected
+        return connected.send(protected) if connected is not None else peer[0].send(protected, peer[1])
 
     async def wait_writable(self) -> None:
-        peer = self._media_peer
-        if peer is not None:
+        peer, connected = self._media_peer, self._connected
+        if connected is not None:
+            await connected.wait_writable()
+        elif peer is not None:
             await peer[0].wait_writable()
         else:
             await trio.sleep(0.01)
@@ -261,15 +268,55 @@ class Transport:
         )
         self.dtls.start(now)
         with self.mux.route_ufrag(self.local_ufrag, self):
-            task_status.started()
-            while not self._failed:
-                with trio.CancelScope(deadline=self._deadline()) as self._timer:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                try:
+                    while not self._failed:
+                        with trio.CancelScope(deadline=self._deadline()) as self._timer:
+                            await trio.sleep_forever()
+                        self._timer = None
+                        self._on_timer(trio.current_time())
+                    # Failed: the session is being cancelled; wait for it here, still routed, so
+                    # nothing arrives for a half-torn-down transport.
                     await trio.sleep_forever()
-                self._timer = None
-                self._on_timer(trio.current_time())
-            # Failed: the session is being cancelled; wait for it here, still routed, so
-            # nothing arrives for a half-torn-down transport.
-            await trio.sleep_forever()
+                finally:
+                    self._drop_connected()
+
+    # ---- the peer's own socket (fast path) ----
+
+    def _use_media_peer(self, endpoint: DatagramEndpoint, address: Address) -> None:
+        """Send media to `address`; once DTLS is up, through a socket connected to it."""
+        self._media_peer = (endpoint, address)
+        connected = self._connected
+        if connected is not None and connected.remote == address:
+            return
+        self._drop_connected()
+        if self.srtp is None or self._nursery is None:
+            return
+        try:
+            connected = endpoint.connect(address)
+        except OSError as exc:
+            log.info("event=connected_socket_unavailable error=%r", exc)
+            return
+        if connected is None:
+            return
+        self._connected = connected
+        self._nursery.start_soon(self._read_connected, connected, endpoint)
+
+    async def _read_connected(self, connected: ConnectedUdp, endpoint: DatagramEndpoint) -> None:
+        """The kernel now hands this peer's datagrams to its own socket: feed them to the mux as if
+        they had come on the shared one (same classification, same routes)."""
+        handle = self.mux.handle
+        remote = connected.remote
+        with connected.reader_scope:
+            await connected.receive_into(lambda data: handle(data, remote, endpoint))
+
+    def _drop_connected(self) -> None:
+        connected, self._connected = self._connected, None
+        if connected is not None:
+            connected.reader_scope.cancel()
+            connected.close()
 
     def _on_timer(self, now: float) -> None:
         assert self.ice is not None and self.dtls is not None

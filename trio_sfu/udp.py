@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import socket as stdlib_socket
+from collections.abc import Callable
 from typing import Protocol
 
 import trio
@@ -32,6 +33,10 @@ class DatagramEndpoint(Protocol):
 
     async def wait_writable(self) -> None: ...
 
+    def connect(self, remote: Address) -> ConnectedUdp | None:
+        """A socket of its own for one peer (same local address), or None where not supported."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -51,15 +56,23 @@ class UdpEndpoint:
     @classmethod
     def bind(cls, address: HostPort) -> UdpEndpoint:
         family = stdlib_socket.AF_INET6 if ":" in address.host else stdlib_socket.AF_INET
-        sock = stdlib_socket.socket(family, stdlib_socket.SOCK_DGRAM)
+        if address.port:
+            # SO_REUSEPORT (below) would let a second server share the port silently: make sure
+            # nobody holds it first, so a clash still fails with "address in use".
+            _socket(family, reuse=False, bind=(address.host, address.port)).close()
+        return cls(_socket(family, reuse=True, bind=(address.host, address.port)))
+
+    def connect(self, remote: Address) -> ConnectedUdp:
+        """A socket bound to this endpoint's address and connected to `remote`: the kernel hands it
+        that peer's datagrams, and `send` on it skips the per-packet route lookup of `sendto`."""
+        family = self._plain.family
+        sock = _socket(family, reuse=True, bind=self._plain.getsockname())
         try:
-            if family == stdlib_socket.AF_INET6:
-                sock.setsockopt(stdlib_socket.IPPROTO_IPV6, stdlib_socket.IPV6_V6ONLY, 1)
-            sock.bind((address.host, address.port))
+            sock.connect(remote)
         except OSError:
             sock.close()
             raise
-        return cls(sock)
+        return ConnectedUdp(sock, remote)
 
     @property
     def local_address(self) -> Address:
@@ -81,6 +94,60 @@ class UdpEndpoint:
 
     async def wait_writable(self) -> None:
         await trio.lowlevel.wait_writable(self._plain)
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+def _socket(family: int, *, reuse: bool, bind: tuple[object, ...]) -> stdlib_socket.socket:
+    sock = stdlib_socket.socket(family, stdlib_socket.SOCK_DGRAM)
+    try:
+        if family == stdlib_socket.AF_INET6:
+            sock.setsockopt(stdlib_socket.IPPROTO_IPV6, stdlib_socket.IPV6_V6ONLY, 1)
+        if reuse:
+            sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEPORT, 1)
+        sock.bind(bind)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+class ConnectedUdp:
+    """One peer's own socket on the shared media port (SO_REUSEPORT + connect)."""
+
+    def __init__(self, sock: stdlib_socket.socket, remote: Address) -> None:
+        self._socket = sock
+        self.remote = remote
+        self.send_errors = 0
+        self.reader_scope = trio.CancelScope()
+
+    def send(self, data: bytes) -> bool:
+        try:
+            self._socket.send(data)
+        except BlockingIOError:
+            return False
+        except OSError:
+            self.send_errors += 1
+        return True
+
+    async def wait_writable(self) -> None:
+        await trio.lowlevel.wait_writable(self._socket)
+
+    async def receive_into(self, handle: Callable[[bytes], None]) -> None:
+        """Read until cancelled, draining the socket before waiting again."""
+        sock = self._socket
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            while True:
+                try:
+                    data = sock.recv(2048)
+                except BlockingIOError:
+                    break
+                except OSError:  # e.g. ICMP port unreachable for an earlier send
+                    continue
+                handle(data)
 
     def close(self) -> None:
         self._socket.close()
@@ -139,6 +206,9 @@ class MemoryEndpoint:
 
     async def wait_writable(self) -> None:
         await trio.lowlevel.checkpoint()
+
+    def connect(self, remote: Address) -> ConnectedUdp | None:
+        return None
 
     def close(self) -> None:
         self._network._forget(self._address)
