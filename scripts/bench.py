@@ -95,6 +95,16 @@ def reexec_in_netns() -> None:
                           "bench", sys.executable, *sys.argv])
 
 
+def tree_state() -> str:
+    """The commit being benched, and whether trio_sfu/ had uncommitted changes (others edit it)."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "?"
+    return commit + (" + uncommitted changes in trio_sfu/" if git("status", "--porcelain", "trio_sfu") else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if not args.no_netns and not os.environ.get("TRIO_SFU_NETNS") and not procfs.loopback_only():
@@ -134,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         janus_event_loops=args.janus_event_loops,
     )
     load_before = procfs.load_average()
+    tree_before = tree_state()
     started = datetime.datetime.now(datetime.UTC)
     print(f"media: {loaded.summary()}", file=sys.stderr)
     progress = Progress(enabled=not args.no_progress)
@@ -192,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         print(ratio_table(comparison))
 
     load_after = procfs.load_average()
+    tree_after = tree_state()
     print(f"\nload average before {load_before}, after {load_after}; {procfs.machine()}")
+    print(f"tree: {tree_before}" + (f" at the start, {tree_after} at the end" if tree_after != tree_before else ""))
     if args.json:
         document = {
             "started": started.isoformat(timespec="seconds"),
@@ -200,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             "machine": procfs.machine(),
             "load_average_before": load_before,
             "load_average_after": load_after,
+            "tree_before": tree_before,
+            "tree_after": tree_after,
             "media": loaded.summary(),
             "servers": {label: shlex.join(command) for label, command in servers},
             "options": {"subscribers": subscribers, "duration": duration, "settle": settle,

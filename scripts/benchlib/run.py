@@ -451,6 +451,7 @@ def run_case(
         deadline = ramp_started + options.ramp_timeout + 0.2 * n
         while done + failed < n:
             if time.monotonic() > deadline:
+                result["legs_failed"], result["leg_failures"] = failed, failures[:5]
                 waited = deadline - ramp_started
                 raise BenchError(f"ramp-up: only {done}/{n} legs connected in {waited:.0f} s")
             for _, event in _events(workers, 0.2):
