@@ -92,9 +92,15 @@ class Client:
 
     async def ack(self, request: dict[str, Any]) -> None:
         reply = {
-            "version": "1.0", "err": 0, "err_msg": "success", "method": "ack",
+            "version": "1.0",
+            "err": 0,
+            "err_msg": "success",
+            "method": "ack",
             "on_result": request["method"] + "d",
-            "app": request["app"], "uid": request["uid"], "stream": request["stream"], "data": {},
+            "app": request["app"],
+            "uid": request["uid"],
+            "stream": request["stream"],
+            "data": {},
         }
         await self.ws.send_message(json.dumps(reply))
 
@@ -162,6 +168,16 @@ def task_names() -> list[str]:
 async def settle() -> None:
     """Let every runnable task run until all are blocked."""
     await trio.testing.wait_all_tasks_blocked()
+
+
+@pytest.fixture
+def aio() -> Iterator[Any]:
+    """An asyncio loop in a thread for aiortc peers (tests/aiortc_peers.py)."""
+    from .aiortc_peers import AsyncioThread
+
+    thread = AsyncioThread()
+    yield thread
+    thread.close()
 
 
 @pytest.fixture

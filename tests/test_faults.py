@@ -21,13 +21,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SHORT = Config(liveness_timeout=3.0, dtls_handshake_timeout=3.0)
 
 
-@pytest.fixture
-def aio() -> AsyncIterator[AsyncioThread]:
-    thread = AsyncioThread()
-    yield thread  # type: ignore[misc]
-    thread.close()
-
-
 @asynccontextmanager
 async def relayed(
     sfu: Harness, aio: AsyncioThread, peer: Publisher | Player, uid: str

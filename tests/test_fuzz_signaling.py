@@ -7,7 +7,6 @@ import json
 import random
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -83,13 +82,6 @@ def server_memory() -> int:
     """Bytes held by allocations made in the server's own code (aiortc's buffers are not ours)."""
     snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, "*/trio_sfu/*")])
     return sum(stat.size for stat in snapshot.statistics("filename"))
-
-
-@pytest.fixture
-def aio() -> AsyncIterator[AsyncioThread]:
-    thread = AsyncioThread()
-    yield thread  # type: ignore[misc]
-    thread.close()
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))

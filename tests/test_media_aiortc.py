@@ -16,13 +16,6 @@ from .conftest import Client, Harness, running_server
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-@pytest.fixture
-def aio() -> AsyncIterator[AsyncioThread]:
-    thread = AsyncioThread()
-    yield thread  # type: ignore[misc]
-    thread.close()
-
-
 async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
     """Poll until `condition` holds; returns the time it took."""
     start = time.monotonic()

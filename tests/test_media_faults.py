@@ -23,13 +23,6 @@ from .udp_relay import UdpRelay
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-@pytest.fixture
-def aio() -> AsyncIterator[AsyncioThread]:
-    thread = AsyncioThread()
-    yield thread  # type: ignore[misc]
-    thread.close()
-
-
 @asynccontextmanager
 async def play_through_relay(
     sfu: Harness, aio: AsyncioThread, player: Player, seed: int = 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,13 +21,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 AIORTC_VP8_DEFAULT = 500_000  # aiortc.codecs.vpx DEFAULT_BITRATE
 AIORTC_VP8_MAX = 1_500_000  # aiortc.codecs.vpx MAX_BITRATE: the encoder clamps REMB to it
-
-
-@pytest.fixture
-def aio() -> Iterator[AsyncioThread]:
-    thread = AsyncioThread()
-    yield thread
-    thread.close()
 
 
 def video_encoder_bitrate(publisher: Publisher) -> int | None:

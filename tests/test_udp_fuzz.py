@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,13 +23,6 @@ from .test_media_aiortc import assert_video_matches, session, valid_counters, wa
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 FLOOD = Path(__file__).with_name("udp_flood.py")
-
-
-@pytest.fixture
-def aio() -> AsyncIterator[AsyncioThread]:
-    thread = AsyncioThread()
-    yield thread  # type: ignore[misc]
-    thread.close()
 
 
 def udp_receive_errors() -> int:
