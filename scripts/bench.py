@@ -102,7 +102,8 @@ def tree_state() -> str:
         return done.stdout.strip()
 
     commit = git("rev-parse", "--short", "HEAD") or "?"
-    return commit + (" + uncommitted changes in trio_sfu/" if git("status", "--porcelain", "trio_sfu") else "")
+    dirty = git("status", "--porcelain", "trio_sfu")
+    return commit + (" + uncommitted changes in trio_sfu/" if dirty else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"subscriber processes saturated ({result['subscriber_cpu_pct']} % of a core): "
                     "the figures are not trustworthy"
                 )
+            if result.get("ramp_incomplete"):
+                problems.append(
+                    f"ramp-up incomplete: {result['legs_ready_at_ramp_end']}/{result['n']} legs connected "
+                    f"after {result['ramp_s']:.0f} s; measured with {result['legs']}"
+                )
             if result["legs_failed"]:
                 problems.append(
                     f"{result['legs_failed']} legs failed to connect: {result['leg_failures'][:2]}"
@@ -205,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     load_after = procfs.load_average()
     tree_after = tree_state()
     print(f"\nload average before {load_before}, after {load_after}; {procfs.machine()}")
-    print(f"tree: {tree_before}" + (f" at the start, {tree_after} at the end" if tree_after != tree_before else ""))
+    changed = f" at the start, {tree_after} at the end" if tree_after != tree_before else ""
+    print(f"tree: {tree_before}{changed}")
     if args.json:
         document = {
             "started": started.isoformat(timespec="seconds"),
