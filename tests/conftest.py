@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -163,6 +163,14 @@ def task_names() -> list[str]:
         for nursery in task.child_nurseries:
             stack.extend(nursery.child_tasks)
     return names
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll `condition` until it holds (where live media keeps tasks busy, so
+    `wait_all_tasks_blocked` would not return)."""
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.02)
 
 
 async def settle() -> None:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed
 
 from .aiortc_peers import AsyncioThread, Player, Publisher
-from .conftest import fixture_sdp, running_server, task_names
+from .conftest import eventually, fixture_sdp, running_server, task_names
 from .test_media_aiortc import assert_video_matches, session, valid_counters, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -169,8 +169,7 @@ async def test_fuzz_beside_live_media(aio: AsyncioThread) -> None:
         await trio.sleep(1)
         assert_video_matches(player, publisher, fuzz_start)
         assert len(valid_counters(player, fuzz_start)) >= 10
-        await trio.testing.wait_all_tasks_blocked(0.2)
-        assert len(task_names()) <= baseline_tasks
+        await eventually(lambda: len(task_names()) <= baseline_tasks)
         assert len(sfu.server.connections) == 2 and sfu.server.mux.sessions_routed == 2
         assert sum(counts.values()) == 900
         print("replies by code:", dict(sorted(counts.items())))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
 import sys
@@ -34,22 +35,29 @@ def _serve_parser() -> argparse.ArgumentParser:
         "--signal", metavar="HOST:PORT", help="signaling WebSocket listener (default 127.0.0.1:8080)"
     )
     parser.add_argument(
-        "--http", metavar="HOST:PORT",
+        "--http",
+        metavar="HOST:PORT",
         help="HTTP listener: demo page, /config.json, /healthz, /metrics (default 127.0.0.1:8081)",
     )
     parser.add_argument(
-        "--media", metavar="HOST:PORT", action="append",
+        "--media",
+        metavar="HOST:PORT",
+        action="append",
         help="media UDP socket, repeatable (default 127.0.0.1:40000; port 0 picks a free one)",
     )
     parser.add_argument(
-        "--announce", metavar="IP", action="append",
+        "--announce",
+        metavar="IP",
+        action="append",
         help="address written into ICE candidates, repeatable (default: the bound address, or "
         "every non-loopback interface address when bound to 0.0.0.0 or ::)",
     )
     parser.add_argument("--token-secret", help="HS256 secret (or env TRIO_SFU_TOKEN_SECRET)")
     parser.add_argument("--token-public-key", type=Path, help="PEM public key for RS256/ES256")
     parser.add_argument(
-        "--tls-cert", type=Path, metavar="FILE",
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
         help="PEM certificate chain: serve https and wss on the same ports (with --tls-key)",
     )
     parser.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM private key of --tls-cert")
@@ -65,11 +73,15 @@ def _token_parser() -> argparse.ArgumentParser:
     parser.add_argument("--app", required=True)
     parser.add_argument("--uid", help="bind the token to this uid")
     parser.add_argument(
-        "--publish", nargs="*", metavar="STREAM",
+        "--publish",
+        nargs="*",
+        metavar="STREAM",
         help="streams it may publish; the flag alone grants every stream",
     )
     parser.add_argument(
-        "--play", nargs="*", metavar="STREAM",
+        "--play",
+        nargs="*",
+        metavar="STREAM",
         help="streams it may play; the flag alone grants every stream",
     )
     parser.add_argument("--ttl", type=float, default=3600.0, help="seconds of validity (3600)")
@@ -86,8 +98,13 @@ def token_main(argv: list[str]) -> int:
     args = _token_parser().parse_args(argv)
     try:
         token = mint_token(
-            args.secret, args.app, uid=args.uid, publish=_scope(args.publish),
-            play=_scope(args.play), ttl=args.ttl, now=time.time(),
+            args.secret,
+            args.app,
+            uid=args.uid,
+            publish=_scope(args.publish),
+            play=_scope(args.play),
+            ttl=args.ttl,
+            now=time.time(),
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -174,8 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         trio.run(run_server, server)
     except* OSError as group:
         for failure in group.exceptions:
-            print(f"error: {failure}; is another server using that address? pick other ports",
-                  file=sys.stderr)
+            hint = (
+                "; is another server using that address? pick other ports"
+                if (getattr(failure, "errno", None) == errno.EADDRINUSE)
+                else ""
+            )
+            print(f"error: {failure}{hint}", file=sys.stderr)
         status = 1
     return status
 

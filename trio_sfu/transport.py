@@ -308,9 +308,8 @@ class Transport:
         """The kernel now hands this peer's datagrams to its own socket: feed them to the mux as if
         they had come on the shared one (same classification, same routes)."""
         handle = self.mux.handle
-        remote = connected.remote
         with connected.reader_scope:
-            await connected.receive_into(lambda data: handle(data, remote, endpoint))
+            await connected.receive_into(lambda data, source: handle(data, source, endpoint))
 
     def _drop_connected(self) -> None:
         connected, self._connected = self._connected, None

@@ -40,6 +40,9 @@ class DatagramEndpoint(Protocol):
     def close(self) -> None: ...
 
 
+RECEIVE_BUFFER = 4 * 1024 * 1024
+
+
 class UdpEndpoint:
     """One bound UDP socket shared by every session on that media address (single-port mux)."""
 
@@ -60,7 +63,18 @@ class UdpEndpoint:
             # SO_REUSEPORT (below) would let a second server share the port silently: make sure
             # nobody holds it first, so a clash still fails with "address in use".
             _socket(family, reuse=False, bind=(address.host, address.port)).close()
-        return cls(_socket(family, reuse=True, bind=(address.host, address.port)))
+        sock = _socket(family, reuse=True, bind=(address.host, address.port))
+        # A keyframe reaches the server as a burst of ~70 datagrams per publisher: give the shared
+        # socket room beyond the kernel's ~208 KB default (SO_RCVBUFFORCE where allowed).
+        for option in (getattr(stdlib_socket, "SO_RCVBUFFORCE", None), stdlib_socket.SO_RCVBUF):
+            if option is None:
+                continue
+            try:
+                sock.setsockopt(stdlib_socket.SOL_SOCKET, option, RECEIVE_BUFFER)
+                break
+            except OSError:
+                continue
+        return cls(sock)
 
     def connect(self, remote: Address) -> ConnectedUdp:
         """A socket bound to this endpoint's address and connected to `remote`: the kernel hands it
@@ -135,21 +149,28 @@ class ConnectedUdp:
     async def wait_writable(self) -> None:
         await trio.lowlevel.wait_writable(self._socket)
 
-    async def receive_into(self, handle: Callable[[bytes], None]) -> None:
-        """Read until cancelled, draining the socket before waiting again."""
+    async def receive_into(self, handle: Callable[[bytes, Address], None]) -> None:
+        """Read until cancelled or closed, draining the socket before waiting again.
+
+        Each datagram goes with its own source: between bind() and connect() the socket is an
+        unconnected member of the port's SO_REUSEPORT group and may be handed another peer's."""
         sock = self._socket
-        while True:
-            await trio.lowlevel.wait_readable(sock)
+        try:
             while True:
-                try:
-                    data = sock.recv(2048)
-                except BlockingIOError:
-                    break
-                except OSError:  # e.g. ICMP port unreachable for an earlier send
-                    continue
-                handle(data)
+                await trio.lowlevel.wait_readable(sock)
+                while True:
+                    try:
+                        data, source = sock.recvfrom(2048)
+                    except BlockingIOError:
+                        break
+                    except OSError:  # e.g. ICMP port unreachable for an earlier send
+                        continue
+                    handle(data, (source[0], source[1]))
+        except trio.ClosedResourceError:
+            return
 
     def close(self) -> None:
+        trio.lowlevel.notify_closing(self._socket)  # wakes the reader instead of leaving it on a dead fd
         self._socket.close()
 
 
