@@ -1,0 +1,186 @@
+"""Headless Chromium (Debian's package) driven by Playwright, for end-to-end tests of the demo page.
+
+Playwright's async API is asyncio; like the aiortc peers it runs on an asyncio loop in a daemon
+thread (`AsyncioThread`), and trio tests call into it. Browser tests only run inside a private network
+namespace (`scripts/test` sets TRIO_SFU_NETNS=1 there): Chromium gathers every interface's address,
+and on this machine only loopback may carry traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import trio
+
+from .aiortc_peers import AsyncioThread
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def skip_reason() -> str | None:
+    """Why browser tests cannot run here, or None."""
+    if not os.path.exists(CHROMIUM):
+        return f"{CHROMIUM} is missing: install Debian's chromium (scripts/test does, as root)"
+    interfaces = [name for _, name in socket.if_nameindex()]
+    if os.environ.get("TRIO_SFU_NETNS") != "1" or interfaces != ["lo"]:
+        return (
+            "browser tests run only in a private network namespace (loopback only): "
+            "run them with scripts/test, e.g. `TRIO_SFU_NETNS= scripts/test tests/test_browser.py`"
+        )
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return "playwright is not installed: pip install -e '.[test]' (no `playwright install` needed)"
+    return None
+
+
+class Browser:
+    """One Chromium process (fresh temporary profile); a new context per test keeps tests apart."""
+
+    def __init__(self, aio: AsyncioThread) -> None:
+        self.aio = aio
+        self._playwright: Any = None
+        self._browser: Any = None
+
+    async def _start(self) -> None:
+        from playwright.async_api import async_playwright
+
+        self._playwright = await async_playwright().start()
+        self._browser = await self._playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+
+    def start(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._start(), self.aio.loop).result(60)
+
+    async def _stop(self) -> None:
+        if self._browser is not None:
+            await self._browser.close()
+        if self._playwright is not None:
+            await self._playwright.stop()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self.aio.loop).result(30)
+
+    async def new_context(self) -> Any:
+        async def make() -> Any:
+            context = await self._browser.new_context()
+            await context.grant_permissions(["camera", "microphone"])
+            return context
+
+        return await self.aio.call(make)
+
+    async def open(self, context: Any, url: str) -> DemoPage:
+        """A page of the demo at `url`, once its module has loaded /config.json."""
+        page = DemoPage(self.aio, await self.aio.call(context.new_page))
+        await page.call(page.listen)
+        await page.goto(url)
+        return page
+
+
+class DemoPage:
+    """Trio-side handle on one demo page: fill the form, press buttons, read `window.sfu`."""
+
+    def __init__(self, aio: AsyncioThread, page: Any) -> None:
+        self.aio = aio
+        self.page = page
+        self.console: list[str] = []
+
+    async def listen(self) -> None:
+        """Keep the page's console and errors (on the asyncio loop: Playwright is not thread-safe)."""
+        self.page.on("console", lambda message: self.console.append(f"{message.type}: {message.text}"))
+        self.page.on("pageerror", lambda error: self.console.append(f"pageerror: {error}"))
+
+    async def call(self, function: Callable[[], Awaitable[Any]]) -> Any:
+        async def run() -> Any:
+            return await function()
+
+        return await self.aio.call(run)
+
+    async def js(self, expression: str, arg: Any = None) -> Any:
+        return await self.call(lambda: self.page.evaluate(expression, arg))
+
+    async def goto(self, url: str) -> None:
+        await self.call(lambda: self.page.goto(url))
+        await self.call(lambda: self.page.wait_for_function("window.sfu && window.sfu.ready", timeout=10_000))
+
+    async def fill(self, **fields: str) -> None:
+        for name, value in fields.items():
+            if name == "codec":
+                await self.call(lambda v=value: self.page.select_option("select[name=codec]", v))
+            else:
+                await self.call(lambda n=name, v=value: self.page.fill(f"input[name={n}]", v))
+
+    async def start(self, button: str) -> int:
+        """Press publish or play; returns the new session's index in window.sfu.sessions."""
+        count = await self.js("window.sfu.sessions.length")
+        await self.call(lambda: self.page.click(f"#{button}"))
+        return int(count)
+
+    async def session(self, index: int, expression: str) -> Any:
+        """Evaluate `expression` with `s` bound to session `index` (awaits promises)."""
+        script = f"async (i) => {{ const s = window.sfu.sessions[i]; return {expression}; }}"
+        return await self.js(script, index)
+
+    async def state(self, index: int) -> str:
+        return str(await self.session(index, "s.state"))
+
+    async def wait_state(self, index: int, state: str, timeout: float = 15) -> None:
+        with trio.move_on_after(timeout):
+            while (current := await self.state(index)) != state:
+                if current == "ended" and state != "ended":
+                    break
+                await trio.sleep(0.05)
+            else:
+                return
+        error = await self.session(index, "s.error")
+        raise AssertionError(f"session {index}: state {current!r}, wanted {state!r}; error {error!r}; "
+                             f"console {self.console[-10:]}")
+
+    async def stats(self, index: int) -> dict[str, Any]:
+        return dict(await self.session(index, "s.stats()"))
+
+    async def raw_stats(self, index: int) -> dict[str, Any]:
+        return dict(await self.session(index, "s.rawStats()"))
+
+    async def panel_text(self, index: int) -> str:
+        return str(await self.session(index, "s.panel.innerText"))
+
+    async def click_in_panel(self, index: int, role: str) -> None:
+        await self.session(index, f"s.panel.querySelector('[data-role={role}]').click()")
+
+
+async def wait_until(
+    probe: Callable[[], Awaitable[Any]], condition: Callable[[Any], bool], timeout: float, what: str
+) -> Any:
+    """Poll `probe` until `condition(value)`; returns the value (AssertionError with the last one)."""
+    value = None
+    with trio.move_on_after(timeout):
+        while True:
+            value = await probe()
+            if condition(value):
+                return value
+            await trio.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {value!r}")
+
+
+def require_browser() -> None:
+    reason = skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
