@@ -64,16 +64,7 @@ class UdpEndpoint:
             # nobody holds it first, so a clash still fails with "address in use".
             _socket(family, reuse=False, bind=(address.host, address.port)).close()
         sock = _socket(family, reuse=True, bind=(address.host, address.port))
-        # A keyframe reaches the server as a burst of ~70 datagrams per publisher: give the shared
-        # socket room beyond the kernel's ~208 KB default (SO_RCVBUFFORCE where allowed).
-        for option in (getattr(stdlib_socket, "SO_RCVBUFFORCE", None), stdlib_socket.SO_RCVBUF):
-            if option is None:
-                continue
-            try:
-                sock.setsockopt(stdlib_socket.SOL_SOCKET, option, RECEIVE_BUFFER)
-                break
-            except OSError:
-                continue
+        _grow_receive_buffer(sock)
         return cls(sock)
 
     def connect(self, remote: Address) -> ConnectedUdp:
@@ -81,6 +72,7 @@ class UdpEndpoint:
         that peer's datagrams, and `send` on it skips the per-packet route lookup of `sendto`."""
         family = self._plain.family
         sock = _socket(family, reuse=True, bind=self._plain.getsockname())
+        _grow_receive_buffer(sock)  # a publisher's media arrives here once connected
         try:
             sock.connect(remote)
         except OSError:
@@ -111,6 +103,20 @@ class UdpEndpoint:
 
     def close(self) -> None:
         self._socket.close()
+
+
+def _grow_receive_buffer(sock: stdlib_socket.socket) -> None:
+    """A keyframe reaches the server as a burst of ~70 datagrams per publisher, while the loop may be
+    busy sending the previous one to every player: give the socket room beyond the kernel's ~208 KB
+    default (SO_RCVBUFFORCE where allowed; memory is only used by what is queued)."""
+    for option in (getattr(stdlib_socket, "SO_RCVBUFFORCE", None), stdlib_socket.SO_RCVBUF):
+        if option is None:
+            continue
+        try:
+            sock.setsockopt(stdlib_socket.SOL_SOCKET, option, RECEIVE_BUFFER)
+            return
+        except OSError:
+            continue
 
 
 def _socket(family: int, *, reuse: bool, bind: tuple[object, ...]) -> stdlib_socket.socket:
