@@ -157,14 +157,18 @@ async def test_congestion_feedback_raises_publisher_estimate(browser: Browser) -
             series.append((time.monotonic() - started, estimate, float(stats["bitrate"] or 0)))
             return estimate
 
-        await wait_until(probe, lambda estimate: estimate > 1_000_000, 20, "estimate above 1 Mbit/s")
+        try:
+            await wait_until(probe, lambda estimate: estimate > 1_000_000, 20, "estimate above 1 Mbit/s")
+        finally:
+            shown = ", ".join(f"{t:.1f}s {e / 1e6:.2f}/{r / 1e6:.2f}" for t, e, r in series)
+            print(f"\n(time estimate/sending Mbit/s): {shown}")
         took = time.monotonic() - started
         # It holds: the estimate is fed by feedback all along, not only by the start-up probes.
         for _ in range(8):
             await trio.sleep(1)
             await probe()
         shown = ", ".join(f"{t:.1f}s {e / 1e6:.2f}/{r / 1e6:.2f}" for t, e, r in series)
-        print(f"estimate > 1 Mbit/s after {took:.1f} s; (time estimate/sending Mbit/s): {shown}")
+        print(f"estimate > 1 Mbit/s after {took:.1f} s; then (time estimate/sending Mbit/s): {shown}")
         assert min(e for t, e, _ in series if t > took) > 1_000_000
         assert server.stats["rtcp_packets_out"] > 50  # transport-cc every 100 ms, reports every second
 
@@ -283,6 +287,10 @@ async def test_each_codec_chromium_to_chromium(browser: Browser, codec: str) -> 
         sent = await a.stats(pub)
         assert sent["video"]["codec"] == codec
         assert (stats["video"]["codec"], stats["audio"]["codec"]) == (codec, "audio/opus")
-        assert (stats["video"]["width"], stats["video"]["height"]) == (640, 480)
+        # The player shows what the publisher encodes: 640x480, or less when Chromium's encoder is
+        # short of CPU (its default degradation keeps the frame rate and lowers the resolution).
+        size = (stats["video"]["width"], stats["video"]["height"])
+        assert size == (sent["video"]["width"], sent["video"]["height"]) or size == (640, 480), (stats, sent)
+        assert size[0] * 3 == size[1] * 4 and size[0] <= 640, (stats, sent)
         print(f"{codec}: {frames(stats)} frames decoded, jitter {stats['video']['jitter']} s, "
               f"RTT {stats['rtt']} s")
