@@ -718,11 +718,16 @@ def test_unknown_ssrc_learned_by_mid() -> None:
     assert (producers["video"].packets, producers["audio"].packets) == (2, 1)
     assert len(sink.rtp) == 3
     # An RTX SSRC is learned the same way, and its packets repair the media stream.
-    rtx = rtp_packet(1, 0, 0x3333, CHROMIUM_RTX, b"\x00\x0av", extensions=[(C_MID, b"1")])
+    rtx = rtp_packet(1, 6000, 0x3333, CHROMIUM_RTX, b"\x00\x0cv3", extensions=[(C_MID, b"1")])
     media.on_rtp(rtx, 1.1)
-    media.on_rtp(rtp_packet(2, 3000, 0x3333, CHROMIUM_RTX, b"\x00\x0bv2"), 1.1)
+    media.on_rtp(rtp_packet(2, 9000, 0x3333, CHROMIUM_RTX, b"\x00\x0dv4"), 1.1)
     assert producers["video"].ssrc == 0x1111
     assert producers["video"].packets == 4
+    # Chromium's bandwidth probes: copies of packets already delivered, and padding only.
+    media.on_rtp(rtp_packet(3, 0, 0x3333, CHROMIUM_RTX, b"\x00\x0av"), 1.15)
+    media.on_rtp(rtp_packet(4, 0, 0x3333, CHROMIUM_RTX, b"\x00\x0e"), 1.15)
+    assert producers["video"].packets == 4
+    assert (media.counters["rtx_duplicate"], media.counters["rtx_padding"]) == (1, 1)
     media.on_rtp(rtp_packet(5, 0, 0x4444, CHROMIUM_VP8, extensions=[(C_MID, b"9")]), 1.2)  # no such mid
     assert media.counters["unknown_ssrc"] == 1
     assert consumers["video"].rewriter.packets == 4

@@ -53,9 +53,10 @@ class ServerProcess:
 
 @pytest.fixture
 def server() -> Iterator[ServerProcess]:
-    process = ServerProcess("--signal", "127.0.0.1:0", "--media", "127.0.0.1:0",
-                            "--media", "[::1]:0")
-    process.read_listeners(3)
+    process = ServerProcess(
+        "--signal", "127.0.0.1:0", "--http", "127.0.0.1:0", "--media", "127.0.0.1:0", "--media", "[::1]:0"
+    )
+    process.read_listeners(4)
     yield process
     if process.proc.poll() is None:
         process.proc.kill()
@@ -63,8 +64,9 @@ def server() -> Iterator[ServerProcess]:
 
 
 def request(method: str, stream: str = "cam", **data: object) -> str:
-    return json.dumps({"version": "1.0", "method": method, "app": "live", "uid": "u",
-                       "stream": stream, "data": data})
+    return json.dumps(
+        {"version": "1.0", "method": method, "app": "live", "uid": "u", "stream": stream, "data": data}
+    )
 
 
 async def test_startup_lines_and_clean_shutdown(server: ServerProcess) -> None:
@@ -72,6 +74,7 @@ async def test_startup_lines_and_clean_shutdown(server: ServerProcess) -> None:
     assert lines[0].startswith("signaling  ws://127.0.0.1:") and lines[0].endswith("/ws")
     assert lines[1].startswith("media      udp 127.0.0.1:")
     assert lines[2].startswith("media      udp [::1]:")
+    assert lines[3].startswith("http       http://127.0.0.1:") and not lines[3].endswith(":8081/")
     async with open_websocket_url(server.ws_url) as pub, open_websocket_url(server.ws_url) as other:
         for ws in (pub, other):
             await ws.send_message(request("stream.connect", token=""))
@@ -80,8 +83,7 @@ async def test_startup_lines_and_clean_shutdown(server: ServerProcess) -> None:
         answer = json.loads(await pub.get_message())
         assert answer["err"] == 0
         media_port = lines[1].rsplit(":", 1)[1]
-        assert f"a=candidate:1 1 udp 2130706431 127.0.0.1 {media_port} typ host" in \
-            answer["data"]["sdp"]
+        assert f"a=candidate:1 1 udp 2130706431 127.0.0.1 {media_port} typ host" in answer["data"]["sdp"]
         started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         notice = json.loads(await pub.get_message())
@@ -149,7 +151,9 @@ async def test_wrong_path_is_refused(server: ServerProcess) -> None:
 def test_open_mode_refuses_public_bind() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "trio_sfu", "--signal", "0.0.0.0:0", "--media", "127.0.0.1:0"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2
     assert "open development mode" in result.stderr and "--token-secret" in result.stderr
@@ -158,7 +162,9 @@ def test_open_mode_refuses_public_bind() -> None:
 def test_bad_option_says_what_to_do() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "trio_sfu", "--media", "::1:40000"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2
     assert "brackets" in result.stderr
@@ -166,9 +172,28 @@ def test_bad_option_says_what_to_do() -> None:
 
 def test_token_command_mints_a_valid_token() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "trio_sfu", "token", "--secret", "s" * 32, "--app", "live",
-         "--uid", "alice", "--publish", "--play", "a", "b", "--ttl", "60"],
-        capture_output=True, text=True, timeout=30, check=True,
+        [
+            sys.executable,
+            "-m",
+            "trio_sfu",
+            "token",
+            "--secret",
+            "s" * 32,
+            "--app",
+            "live",
+            "--uid",
+            "alice",
+            "--publish",
+            "--play",
+            "a",
+            "b",
+            "--ttl",
+            "60",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     claims = jwt.decode(result.stdout.strip(), "s" * 32, algorithms=["HS256"])
     assert claims["app"] == "live" and claims["uid"] == "alice"
@@ -179,13 +204,15 @@ def test_token_command_mints_a_valid_token() -> None:
 async def test_token_secret_from_environment_and_config_file(tmp_path: Path) -> None:
     secret = "env-secret-0123456789abcdef0123456789"
     config = tmp_path / "sfu.toml"
-    config.write_text('signal = "127.0.0.1:0"\nmedia = ["127.0.0.1:0"]\n')
+    config.write_text('signal = "127.0.0.1:0"\nhttp = "127.0.0.1:0"\nmedia = ["127.0.0.1:0"]\n')
     process = ServerProcess("--config", str(config), env={"TRIO_SFU_TOKEN_SECRET": secret})
     try:
-        process.read_listeners(2)
+        process.read_listeners(3)
         token = subprocess.run(
-            [sys.executable, "-m", "trio_sfu", "token", "--secret", secret, "--app", "live",
-             "--publish"], capture_output=True, text=True, check=True,
+            [sys.executable, "-m", "trio_sfu", "token", "--secret", secret, "--app", "live", "--publish"],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         async with open_websocket_url(process.ws_url) as ws:
             await ws.send_message(request("stream.connect", token="not-a-token"))

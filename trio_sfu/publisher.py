@@ -89,11 +89,20 @@ class PublisherMedia(MediaHandler):
         if header.payload_type == track.codec.payload_type and header.ssrc == producer.ssrc:
             producer.receive(packet, header, now)
         elif header.payload_type == track.rtx_payload_type:
+            # Browsers also send RTX nobody asked for: bandwidth probes, as padding or as copies of
+            # packets already delivered. Only a packet the server lacks is forwarded (once).
             original = self._unwrap_rtx(packet, header, producer)
-            if original is not None:
-                parsed = parse_rtp(original)
-                if parsed is not None:
-                    producer.receive(original, parsed, now)
+            parsed = parse_rtp(original) if original is not None else None
+            if (
+                original is None
+                or parsed is None
+                or len(original) - parsed.header_length - parsed.padding <= 0
+            ):
+                self.counters["rtx_padding"] += 1
+            elif producer.cached(parsed.sequence) is not None:
+                self.counters["rtx_duplicate"] += 1
+            else:
+                producer.receive(original, parsed, now)
         else:
             self.counters["unexpected_payload_type"] += 1
 
