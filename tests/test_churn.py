@@ -25,7 +25,8 @@ from trio_sfu.udp import UdpEndpoint
 from .conftest import fixture_sdp, task_names
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
-from benchlib.proto import LegTransport, open_leg
+from benchlib.proto import open_leg
+from benchlib.publisher import _read as read_into
 
 PUBLISH_SDP = fixture_sdp("chromium_offer_publish")
 
@@ -39,18 +40,6 @@ def rss_bytes() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
-
-
-async def read_into(transport: LegTransport) -> None:
-    sock = transport.sock
-    while True:
-        await trio.lowlevel.wait_readable(sock)
-        while True:
-            try:
-                data = sock.recv(2048)
-            except (BlockingIOError, OSError):
-                break
-            transport.on_control(data, trio.current_time())
 
 
 async def full_cycle(url: str, certificate: Certificate, stream: str, publish: bool) -> None:
