@@ -23,10 +23,10 @@ SHORT = Config(liveness_timeout=3.0, dtls_handshake_timeout=3.0)
 
 @asynccontextmanager
 async def relayed(
-    sfu: Harness, aio: AsyncioThread, peer: Publisher | Player, uid: str
+    sfu: Harness, aio: AsyncioThread, peer: Publisher | Player, uid: str, seed: int = 1
 ) -> AsyncIterator[tuple[Client, UdpRelay]]:
-    """A session whose media goes through a relay the test can pause or filter."""
-    relay = UdpRelay(sfu.server.candidates[0])
+    """A session whose media goes through a relay the test can pause, filter, make lossy or inject from."""
+    relay = UdpRelay(sfu.server.candidates[0], seed=seed)
     await relay.bind()
     try:
         async with trio.open_nursery() as nursery, sfu.client(uid=uid) as client:

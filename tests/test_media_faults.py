@@ -6,8 +6,6 @@ import os
 import re
 import socket
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -17,34 +15,10 @@ from trio_sfu.session import Session
 
 from .aiortc_peers import AsyncioThread, Player, Publisher
 from .conftest import Harness, eventually, running_server
+from .test_faults import relayed
 from .test_media_aiortc import assert_video_matches, session, valid_counters, wait_for
-from .udp_relay import UdpRelay
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@asynccontextmanager
-async def play_through_relay(
-    sfu: Harness, aio: AsyncioThread, player: Player, seed: int = 1
-) -> AsyncIterator[tuple[UdpRelay, str]]:
-    """A player session whose media goes through a relay; yields (relay, answer)."""
-    relay = UdpRelay(sfu.server.candidates[0], seed=seed)
-    await relay.bind()
-    try:
-        async with trio.open_nursery() as nursery, sfu.client(uid="relayed") as client:
-            nursery.start_soon(relay.run)
-            assert (await client.connect())["err"] == 0
-            reply = await client.offer("cam", await aio.call(player.offer), False)
-            assert reply["err"] == 0, reply
-            answer = reply["data"]["sdp"]
-            await aio.call(player.answer, relay.rewrite_answer(answer))
-            try:
-                yield relay, answer
-            finally:
-                await aio.call(player.close)
-                nursery.cancel_scope.cancel()
-    finally:
-        relay.close()
 
 
 def player_session(sfu: Harness, uid: str = "relayed") -> Session:
@@ -60,11 +34,11 @@ async def test_bad_udp_leaves_the_session_alone(aio: AsyncioThread) -> None:
     async with (
         running_server(udp=True) as sfu,
         session(sfu, aio, publisher, "pub"),
-        play_through_relay(sfu, aio, player) as (relay, answer),
+        relayed(sfu, aio, player, "relayed") as (_, relay),
     ):
         server = sfu.server.candidates[0]
         await wait_for(lambda: len(valid_counters(player)) >= 20, 20, "video before the attack")
-        ufrag = re.search(r"a=ice-ufrag:(\S+)", answer).group(1)  # type: ignore[union-attr]
+        ufrag = player_session(sfu).transport.local_ufrag
 
         transport = player_session(sfu).transport
         stranger = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -116,7 +90,7 @@ async def test_player_loss_is_repaired_from_the_cache(aio: AsyncioThread) -> Non
     async with (
         running_server(udp=True) as sfu,
         session(sfu, aio, publisher, "pub"),
-        play_through_relay(sfu, aio, player, seed=7) as (relay, _),
+        relayed(sfu, aio, player, "relayed", seed=7) as (_, relay),
     ):
         await wait_for(lambda: len(valid_counters(player)) >= 10, 20, "video before loss")
         relay.loss_to_peer = 0.08

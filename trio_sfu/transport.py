@@ -51,8 +51,6 @@ class MediaHandler:
 
 
 class Transport:
-    QUEUE = 256
-
     def __init__(
         self,
         mux: MediaMux,
