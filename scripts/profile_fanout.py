@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Profile the per-player half of the packet path on its own: rewrite, SRTP protect, sendto.
+"""Profile the per-player half of the packet path on its own: rewrite, SRTP protect, send.
 
 The benchmark (scripts/bench.py) measures the whole server; this isolates the part that scales with
 the number of players, so a change to it can be seen without the noise of 300 real legs. It feeds a
@@ -44,7 +44,12 @@ class Sink:
         self.stats: Any = collections.Counter()
 
     def send_rtp(self, packet: bytes) -> bool | None:
-        protected = self.srtp.protect_rtp(packet)
+        return self._send(self.srtp.protect_rtp(packet))
+
+    def send_rtp_as(self, packet: bytes, sequence: int, timestamp: int, ssrc: int) -> bool | None:
+        return self._send(self.srtp.protect_rtp_as(packet, sequence, timestamp, ssrc))
+
+    def _send(self, protected: bytes | memoryview) -> bool:
         if self.connected is not None:
             return self.connected.send(protected)
         return self.endpoint.send(protected, self.peer)

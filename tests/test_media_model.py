@@ -50,7 +50,7 @@ from trio_sfu.rtcp import (
     serialize,
     serialize_compound,
 )
-from trio_sfu.rtp import RtpHeader, parse_rtp
+from trio_sfu.rtp import SEQUENCE_TIMESTAMP_SSRC, RtpHeader, parse_rtp
 from trio_sfu.sdp import parse_offer
 from trio_sfu.transport import Transport
 
@@ -115,6 +115,11 @@ class FakeTransport:
     def send_rtp(self, packet: bytes) -> bool:
         self.rtp.append(packet)
         return True
+
+    def send_rtp_as(self, packet: bytes, sequence: int, timestamp: int, ssrc: int) -> bool:
+        patched = bytearray(packet)
+        SEQUENCE_TIMESTAMP_SSRC.pack_into(patched, 2, sequence, timestamp, ssrc)
+        return self.send_rtp(bytes(patched))
 
     def send_rtcp(self, packet: bytes) -> bool:
         self.rtcp.append(packet)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from trio_sfu.rtp import (
     MAX_DROPOUT,
     MAX_MISORDER,
+    HeaderMap,
     Rewriter,
     RtpHeader,
     is_rtcp,
@@ -95,6 +96,7 @@ def test_parse_minimal_header() -> None:
         ssrc=0x01020304,
         header_length=12,
         extension_offset=-1,
+        payload_length=len(packet) - 12,
         padding=0,
     )
 
@@ -596,6 +598,52 @@ def test_extension_ids_mapped_in_place() -> None:
     assert read_extension(out, parsed, 2) is None
     assert read_extension(out, parsed, 4) is None
     assert parsed.header_length == 12 + 4 + 12
+
+
+def test_players_with_equal_maps_share_one_mapped_packet() -> None:
+    """One browser version negotiates the same ids: a packet is mapped once for all its players, and
+    each writes only its own sequence number, timestamp and SSRC."""
+    registry: dict[object, HeaderMap] = {}
+    exts = {4: 1, 2: 3}
+    players = [
+        rewriter(ssrc=1000 + i, extension_ids=dict(exts), header_maps=registry, initial_sequence=i)
+        for i in range(3)
+    ]
+    other = rewriter(ssrc=2000, extension_ids={4: 1}, header_maps=registry)
+    assert len({id(p.header_map) for p in players}) == 1
+    assert other.header_map is not players[0].header_map and len(registry) == 2
+    packet = build_rtp(sequence=9, extensions=[(2, b"\x01\x02\x03"), (4, b"0")])
+    header = parse_rtp(packet)
+    assert header is not None
+    mapped = players[0].header_map.apply(packet, header)
+    assert players[1].header_map.apply(packet, header) is mapped  # computed once
+    copy = bytes(bytearray(packet))
+    assert players[0].header_map.apply(copy, header) is not mapped  # another object: mapped again
+    for index, player in enumerate(players):
+        out = player.rewrite(packet, header, 0.0)
+        assert out is not None
+        parsed = parse_rtp(out)
+        assert parsed is not None
+        assert (parsed.ssrc, parsed.sequence, parsed.payload_type) == (1000 + index, index, 97)
+        assert read_extension(out, parsed, 3) == b"\x01\x02\x03" and read_extension(out, parsed, 1) == b"0"
+    out = other.rewrite(packet, header, 0.0)
+    assert out is not None
+    parsed = parse_rtp(out)
+    assert parsed is not None and read_extension(out, parsed, 3) is None
+
+
+def test_number_and_patch_are_rewrite_in_two_steps() -> None:
+    """The fan-out numbers a packet and writes the fields into the SRTP buffer itself: the same
+    packet, byte for byte, as `rewrite`."""
+    one, two = (rewriter(initial_sequence=7, initial_timestamp=9) for _ in range(2))
+    for sequence in (100, 101, 103, 102, 104):
+        packet = build_rtp(sequence=sequence, timestamp=sequence * 3000, extensions=[(1, b"ab")])
+        header = parse_rtp(packet)
+        assert header is not None
+        numbered = two.number(header, 0.0)
+        assert numbered is not None
+        assert one.rewrite(packet, header, 0.0) == two.patch(two.header_map.apply(packet, header), *numbered)
+    assert (one.packets, one.octets, one.last_sequence) == (two.packets, two.octets, two.last_sequence)
 
 
 def test_unmapped_extensions_removed() -> None:

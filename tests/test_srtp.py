@@ -199,6 +199,35 @@ def test_protect_rejects_oversized_packet(pair: tuple[SrtpSession, SrtpSession])
         client.protect_rtp(rtp(1, payload=b"\0" * 1400))
 
 
+def test_protect_rtp_as_is_protect_of_the_patched_packet(keys: tuple[SrtpKeys, SrtpKeys]) -> None:
+    """The fan-out's path (header fields written into libsrtp's buffer) gives the same bytes as
+    patching the packet first and protecting it the plain way."""
+    client_keys, server_keys = keys
+    fast, plain, receiver = SrtpSession(server_keys), SrtpSession(server_keys), SrtpSession(client_keys)
+    template = rtp(7, ssrc=0x01010101, timestamp=1, payload=os.urandom(1100))
+    for sequence in (100, 101, 65535, 0, 1):
+        timestamp = (90000 * sequence) & 0xFFFFFFFF
+        view = fast.protect_rtp_as(template, sequence, timestamp, 0xCAFEBABE)
+        protected = bytes(view)
+        expected = rtp(sequence, ssrc=0xCAFEBABE, timestamp=timestamp, payload=template[12:])
+        assert protected == plain.protect_rtp(expected)
+        assert receiver.unprotect_rtp(protected) == expected
+    assert bytes(view) == protected  # a view of the session's buffer: valid until the next call
+    assert fast.protect_rtp_as(template, 5, 5, 5) is not view
+
+
+def test_protect_rtp_as_refuses_what_protect_rtp_refuses(pair: tuple[SrtpSession, SrtpSession]) -> None:
+    client, _ = pair
+    for packet in (b"\x80" * 11, rtp(1, payload=b"\0" * 1400)):
+        with pytest.raises(ValueError, match="cannot protect RTP"):
+            client.protect_rtp_as(packet, 1, 1, 1)
+        with pytest.raises(ValueError):
+            client.protect_rtp(packet)
+    assert client.counters["rtp_protect_failed"] >= 2
+    largest = rtp(1, payload=b"\0" * (1500 - 144 - 12))
+    assert len(client.protect_rtp_as(largest, 2, 2, 2)) > len(largest)
+
+
 # libsrtp's reference packets (test/srtp_driver.c: srtp_validate, srtp_validate_gcm), SSRC 0xcafebabe.
 RTP_PLAIN = bytes.fromhex("800f1234decafbadcafebabe") + b"\xab" * 16
 RTCP_PLAIN = bytes.fromhex("81c8000bcafebabe") + b"\xab" * 16

@@ -33,6 +33,10 @@ class PacketSink(Protocol):
         """True: sent; False: the socket would block; None: not connected yet (dropped)."""
         ...
 
+    def send_rtp_as(self, packet: bytes, sequence: int, timestamp: int, ssrc: int) -> bool | None:
+        """`send_rtp` of `packet` with these header fields written over its own."""
+        ...
+
 
 class Consumer:
     def __init__(
@@ -62,6 +66,7 @@ class Consumer:
             clock_rate=self.clock_rate,
             payload_types={source.codec.payload_type: played.codec.payload_type},
             extension_ids={ext.id: ids[ext.uri] for ext in source.header_extensions if ext.uri in ids},
+            header_maps=producer.header_maps,
         )
         self.rtx_payload_type = played.rtx_payload_type
         self.rtx_ssrc = played.rtx_ssrc
@@ -88,16 +93,26 @@ class Consumer:
                 self.producer.request_keyframe(now)  # throttled by the producer
                 return
             self.awaiting_keyframe = False
-        out = self.rewriter.rewrite(packet, header, now)
-        if out is None:
+        rewriter = self.rewriter
+        numbered = rewriter.number(header, now)
+        if numbered is None:
             return
-        slot = ((out[2] << 8) | out[3]) % SEQUENCE_MAP
-        self._sent_output[slot] = (out[2] << 8) | out[3]
+        sequence, timestamp = numbered
+        slot = sequence % SEQUENCE_MAP
+        self._sent_output[slot] = sequence
         self._sent_input[slot] = header.sequence
         # Output minus input timestamp of the same packet: what sender reports add to the publisher's
         # clock mapping (a reordered packet has the same offset, so it cannot skew it).
-        self._timestamp_offset = (int.from_bytes(out[4:8], "big") - header.timestamp) & 0xFFFFFFFF
-        self._send(out)
+        self._timestamp_offset = (timestamp - header.timestamp) & 0xFFFFFFFF
+        mapped = rewriter.header_map.apply(packet, header)  # once for all players sharing the map
+        if self.backlogged:
+            self._queue(rewriter.patch(mapped, sequence, timestamp))
+            return
+        sent = self.sink.send_rtp_as(mapped, sequence, timestamp, self.ssrc)
+        if sent is False:
+            self._queue(rewriter.patch(mapped, sequence, timestamp))
+        elif sent is None:
+            self.counters["not_connected"] += 1
 
     def _send(self, packet: bytes) -> None:
         if self.backlogged:

@@ -14,7 +14,7 @@ import attrs
 
 from .negotiation import NegotiatedTrack
 from .rtcp import ReportBlock, SenderReport
-from .rtp import RtpHeader
+from .rtp import HeaderMap, RtpHeader
 
 if TYPE_CHECKING:
     from .consumer import Consumer
@@ -107,6 +107,7 @@ class Producer:
         self.clock_rate = negotiated.codec.clock_rate
         self.ssrc = negotiated.ssrc
         self.consumers: list[Consumer] = []
+        self.header_maps: dict[object, HeaderMap] = {}  # shared by consumers that map alike
         self.stats = ReceptionStats(self.clock_rate)
         self.clock: ClockMapping | None = None
         self._cache: list[bytes | None] = [None] * CACHE_SIZE

@@ -7,10 +7,14 @@ in advance, and a forwarding server sends many SSRCs over one association.
 from __future__ import annotations
 
 import collections
+from typing import Any
 
 import pylibsrtp
+from pylibsrtp._binding import ffi as _ffi
+from pylibsrtp._binding import lib as _lib
 
 from .dtls import SrtpKeys, SrtpProfile
+from .rtp import SEQUENCE_TIMESTAMP_SSRC
 
 __all__ = ["MAX_PROTECT_INPUT", "REPLAY_WINDOW", "RETRANSMIT_WINDOW", "SrtpSession"]
 
@@ -29,6 +33,9 @@ Seconds of video at typical rates; wider windows cost time on every protect (lib
 
 MAX_PROTECT_INPUT = 1500 - (4 + 16 + 128)
 """pylibsrtp works in a 1500-byte buffer and reserves room for the longest trailer."""
+
+_BUFFER = 1500
+_MAX_RTP_INPUT = _BUFFER - pylibsrtp.SRTP_MAX_TRAILER_LEN  # what pylibsrtp's own protect accepts
 
 
 def _classify(error: pylibsrtp.Error) -> str:
@@ -63,6 +70,12 @@ class SrtpSession:
         self._rx = pylibsrtp.Session(policy=inbound)
         self._tx = pylibsrtp.Session(policy=outbound)
         self.counters: collections.Counter[str] = collections.Counter()
+        # The fan-out's own buffer for `protect_rtp_as`: libsrtp is called on it directly (pylibsrtp's
+        # binding and the session's context), which saves the wrapper's copies and allocations.
+        self._tx_context: Any = self._tx._srtp[0]
+        self._tx_buffer: Any = _ffi.new("char[]", _BUFFER)
+        self._tx_view = memoryview(_ffi.buffer(self._tx_buffer))
+        self._tx_length: Any = _ffi.new("int *")
 
     def protect_rtp(self, packet: bytes) -> bytes:
         """SRTP-protect one RTP packet; ValueError if it is not one or is too long to protect."""
@@ -71,6 +84,27 @@ class SrtpSession:
         except pylibsrtp.Error as error:
             self.counters["rtp_protect_failed"] += 1
             raise ValueError(f"cannot protect RTP packet: {error}") from None
+
+    def protect_rtp_as(self, packet: bytes, sequence: int, timestamp: int, ssrc: int) -> memoryview:
+        """SRTP-protect `packet` with its sequence number, timestamp and SSRC replaced by these.
+
+        The per-player fields are written straight into the buffer libsrtp encrypts in place, so a
+        packet shared by many players is copied once per player, not three times. The result is a
+        view of that buffer: send it before the next call. ValueError as for `protect_rtp`."""
+        size = len(packet)
+        if not 12 <= size <= _MAX_RTP_INPUT:
+            self.counters["rtp_protect_failed"] += 1
+            raise ValueError(f"cannot protect RTP packet of {size} bytes")
+        view = self._tx_view
+        view[:size] = packet
+        SEQUENCE_TIMESTAMP_SSRC.pack_into(view, 2, sequence, timestamp, ssrc)
+        length = self._tx_length
+        length[0] = size
+        status = _lib.srtp_protect(self._tx_context, self._tx_buffer, length)
+        if status:
+            self.counters["rtp_protect_failed"] += 1
+            raise ValueError(f"cannot protect RTP packet: libsrtp status {status}")
+        return view[: length[0]]
 
     def protect_rtcp(self, packet: bytes) -> bytes:
         """SRTCP-protect one RTCP (compound) packet."""

@@ -201,6 +201,24 @@ class Transport:
         stats["rtp_bytes_out"] += len(protected)
         return True
 
+    def send_rtp_as(self, packet: bytes, sequence: int, timestamp: int, ssrc: int) -> bool | None:
+        """`send_rtp` of `packet` with its sequence number, timestamp and SSRC replaced (the fan-out's
+        path: see `SrtpSession.protect_rtp_as`)."""
+        srtp, peer = self.srtp, self._media_peer
+        if srtp is None or peer is None:
+            return None
+        try:
+            protected = srtp.protect_rtp_as(packet, sequence, timestamp, ssrc)
+        except ValueError:  # too long for SRTP: counted by srtp
+            return True
+        connected = self._connected
+        if not (connected.send(protected) if connected is not None else peer[0].send(protected, peer[1])):
+            return False
+        stats = self.stats
+        stats["rtp_packets_out"] += 1
+        stats["rtp_bytes_out"] += len(protected)
+        return True
+
     def send_rtcp(self, packet: bytes) -> bool | None:
         srtp, peer = self.srtp, self._media_peer
         if srtp is None or peer is None:

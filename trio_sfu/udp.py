@@ -26,7 +26,7 @@ class DatagramEndpoint(Protocol):
 
     async def receive(self) -> tuple[bytes, Address]: ...
 
-    def send(self, data: bytes, address: Address) -> bool:
+    def send(self, data: bytes | memoryview, address: Address) -> bool:
         """Send now; False only when the kernel buffer is full (other errors count as sent:
         UDP gives no delivery promise, and an unreachable peer is found out by consent)."""
         ...
@@ -88,7 +88,7 @@ class UdpEndpoint:
         data, address = await self._socket.recvfrom(self.RECEIVE_SIZE)
         return data, (address[0], address[1])
 
-    def send(self, data: bytes, address: Address) -> bool:
+    def send(self, data: bytes | memoryview, address: Address) -> bool:
         # A non-blocking send straight on the socket: no task switch on the packet path.
         try:
             self._plain.sendto(data, address)
@@ -143,7 +143,7 @@ class ConnectedUdp:
         self.send_errors = 0
         self.reader_scope = trio.CancelScope()
 
-    def send(self, data: bytes) -> bool:
+    def send(self, data: bytes | memoryview) -> bool:
         try:
             self._socket.send(data)
         except BlockingIOError:
@@ -227,7 +227,7 @@ class MemoryEndpoint:
     async def receive(self) -> tuple[bytes, Address]:
         return await self._inbox.receive()
 
-    def send(self, data: bytes, address: Address) -> bool:
+    def send(self, data: bytes | memoryview, address: Address) -> bool:
         self._network._deliver(bytes(data), self._address, address)
         return True
 
