@@ -17,42 +17,41 @@ import collections
 import os
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import trio
 
+from trio_sfu.certificate import Certificate
 from trio_sfu.config import HostPort
 from trio_sfu.consumer import Consumer
 from trio_sfu.dtls import SrtpKeys, SrtpProfile
+from trio_sfu.mux import MediaMux
 from trio_sfu.negotiation import EXT_ABS_SEND_TIME, EXT_MID, NegotiatedTrack
 from trio_sfu.producer import Producer
 from trio_sfu.rtp import parse_rtp
-from trio_sfu.sdp import Codec, HeaderExtension
+from trio_sfu.sdp import Codec, HeaderExtension, parse_offer
 from trio_sfu.srtp import SrtpSession
+from trio_sfu.transport import Transport
 from trio_sfu.udp import UdpEndpoint
 
 
-class Sink:
-    """The part of Transport a consumer uses, with real SRTP and a real socket."""
+def connected_transport(
+    endpoint: UdpEndpoint, peer: tuple[str, int], connected: bool, stats: Any
+) -> Transport:
+    """A real Transport in the state a finished ICE + DTLS handshake leaves it: SRTP keys, the
+    selected peer and (unless --sendto) the peer's own connected socket."""
+    offer = parse_offer((FIXTURES / "aiortc_offer_play.sdp").read_text())
+    transport = Transport(MediaMux(), offer, CERTIFICATE, stats=stats)
+    keys = SrtpKeys(SrtpProfile.AEAD_AES_128_GCM, os.urandom(28), os.urandom(28))
+    transport.srtp = SrtpSession(keys)
+    transport._media_peer = (endpoint, peer)
+    transport._connected = endpoint.connect(peer) if connected else None
+    return transport
 
-    def __init__(self, endpoint: UdpEndpoint, peer: tuple[str, int], connected: bool) -> None:
-        keys = SrtpKeys(SrtpProfile.AEAD_AES_128_GCM, os.urandom(28), os.urandom(28))
-        self.srtp = SrtpSession(keys)
-        self.endpoint = endpoint
-        self.peer = peer
-        self.connected = endpoint.connect(peer) if connected else None
-        self.stats: Any = collections.Counter()
 
-    def send_rtp(self, packet: bytes) -> bool | None:
-        return self._send(self.srtp.protect_rtp(packet))
-
-    def send_rtp_as(self, packet: bytes, sequence: int, timestamp: int, ssrc: int) -> bool | None:
-        return self._send(self.srtp.protect_rtp_as(packet, sequence, timestamp, ssrc))
-
-    def _send(self, protected: bytes | memoryview) -> bool:
-        if self.connected is not None:
-            return self.connected.send(protected)
-        return self.endpoint.send(protected, self.peer)
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "sdp"
+CERTIFICATE = Certificate.generate()
 
 
 class Link:
@@ -107,11 +106,11 @@ async def main() -> None:
     sink_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     peer = sink_socket.getsockname()
     producer = Producer(vp8_track(1234, 96, (1, 3)), Link())
+    stats: Any = collections.Counter()
     for index in range(args.players):
         send, _ = trio.open_memory_channel[bytes](128)
-        consumer = Consumer(
-            None, producer, vp8_track(5000 + index, 97, (4, 2)), Sink(endpoint, peer, not args.sendto), send
-        )
+        sink = connected_transport(endpoint, peer, not args.sendto, stats)
+        consumer = Consumer(None, producer, vp8_track(5000 + index, 97, (4, 2)), sink, send)
         producer.consumers.append(consumer)
     stream = packets(args.packets)
     headers = [parse_rtp(p) for p in stream]

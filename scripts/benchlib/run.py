@@ -373,6 +373,7 @@ def figures(start: Reading, end: Reading, server: ServerProcess, n: int) -> dict
         "srtp_auth_failures": srtp_window.get("rtp_auth_failed", 0),
         "srtp_auth_failures_total": srtp_after.get("rtp_auth_failed", 0),
         "srtp_other_failures": {k: v for k, v in srtp_after.items() if k != "rtp_auth_failed" and v},
+        "failing_legs": [leg for w in end.workers for leg in w.get("failing_legs", [])][:20],
         "udp_drops_server_socket": server_drops,
         "udp_drops_client_sockets": sum(drops.values()),
         "subscriber_cpu_pct": [round(100 * load, 1) for load in subscriber_cpu],

@@ -66,6 +66,7 @@ class SubscriberLeg:
         # known), send-log base of its kind]
         self.streams: dict[bytes, list[int]] = {}
         self.decrypted = 0
+        self.failed_at: tuple[int, float] | None = None  # (sequence, s after set-up) of the first bad packet
         self.offer_sent_at = 0.0
         self.connected_at = 0.0
         self.first_rtp_at = 0.0
@@ -267,6 +268,8 @@ class Worker:
                     count = leg.count = leg.count + 1
                     if count & leg.mask == 0:
                         plain = srtp.unprotect_rtp(data)
+                        if plain is None and leg.failed_at is None:
+                            leg.failed_at = (seq, now - leg.connected_at)
                         if plain is not None:
                             leg.decrypted += 1
                             if state[3] < 0 and send_log is not None:
@@ -409,6 +412,18 @@ class Worker:
                 if leg.signaling is not None and leg.signaling.closed_by_server
             ],
             "srtp": dict(srtp),
+            # Legs that could not unprotect a packet: which, and where it started (diagnosis only).
+            "failing_legs": [
+                {
+                    "leg": leg.index,
+                    "failures": leg.transport.srtp.counters["rtp_auth_failed"],
+                    "decrypted": leg.decrypted,
+                    "first_sequence": leg.failed_at[0],
+                    "first_after_s": round(leg.failed_at[1], 3),
+                }
+                for leg in self.legs
+                if leg.failed_at is not None and leg.transport.srtp is not None
+            ],
             "transport": dict(transport),
             "failures": list(self.failures),
         }
