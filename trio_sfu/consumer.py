@@ -8,6 +8,7 @@ socket is writable again; when that backlog is full, packets are dropped and cou
 
 from __future__ import annotations
 
+import array
 import collections
 import struct
 from typing import Protocol
@@ -39,6 +40,31 @@ class PacketSink(Protocol):
 
 
 class Consumer:
+    # Slots: see Transport.
+    __slots__ = (
+        "_backlog",
+        "_rtx_sequence",
+        "_sent_input",
+        "_sent_output",
+        "_starts_keyframe",
+        "_timestamp_offset",
+        "awaiting_keyframe",
+        "backlogged",
+        "clock_rate",
+        "counters",
+        "kind",
+        "muted_by_player",
+        "owner",
+        "played",
+        "producer",
+        "rewriter",
+        "rtx_payload_type",
+        "rtx_ssrc",
+        "sink",
+        "ssrc",
+        "stats",
+    )
+
     def __init__(
         self,
         owner: object,
@@ -73,8 +99,9 @@ class Consumer:
         self._rtx_sequence = 0
         # Output sequence -> input sequence of recently sent packets, for NACKs that reach back
         # across a splice (unmute); newer ones are mapped through the rewriter's offset.
-        self._sent_output: list[int] = [-1] * SEQUENCE_MAP
-        self._sent_input: list[int] = [-1] * SEQUENCE_MAP
+        # Typed arrays: four bytes a number, and no int object kept alive per entry.
+        self._sent_output = array.array("i", [-1]) * SEQUENCE_MAP
+        self._sent_input = array.array("i", [-1]) * SEQUENCE_MAP
         self._timestamp_offset = 0
         self.muted_by_player = False
         # Video is forwarded from a keyframe on: at the start and after every unmute.

@@ -54,6 +54,18 @@ class SrtpSession:
     ``rtp_auth_failed``, ``rtp_replay``, ``rtcp_auth_failed``, ``rtcp_replay``, ``rtp_error``.
     """
 
+    __slots__ = (
+        "_rx",
+        "_tx",
+        "_tx_buffer",
+        "_tx_context",
+        "_tx_length",
+        "_tx_view",
+        "counters",
+        "profile",
+    )
+
+
     def __init__(self, keys: SrtpKeys) -> None:
         profile = _PROFILES[keys.profile]
         inbound = pylibsrtp.Policy(

@@ -137,6 +137,8 @@ def _socket(family: int, *, reuse: bool, bind: tuple[object, ...]) -> stdlib_soc
 class ConnectedUdp:
     """One peer's own socket on the shared media port (SO_REUSEPORT + connect)."""
 
+    __slots__ = ("_socket", "reader_scope", "remote", "send_errors")
+
     def __init__(self, sock: stdlib_socket.socket, remote: Address) -> None:
         self._socket = sock
         self.remote = remote
