@@ -350,6 +350,19 @@ def test_random_initial_offsets() -> None:
     assert len(outs) > 1
 
 
+def test_initial_sequence_cannot_wrap_early() -> None:
+    """SRTP receivers infer the rollover counter from the sequence numbers they see: starting below
+    0x8000 keeps a wrap 32768 packets away from the start, so one that missed the first packets
+    cannot guess it wrong (seen in the bench: one player failing every packet for a whole run)."""
+    starts = set()
+    for _ in range(200):
+        rw = Rewriter(ssrc=1, clock_rate=90000, payload_types={VP8: VP8}, extension_ids={})
+        header = forward(rw, build_rtp(sequence=60000, timestamp=1), 0.0)
+        assert header is not None and header.sequence < 0x8000
+        starts.add(header.sequence)
+    assert len(starts) > 150
+
+
 def test_unmapped_payload_type_dropped_and_sequence_stays_contiguous() -> None:
     rw = rewriter(payload_types={VP8: 97, 98: 99})
     outs = []

@@ -371,9 +371,12 @@ class Rewriter:
         registry = {} if header_maps is None else header_maps
         self.header_map = HeaderMap.shared(payload_types, extension_ids, registry)
         self._pt_map = self.header_map.pt_map
-        # Output is random at first (RFC 3550 5.1): tests may pin it.
+        # Output is random at first (RFC 3550 5.1): tests may pin it. The sequence starts in the lower
+        # half, as libwebrtc's does, so it cannot wrap within the first 32768 packets: a player whose
+        # first packets are lost (or arrive before its SRTP keys are ready) would otherwise take its
+        # first packet after the wrap for rollover 0 and fail authentication on every packet after.
         self._initial_sequence = (
-            secrets.randbits(16) if initial_sequence is None else initial_sequence & 0xFFFF
+            secrets.randbits(15) if initial_sequence is None else initial_sequence & 0xFFFF
         )
         self._initial_timestamp = (
             secrets.randbits(32) if initial_timestamp is None else initial_timestamp & 0xFFFFFFFF
