@@ -36,6 +36,9 @@ MAX_PROTECT_INPUT = 1500 - (4 + 16 + 128)
 
 _BUFFER = 1500
 _MAX_RTP_INPUT = _BUFFER - pylibsrtp.SRTP_MAX_TRAILER_LEN  # what pylibsrtp's own protect accepts
+_FANOUT_BUFFER: Any = _ffi.new("char[]", _BUFFER)
+_FANOUT_VIEW = memoryview(_ffi.buffer(_FANOUT_BUFFER))
+_FANOUT_LENGTH: Any = _ffi.new("int *")
 
 
 def _classify(error: pylibsrtp.Error) -> str:
@@ -57,10 +60,7 @@ class SrtpSession:
     __slots__ = (
         "_rx",
         "_tx",
-        "_tx_buffer",
         "_tx_context",
-        "_tx_length",
-        "_tx_view",
         "counters",
         "profile",
     )
@@ -82,12 +82,8 @@ class SrtpSession:
         self._rx = pylibsrtp.Session(policy=inbound)
         self._tx = pylibsrtp.Session(policy=outbound)
         self.counters: collections.Counter[str] = collections.Counter()
-        # The fan-out's own buffer for `protect_rtp_as`: libsrtp is called on it directly (pylibsrtp's
-        # binding and the session's context), which saves the wrapper's copies and allocations.
+        # For `protect_rtp_as`, which calls libsrtp on this context directly (pylibsrtp's binding).
         self._tx_context: Any = self._tx._srtp[0]
-        self._tx_buffer: Any = _ffi.new("char[]", _BUFFER)
-        self._tx_view = memoryview(_ffi.buffer(self._tx_buffer))
-        self._tx_length: Any = _ffi.new("int *")
 
     def protect_rtp(self, packet: bytes) -> bytes:
         """SRTP-protect one RTP packet; ValueError if it is not one or is too long to protect."""
@@ -100,23 +96,23 @@ class SrtpSession:
     def protect_rtp_as(self, packet: bytes, sequence: int, timestamp: int, ssrc: int) -> memoryview:
         """SRTP-protect `packet` with its sequence number, timestamp and SSRC replaced by these.
 
-        The per-player fields are written straight into the buffer libsrtp encrypts in place, so a
-        packet shared by many players is copied once per player, not three times. The result is a
-        view of that buffer: send it before the next call. ValueError as for `protect_rtp`."""
+        The fan-out's path: the per-player fields are written straight into the buffer libsrtp
+        encrypts in place, so a packet shared by many players is copied once per player, not three
+        times, and that buffer is one for the whole process, so it stays in the cache from one player
+        to the next. The result is a view of it: send it before the next call on any session (the
+        event loop's thread only). ValueError as for `protect_rtp`."""
         size = len(packet)
         if not 12 <= size <= _MAX_RTP_INPUT:
             self.counters["rtp_protect_failed"] += 1
             raise ValueError(f"cannot protect RTP packet of {size} bytes")
-        view = self._tx_view
-        view[:size] = packet
-        SEQUENCE_TIMESTAMP_SSRC.pack_into(view, 2, sequence, timestamp, ssrc)
-        length = self._tx_length
-        length[0] = size
-        status = _lib.srtp_protect(self._tx_context, self._tx_buffer, length)
+        _FANOUT_VIEW[:size] = packet
+        SEQUENCE_TIMESTAMP_SSRC.pack_into(_FANOUT_VIEW, 2, sequence, timestamp, ssrc)
+        _FANOUT_LENGTH[0] = size
+        status = _lib.srtp_protect(self._tx_context, _FANOUT_BUFFER, _FANOUT_LENGTH)
         if status:
             self.counters["rtp_protect_failed"] += 1
             raise ValueError(f"cannot protect RTP packet: libsrtp status {status}")
-        return view[: length[0]]
+        return _FANOUT_VIEW[: _FANOUT_LENGTH[0]]
 
     def protect_rtcp(self, packet: bytes) -> bytes:
         """SRTCP-protect one RTCP (compound) packet."""
