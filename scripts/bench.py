@@ -59,7 +59,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "same 'signaling ws://...' and 'media udp ...' start-up lines")
     parser.add_argument("--compare", nargs=2, metavar=("CMD_A", "CMD_B"),
                         help="bench two server command lines in alternation and print ratios B/A; "
-                        "'default' is this tree's server, 'janus' is Debian's Janus (VideoRoom, HTTP API)")
+                        "'default' is this tree's server, 'janus' is Debian's Janus (VideoRoom, HTTP API); "
+                        "another checkout: 'env PYTHONPATH=/path/to/it python -m trio_sfu ...'")
     parser.add_argument("--janus", action="store_true",
                         help="also bench Janus in the same run (alternating with trio_sfu): same as "
                         "--compare default janus")

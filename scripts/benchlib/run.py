@@ -88,8 +88,11 @@ class ServerProcess:
         self.command = command
         self.stdout_path = workdir / "server.stdout"
         self.stderr_path = workdir / "server.stderr"
+        # In the run's own directory: `python -m` puts the working directory first on sys.path, so from
+        # a checkout it would import that tree's trio_sfu whatever PYTHONPATH the command sets.
         self.proc = subprocess.Popen(
             command,
+            cwd=workdir,
             stdout=self.stdout_path.open("wb"),
             stderr=self.stderr_path.open("wb"),
             stdin=subprocess.DEVNULL,
