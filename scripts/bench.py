@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                 problems.append(f"subscriber process errors: {failures[:2]}")
             if result["probe_errors"]:
                 problems.append(f"probe errors: {result['probe_errors'][:2]}")
+            if result.get("probe_leave_errors"):
+                problems.append(f"probes measured, then failed to leave: {result['probe_leave_errors'][:2]}")
         log = result["server_log"]
         if log["errors"] or log["tracebacks"] or log["warnings"]:
             problems.append(

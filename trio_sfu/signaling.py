@@ -82,7 +82,10 @@ class Connection:
         except trio.WouldBlock:
             log.warning("event=client_not_reading remote=%s action=disconnect", self.remote)
             self.abort()
-        except trio.ClosedResourceError:
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            # Closed: we are shutting down. Broken: the writer stopped because the socket broke, and
+            # the reader has not noticed yet. Either way nobody can read this; never raise it into
+            # the session (or the shutdown) that is telling this client something.
             pass
 
     def notify(self, session: Session, method: str, data: dict[str, Any]) -> None:

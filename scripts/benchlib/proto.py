@@ -517,7 +517,7 @@ async def _signaling(url: str, *, app: str, stream: str, uid: str, timeout: floa
             yield janus
         return
     async with (
-        open_websocket_url(url, connect_timeout=timeout, disconnect_timeout=1) as ws,
+        open_websocket_url(url, connect_timeout=timeout, disconnect_timeout=5) as ws,
         trio.open_nursery() as nursery,
     ):
         signaling = Signaling(ws, app=app, stream=stream, uid=uid)

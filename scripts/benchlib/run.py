@@ -509,6 +509,7 @@ def run_case(
         result["probes"] = probes
         good = [p for p in probes if "error" not in p]
         result["probe_errors"] = [p["error"] for p in probes if "error" in p]
+        result["probe_leave_errors"] = [p["leave_error"] for p in probes if "leave_error" in p]
         result["first_rtp_s"] = _median([p["first_rtp_s"] for p in good])
         result["first_keyframe_s"] = _median([p["first_keyframe_s"] for p in good])
         result["setup_s"] = _median([p["setup_s"] for p in good])

@@ -357,6 +357,7 @@ class Worker:
             self.register(leg, transport)
 
         self.setting_up += 1  # until the first keyframe
+        result: dict[str, Any] | None = None
         try:
             with trio.fail_after(15):
                 async with open_leg(
@@ -366,14 +367,23 @@ class Worker:
                     assert leg is not None
                     while not leg.first_keyframe_at:
                         await trio.sleep(0.005)
-                    return {
+                    result = {
                         "event": "probe",
                         "setup_s": opened.connected_at - opened.offer_sent_at,
                         "first_rtp_s": leg.first_rtp_at - opened.offer_sent_at,
                         "first_keyframe_s": leg.first_keyframe_at - opened.offer_sent_at,
                     }
+                    leaving = trio.current_time()
+            assert result is not None
+            result["leave_s"] = trio.current_time() - leaving
+            return result
         except Exception as exc:
-            return {"event": "probe", "error": describe(exc)}
+            if result is None:
+                return {"event": "probe", "error": describe(exc)}
+            # Measured, then leaving went wrong (e.g. the close handshake outlasted its timeout while
+            # this process was busy receiving): keep the figures, say what happened.
+            result["leave_error"] = describe(exc)
+            return result
         finally:
             self.setting_up -= 1
             if leg is not None:
