@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import struct
+import weakref
 from collections.abc import Sequence
 
 import pytest
@@ -643,6 +645,20 @@ def test_players_with_equal_maps_share_one_mapped_packet() -> None:
     assert out is not None
     parsed = parse_rtp(out)
     assert parsed is not None and read_extension(out, parsed, 3) is None
+
+
+def test_a_header_map_goes_with_its_last_player() -> None:
+    """Players choose their extension ids: a producer's weak registry must not keep every map a
+    stream of players ever used."""
+    registry: weakref.WeakValueDictionary[object, HeaderMap] = weakref.WeakValueDictionary()
+    players = [rewriter(extension_ids={1: 1 + i % 14}, header_maps=registry) for i in range(28)]
+    assert len(registry) == 14
+    del players[:14]
+    gc.collect()
+    assert len(registry) == 14  # the other 14 players still use every map
+    del players[:]
+    gc.collect()
+    assert len(registry) == 0
 
 
 def test_number_and_patch_are_rewrite_in_two_steps() -> None:

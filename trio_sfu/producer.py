@@ -8,6 +8,7 @@ throttle on keyframe requests (many players asking at once must not flood the en
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
@@ -107,7 +108,9 @@ class Producer:
         self.clock_rate = negotiated.codec.clock_rate
         self.ssrc = negotiated.ssrc
         self.consumers: list[Consumer] = []
-        self.header_maps: dict[object, HeaderMap] = {}  # shared by consumers that map alike
+        # Shared by consumers that map alike; a map goes with its last consumer (players choose the
+        # extension ids, so a stream of players each with its own would otherwise pile them up).
+        self.header_maps: weakref.WeakValueDictionary[object, HeaderMap] = weakref.WeakValueDictionary()
         self.stats = ReceptionStats(self.clock_rate)
         self.clock: ClockMapping | None = None
         self._cache: list[bytes | None] = [None] * CACHE_SIZE

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 
 import attrs
 
@@ -141,7 +141,7 @@ class HeaderMap:
     packet: the map is applied once per packet for all of them, not once per player.
     """
 
-    __slots__ = ("_last_in", "_last_out", "ext_map", "pt_map")
+    __slots__ = ("__weakref__", "_last_in", "_last_out", "ext_map", "pt_map")
 
     def __init__(self, payload_types: Mapping[int, int], extension_ids: Mapping[int, int]) -> None:
         # Publisher PT -> player PT, -1 for "drop": a list index is cheaper than a dict lookup.
@@ -164,9 +164,10 @@ class HeaderMap:
         cls,
         payload_types: Mapping[int, int],
         extension_ids: Mapping[int, int],
-        registry: dict[object, HeaderMap],
+        registry: MutableMapping[object, HeaderMap],
     ) -> HeaderMap:
-        """The map in `registry` equal to this one, made and registered if there is none yet."""
+        """The map in `registry` equal to this one, made and registered if there is none yet (make the
+        registry a WeakValueDictionary, so that a map goes when its last player does)."""
         key = (frozenset(payload_types.items()), frozenset(extension_ids.items()))
         found = registry.get(key)
         if found is None:
@@ -359,7 +360,7 @@ class Rewriter:
         extension_ids: Mapping[int, int],
         initial_sequence: int | None = None,
         initial_timestamp: int | None = None,
-        header_maps: dict[object, HeaderMap] | None = None,
+        header_maps: MutableMapping[object, HeaderMap] | None = None,
     ) -> None:
         if not 0 <= ssrc <= 0xFFFFFFFF:
             raise ValueError(f"ssrc out of range: {ssrc}")
@@ -368,7 +369,7 @@ class Rewriter:
         self.ssrc = ssrc
         self._clock_rate = clock_rate
         # `header_maps`: the maps other players of the same track already use, to share an equal one.
-        registry = {} if header_maps is None else header_maps
+        registry: MutableMapping[object, HeaderMap] = {} if header_maps is None else header_maps
         self.header_map = HeaderMap.shared(payload_types, extension_ids, registry)
         self._pt_map = self.header_map.pt_map
         # Output is random at first (RFC 3550 5.1): tests may pin it. The sequence starts in the lower
