@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
 from pathlib import Path
 
 import pytest
+import trio
 from aioice import stun
 
 from trio_sfu.config import Config, ConfigError, HostPort, load
 from trio_sfu.mux import Datagram, Kind, MediaMux, classify
-from trio_sfu.udp import MemoryNetwork
+from trio_sfu.udp import YIELD_AFTER, ConnectedUdp, MemoryNetwork
 
 
 class Inbox:
@@ -133,3 +136,43 @@ def test_config_errors_say_what_is_wrong(tmp_path: Path, toml: str, message: str
 def test_missing_config_file() -> None:
     with pytest.raises(ConfigError, match="config file"):
         load(Path(os.devnull) / "missing.toml")
+
+
+async def test_a_busy_peer_reader_lets_other_tasks_run() -> None:
+    """One of a publisher's datagrams can take milliseconds to fan out, and a keyframe is a burst of
+    them: the peer's reader lets other tasks (signaling, handshakes) run once it has been busy for
+    YIELD_AFTER, instead of draining the whole burst first."""
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.setblocking(False)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind(("127.0.0.1", 0))
+    reader = ConnectedUdp(receiver, sender.getsockname())
+    others_between: list[int] = []
+    others = 0
+
+    def handle(data: bytes, source: tuple[str, int]) -> None:
+        nonlocal others
+        others_between.append(others)
+        others = 0
+        time.sleep(2 * YIELD_AFTER)  # the fan-out: CPU the event loop cannot interrupt
+
+    async def other_task() -> None:
+        nonlocal others
+        while True:
+            others += 1
+            await trio.sleep(0)
+
+    with sender, receiver:
+        for _ in range(6):
+            sender.sendto(b"burst", receiver.getsockname())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.receive_into, handle)
+            nursery.start_soon(other_task)
+            with trio.fail_after(5):
+                while len(others_between) < 6:
+                    await trio.sleep(0)
+            nursery.cancel_scope.cancel()
+    # Draining the burst in one go would leave no turn for the other task after the first datagram;
+    # with a turn after each (scheduling order within a turn is random) it gets about one per gap.
+    assert sum(others_between[1:]) >= 3, others_between
