@@ -65,7 +65,6 @@ class SrtpSession:
         "profile",
     )
 
-
     def __init__(self, keys: SrtpKeys) -> None:
         profile = _PROFILES[keys.profile]
         inbound = pylibsrtp.Policy(
@@ -97,10 +96,11 @@ class SrtpSession:
         """SRTP-protect `packet` with its sequence number, timestamp and SSRC replaced by these.
 
         The fan-out's path: the per-player fields are written straight into the buffer libsrtp
-        encrypts in place, so a packet shared by many players is copied once per player, not three
-        times, and that buffer is one for the whole process, so it stays in the cache from one player
-        to the next. The result is a view of it: send it before the next call on any session (the
-        event loop's thread only). ValueError as for `protect_rtp`."""
+        encrypts in place, so a packet shared by many players is copied once per player (the plain
+        `protect_rtp` path copies it four times), and that buffer is one for the whole process, so
+        it stays in the cache from one player to the next. The result is a view of it: send it
+        before the next call on any session (the event loop's thread only). ValueError as for
+        `protect_rtp`."""
         size = len(packet)
         if not 12 <= size <= _MAX_RTP_INPUT:
             self.counters["rtp_protect_failed"] += 1
