@@ -35,6 +35,9 @@ from trio_sfu.srtp import SrtpSession
 from trio_sfu.transport import Transport
 from trio_sfu.udp import UdpEndpoint
 
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "sdp"
+CERTIFICATE = Certificate.generate()
+
 
 def connected_transport(
     endpoint: UdpEndpoint, peer: tuple[str, int], connected: bool, stats: Any
@@ -48,10 +51,6 @@ def connected_transport(
     transport._media_peer = (endpoint, peer)
     transport._connected = endpoint.connect(peer) if connected else None
     return transport
-
-
-FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "sdp"
-CERTIFICATE = Certificate.generate()
 
 
 class Link:

@@ -154,7 +154,6 @@ async def test_shutdown_notifies_everyone(autojump_clock: trio.testing.MockClock
         assert [n for n in task_names() if "Session" in n or "Connection" in n] == []
 
 
-
 async def test_notifying_a_client_whose_socket_broke_disturbs_nobody(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
