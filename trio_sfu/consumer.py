@@ -132,14 +132,13 @@ class Consumer:
         # clock mapping (a reordered packet has the same offset, so it cannot skew it).
         self._timestamp_offset = (timestamp - header.timestamp) & 0xFFFFFFFF
         mapped = rewriter.header_map.apply(packet, header)  # once for all players sharing the map
-        if self.backlogged:
-            self._queue(rewriter.patch(mapped, sequence, timestamp))
-            return
-        sent = self.sink.send_rtp_as(mapped, sequence, timestamp, self.ssrc)
-        if sent is False:
-            self._queue(rewriter.patch(mapped, sequence, timestamp))
-        elif sent is None:
-            self.counters["not_connected"] += 1
+        if not self.backlogged:
+            sent = self.sink.send_rtp_as(mapped, sequence, timestamp, self.ssrc)
+            if sent is None:
+                self.counters["not_connected"] += 1
+            if sent is not False:
+                return
+        self._queue(rewriter.patch(mapped, sequence, timestamp))
 
     def _send(self, packet: bytes) -> None:
         if self.backlogged:

@@ -221,13 +221,7 @@ class Transport:
             protected = srtp.protect_rtp(packet)
         except ValueError:  # too long for SRTP, or too old to protect again: counted by srtp
             return True
-        connected = self._connected
-        if not (connected.send(protected) if connected is not None else peer[0].send(protected, peer[1])):
-            return False
-        stats = self.stats
-        stats["rtp_packets_out"] += 1
-        stats["rtp_bytes_out"] += len(protected)
-        return True
+        return self._send_rtp_protected(protected, peer)
 
     def send_rtp_as(self, packet: bytes, sequence: int, timestamp: int, ssrc: int) -> bool | None:
         """`send_rtp` of `packet` with its sequence number, timestamp and SSRC replaced (the fan-out's
@@ -239,13 +233,24 @@ class Transport:
             protected = srtp.protect_rtp_as(packet, sequence, timestamp, ssrc)
         except ValueError:  # too long for SRTP: counted by srtp
             return True
-        connected = self._connected
-        if not (connected.send(protected) if connected is not None else peer[0].send(protected, peer[1])):
+        return self._send_rtp_protected(protected, peer)
+
+    def _send_rtp_protected(
+        self, protected: bytes | memoryview, peer: tuple[DatagramEndpoint, Address]
+    ) -> bool:
+        if not self._send_protected(protected, peer):
             return False
         stats = self.stats
         stats["rtp_packets_out"] += 1
         stats["rtp_bytes_out"] += len(protected)
         return True
+
+    def _send_protected(
+        self, protected: bytes | memoryview, peer: tuple[DatagramEndpoint, Address]
+    ) -> bool:
+        """On the peer's own connected socket once it has one, else from the shared one."""
+        connected = self._connected
+        return connected.send(protected) if connected is not None else peer[0].send(protected, peer[1])
 
     def send_rtcp(self, packet: bytes) -> bool | None:
         srtp, peer = self.srtp, self._media_peer
@@ -256,8 +261,7 @@ class Transport:
         except ValueError:
             return True
         self.stats["rtcp_packets_out"] += 1
-        connected = self._connected
-        return connected.send(protected) if connected is not None else peer[0].send(protected, peer[1])
+        return self._send_protected(protected, peer)
 
     async def wait_writable(self) -> None:
         peer, connected = self._media_peer, self._connected
