@@ -45,12 +45,17 @@ def assert_video_matches(player: Player, publisher: Publisher, since: float = 0.
 
 @asynccontextmanager
 async def session(
-    sfu: Harness, aio: AsyncioThread, peer: Publisher | Player, uid: str, stream: str = "cam"
+    sfu: Harness,
+    aio: AsyncioThread,
+    peer: Publisher | Player,
+    uid: str,
+    stream: str = "cam",
+    munge: Callable[[str], str] = lambda sdp: sdp,
 ) -> AsyncIterator[Client]:
     async with sfu.client(uid=uid) as client:
         assert (await client.connect())["err"] == 0
         peer.offered_at = time.monotonic()
-        offer = await aio.call(peer.offer)
+        offer = munge(await aio.call(peer.offer))
         reply = await client.offer(stream, offer, isinstance(peer, Publisher))
         assert reply["err"] == 0, reply
         await aio.call(peer.answer, reply["data"]["sdp"])
@@ -58,6 +63,30 @@ async def session(
             yield client
         finally:
             await aio.call(peer.close)
+
+
+def dtls_passive(sdp: str) -> str:
+    """The offer as FFmpeg's WHIP client words it: the offerer wants to be the DTLS server."""
+    assert "a=setup:actpass" in sdp
+    return sdp.replace("a=setup:actpass", "a=setup:passive")
+
+
+async def test_server_as_dtls_client_for_publisher_and_player(aio: AsyncioThread) -> None:
+    """a=setup:passive offers: the server answers active and runs the DTLS client side (RFC 5763), with
+    aiortc as the DTLS server on both legs; the media must still decode."""
+    publisher, player = Publisher(), Player()
+    async with (
+        running_server(udp=True) as sfu,
+        session(sfu, aio, publisher, "pub", munge=dtls_passive),
+        session(sfu, aio, player, "p1", munge=dtls_passive),
+    ):
+        await wait_for(lambda: len(valid_counters(player)) >= 20, 20, "20 decoded frames")
+        await wait_for(lambda: player.audio_frames > 50, 10, "audio")
+        assert_video_matches(player, publisher)
+        for peer in (publisher, player):
+            assert peer.pc is not None
+            assert peer.pc.getTransceivers()[0].sender.transport._role == "server"
+        assert sfu.server.stats["dtls_handshakes"] == 2
 
 
 async def test_one_publisher_two_players_mute_unmute_close(aio: AsyncioThread) -> None:

@@ -24,6 +24,7 @@ from trio_sfu.negotiation import (
     answer_publish,
     codecs_compatible,
     h264_profile,
+    incompatibility,
 )
 from trio_sfu.sdp import Codec, HeaderExtension, Offer, SdpError, parse_offer
 
@@ -532,7 +533,7 @@ def test_play_with_nothing_compatible_or_nothing_published() -> None:
         ("640032", "high"),
         ("640c1f", "constrained-high"),
         ("f4001f", "predictive-high-444"),
-        (None, "constrained-baseline"),
+        (None, "baseline"),  # RFC 6184 section 8.1: 42000a
         ("42e0", None),
         ("zz001f", None),
         ("6e001f", None),
@@ -597,7 +598,9 @@ def test_play_vp9_and_av1_profiles(published: NegotiatedTrack, pt: int) -> None:
 def test_codecs_compatible() -> None:
     opus2 = Codec(111, "opus", 48000, 2, (), ())
     assert codecs_compatible(opus2, Codec(96, "OPUS", 48000, 2, (("minptime", "10"),), ()))
-    assert not codecs_compatible(opus2, Codec(96, "opus", 48000, None, (), ()))
+    # RFC 7587 says opus/48000/2, but OPUS/48000 is what some peers write: the same codec.
+    assert codecs_compatible(opus2, Codec(96, "OPUS", 48000, None, (), ()))
+    assert incompatibility(opus2, Codec(96, "opus", 16000, 2, (), ())) == "clock rate 48000 vs 16000"
     assert not codecs_compatible(opus2, Codec(96, "opus", 16000, 2, (), ()))
     vp9 = Codec(98, "VP9", 90000, None, (("profile-id", "2"),), ())
     assert not codecs_compatible(vp9, attrs.evolve(vp9, parameters=()))
@@ -665,3 +668,57 @@ def test_aiortc_applies_play_answer(publisher_offer: str, expected_video: tuple[
             await pc.close()
 
     asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- other peers' variations
+
+
+def test_passive_offer_is_answered_active() -> None:
+    """FFmpeg's WHIP client offers a=setup:passive: the server becomes the DTLS client."""
+    negotiated = publish(CHROMIUM_PUBLISH.replace("a=setup:actpass", "a=setup:passive"))
+    _, sections = split(negotiated.answer)
+    assert all(values(lines, "setup") == ["active"] for lines in sections)
+    _, sections = split(publish(CHROMIUM_PUBLISH).answer)
+    assert all(values(lines, "setup") == ["passive"] for lines in sections)
+
+
+def test_bundle_only_section_is_accepted_with_the_transport() -> None:
+    """Firefox/webrtcbin max-bundle: the second section comes with port 0 and a=bundle-only; the
+    answer accepts it in the group with a real port and the full transport (webrtcbin needs a
+    fingerprint in every accepted section)."""
+    at = CHROMIUM_PUBLISH.index("m=video")
+    video = CHROMIUM_PUBLISH[at:].replace("m=video 9 ", "m=video 0 ", 1) + "a=bundle-only\r\n"
+    negotiated = publish(CHROMIUM_PUBLISH[:at] + video)
+    assert [t.kind for t in negotiated.tracks] == ["audio", "video"]
+    session, sections = split(negotiated.answer)
+    assert "a=group:BUNDLE 0 1" in session
+    for lines in sections:
+        assert lines[0].split(" ")[1] != "0"
+        assert values(lines, "fingerprint") == [f"sha-256 {SERVER_FP}"]
+        assert "a=bundle-only" not in lines
+
+
+def test_h264_without_profile_level_id_plays_as_baseline() -> None:
+    """RFC 6184: no profile-level-id means baseline (42000a), which constrained-baseline-only
+    players cannot be promised; Chromium's baseline entry takes it, under its own spelling."""
+    published = published_video("H264", (("packetization-mode", "1"),))
+    negotiated = play(CHROMIUM_PLAY, [publish(CHROMIUM_PUBLISH).tracks[0], published])
+    video = negotiated.tracks[1].codec
+    assert video.payload_type == 102
+    assert video.parameter("profile-level-id") == "42001f"
+    only_cb = with_video_formats(CHROMIUM_PLAY, "108 109")
+    expected = r"profile baseline \(profile-level-id 42000a\) vs constrained-baseline"
+    with pytest.raises(SdpError, match=expected):
+        play(only_cb, [published])
+
+
+def test_constrained_baseline_plays_to_a_baseline_only_player() -> None:
+    negotiated = play(with_video_formats(CHROMIUM_PLAY, "102 103"), [h264("42e01f")])
+    assert negotiated.tracks[0].codec.payload_type == 102
+
+
+def test_opus_without_channel_count_plays_to_opus_48000_2() -> None:
+    audio = publish(CHROMIUM_PUBLISH.replace("opus/48000/2", "OPUS/48000")).tracks[0]
+    assert audio.codec.channels is None
+    negotiated = play(CHROMIUM_PLAY, [audio])
+    assert negotiated.tracks[0].codec.name == "opus" and negotiated.tracks[0].codec.channels == 2

@@ -374,7 +374,6 @@ BAD_OFFERS = [
     ("short-ufrag", CHROMIUM_PUBLISH.replace("dAnV", "dAn"), "4-256"),
     ("ufrag-bad-chars", CHROMIUM_PUBLISH.replace("dAnV", "dA;nV"), "ICE characters"),
     ("ufrag-mismatch", _two_ufrags(), "disagree"),
-    ("passive", CHROMIUM_PUBLISH.replace("a=setup:actpass", "a=setup:passive"), "passive"),
     ("holdconn", CHROMIUM_PUBLISH.replace("a=setup:actpass", "a=setup:holdconn"), "holdconn"),
     ("bogus-setup", CHROMIUM_PUBLISH.replace("a=setup:actpass", "a=setup:bogus"), "a=setup"),
     ("no-fingerprint", _drop(CHROMIUM_PUBLISH, "a=fingerprint"), "fingerprint"),
@@ -515,3 +514,72 @@ def test_mutated_real_offers_raise_only_sdp_error(data: st.DataObject) -> None:
 )
 def test_shuffled_real_lines_raise_only_sdp_error(lines: list[str]) -> None:
     _parse_or_sdp_error("\r\n".join(["v=0", *lines]))
+
+
+# --------------------------------------------------------------------------- what other peers send
+
+
+def audio_section(mid: str = "1") -> list[str]:
+    return [
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+        "c=IN IP4 0.0.0.0",
+        *TRANSPORT,
+        f"a=mid:{mid}",
+        "a=sendonly",
+        "a=rtpmap:111 opus/48000/2",
+    ]
+
+
+def bundle_only(section: list[str], keep_transport: bool = False) -> list[str]:
+    """JSEP max-bundle (Firefox, webrtcbin): port 0 with a=bundle-only, maybe no transport attributes."""
+    lines = [line.replace(" 9 ", " 0 ", 1) if line.startswith("m=") else line for line in section]
+    if not keep_transport:
+        lines = [line for line in lines if line not in TRANSPORT[:4]]
+    return [*lines, "a=bundle-only"]
+
+
+@pytest.mark.parametrize("keep_transport", [True, False])
+def test_bundle_only_sections_are_served_on_the_bundle_transport(keep_transport: bool) -> None:
+    audio_lines = bundle_only(audio_section("1"), keep_transport)
+    offer = parse_offer(make(video_section("0"), audio_lines, bundle="0 1"))
+    video, audio = offer.media
+    assert audio.port == 0 and audio.bundle_only and audio.usable
+    # What it left out is the tagged section's: one transport for both.
+    assert (audio.ice_ufrag, audio.fingerprints) == (video.ice_ufrag, video.fingerprints)
+    assert audio.setup == "actpass"
+    assert audio.rtcp_mux
+
+
+def test_bundle_only_outside_the_group_is_a_rejected_section() -> None:
+    offer = parse_offer(make(video_section("0"), bundle_only(audio_section("1")), bundle="0"))
+    assert [m.usable for m in offer.media] == [True, False]
+
+
+def test_a_group_of_bundle_only_sections_has_no_transport() -> None:
+    with pytest.raises(SdpError, match="bundle-only"):
+        parse_offer(
+            make(bundle_only(video_section("0"), True), bundle_only(audio_section("1")), bundle="0 1")
+        )
+
+
+def test_rtcp_fb_for_a_payload_type_not_offered_is_ignored() -> None:
+    # Firefox after setCodecPreferences keeps feedback lines of codecs it dropped.
+    offer = parse_offer(make([*video_section(), "a=rtcp-fb:120 nack pli", "a=rtcp-fb:121 ccm fir"]))
+    assert offer.media[0].codecs[0].feedback == ("nack",)
+
+
+def test_offerer_may_be_the_dtls_server() -> None:
+    # FFmpeg's WHIP client: a=setup:passive, so the server must take the DTLS client role.
+    offer = parse_offer(make(video_section()).replace("a=setup:actpass", "a=setup:passive"))
+    assert offer.setup == "passive"
+
+
+def test_rtcp_mux_only_and_media_level_extmap_allow_mixed() -> None:
+    section = [line for line in video_section() if line != "a=rtcp-mux"]
+    offer = parse_offer(make([*section, "a=rtcp-mux-only", "a=extmap-allow-mixed"]))
+    assert offer.media[0].rtcp_mux and offer.extmap_allow_mixed
+
+
+def test_several_sections_without_bundle_are_told_to_use_max_bundle() -> None:
+    with pytest.raises(SdpError, match="max-bundle"):
+        parse_offer(make(video_section("0"), audio_section("1")))

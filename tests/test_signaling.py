@@ -327,9 +327,9 @@ async def test_missing_stream_name_is_400() -> None:
         PUBLISH_SDP.replace("a=ice-pwd", "a=x-pwd"),
         PUBLISH_SDP.replace("a=fingerprint", "a=x-fingerprint"),
         "v=0\r\n" + "a=x\r\n" * 5000,
-        PUBLISH_SDP.replace("a=setup:actpass", "a=setup:passive"),
+        PUBLISH_SDP.replace("a=setup:actpass", "a=setup:holdconn"),
     ],
-    ids=["empty", "bare", "junk", "no-pwd", "no-fingerprint", "many-lines", "passive"],
+    ids=["empty", "bare", "junk", "no-pwd", "no-fingerprint", "many-lines", "holdconn"],
 )
 async def test_hostile_sdp_is_415(sdp: str) -> None:
     async with running_server() as sfu, sfu.client() as c:

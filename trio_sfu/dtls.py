@@ -342,6 +342,13 @@ class DtlsEndpoint:
         self._interval = min(self._interval * 2, self.max_timeout)
         return self._resend(now)
 
+    def resend_flight(self, now: float) -> list[bytes]:
+        """Our current flight again, now: a client that started before it knew where its peer was
+        (ICE had not validated an address yet) sends its ClientHello as soon as it does."""
+        if self.state is not DtlsState.HANDSHAKING or not self._flight:
+            return []
+        return self._emit(self._resend(now))
+
     def next_deadline(self) -> float | None:
         if self.state is not DtlsState.HANDSHAKING:
             return None

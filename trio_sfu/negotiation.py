@@ -84,13 +84,14 @@ _H264_PROFILES = (
     (0x64, "00001100", "constrained-high"),
     (0xF4, "00000000", "predictive-high-444"),
 )
-# What libwebrtc assumes when profile-level-id is absent (constrained baseline, level 3.1).
-_H264_DEFAULT_PROFILE_LEVEL_ID = "42e01f"
+# RFC 6184 section 8.1: without profile-level-id, Baseline profile at level 1 is meant. (libwebrtc
+# assumes constrained baseline 3.1 instead; GStreamer sends no profile-level-id.)
+H264_DEFAULT_PROFILE_LEVEL_ID = "42000a"
 
 
 def h264_profile(profile_level_id: str | None) -> str | None:
     """The H.264 profile named by a profile-level-id, None when it is malformed or unknown."""
-    text = profile_level_id if profile_level_id is not None else _H264_DEFAULT_PROFILE_LEVEL_ID
+    text = profile_level_id if profile_level_id is not None else H264_DEFAULT_PROFILE_LEVEL_ID
     if len(text) != 6 or any(c not in "0123456789abcdefABCDEF" for c in text):
         return None
     profile_idc, constraints = int(text[0:2], 16), int(text[2:4], 16)
@@ -102,26 +103,58 @@ def h264_profile(profile_level_id: str | None) -> str | None:
     return None
 
 
+def _channels(codec: Codec) -> int:
+    """RFC 7587: Opus is always written opus/48000/2, but peers send OPUS/48000 too; others default to 1."""
+    if codec.name.lower() == "opus":
+        return 2
+    return codec.channels or 1
+
+
+def _h264_plid(codec: Codec) -> str:
+    return codec.parameter("profile-level-id") or H264_DEFAULT_PROFILE_LEVEL_ID
+
+
+def incompatibility(sent: Codec, accepted: Codec) -> str | None:
+    """Why a peer that offered `accepted` cannot decode what a publisher sends as `sent` (None: it can).
+
+    The text names the differing property with both values, for the 415 err_msg."""
+    name = sent.name.lower()
+    if name != accepted.name.lower():
+        return f"codec {sent.name} vs {accepted.name}"
+    if sent.clock_rate != accepted.clock_rate:
+        return f"clock rate {sent.clock_rate} vs {accepted.clock_rate}"
+    if _channels(sent) != _channels(accepted):
+        return f"channels {_channels(sent)} vs {_channels(accepted)}"
+    if name == "h264":
+        sent_profile = h264_profile(sent.parameter("profile-level-id"))
+        profile = h264_profile(accepted.parameter("profile-level-id"))
+        # A baseline decoder decodes constrained baseline (a subset); the reverse is not promised.
+        if sent_profile is None or (
+            sent_profile != profile and (sent_profile, profile) != ("constrained-baseline", "baseline")
+        ):
+            return (
+                f"H264 profile {sent_profile or 'unknown'} (profile-level-id {_h264_plid(sent)}) vs "
+                f"{profile or 'unknown'} (profile-level-id {_h264_plid(accepted)})"
+            )
+        sent_mode = sent.parameter("packetization-mode") or "0"
+        mode = accepted.parameter("packetization-mode") or "0"
+        if sent_mode != mode:
+            return f"H264 packetization-mode {sent_mode} vs {mode}"
+        return None
+    if name == "vp9":
+        sent_id, offered_id = sent.parameter("profile-id") or "0", accepted.parameter("profile-id") or "0"
+        return None if sent_id == offered_id else f"VP9 profile-id {sent_id} vs {offered_id}"
+    if name == "av1":
+        sent_id, offered_id = sent.parameter("profile") or "0", accepted.parameter("profile") or "0"
+        return None if sent_id == offered_id else f"AV1 profile {sent_id} vs {offered_id}"
+    if name in ("rtx", "red", "ulpfec", "flexfec-03"):
+        return f"{sent.name} is not a media codec"
+    return None
+
+
 def codecs_compatible(sent: Codec, accepted: Codec) -> bool:
     """Whether a peer that offered `accepted` can decode what a publisher sends as `sent`."""
-    name = sent.name.lower()
-    if name != accepted.name.lower() or sent.clock_rate != accepted.clock_rate:
-        return False
-    if (sent.channels or 1) != (accepted.channels or 1):
-        return False
-    if name == "h264":
-        profile = h264_profile(sent.parameter("profile-level-id"))
-        return (
-            profile is not None
-            and profile == h264_profile(accepted.parameter("profile-level-id"))
-            and (sent.parameter("packetization-mode") or "0")
-            == (accepted.parameter("packetization-mode") or "0")
-        )
-    if name == "vp9":
-        return (sent.parameter("profile-id") or "0") == (accepted.parameter("profile-id") or "0")
-    if name == "av1":
-        return (sent.parameter("profile") or "0") == (accepted.parameter("profile") or "0")
-    return name not in ("rtx", "red", "ulpfec", "flexfec-03")
+    return incompatibility(sent, accepted) is None
 
 
 def _supported(kind: str) -> tuple[str, ...]:
@@ -201,7 +234,15 @@ def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ipaddress.ip_address(address)
 
 
-def _transport_lines(section: MediaSection, local: LocalTransport) -> tuple[str, list[str]]:
+def answer_setup(offer: Offer) -> str:
+    """RFC 5763 section 5: the server takes the DTLS server role (passive) unless the offerer insists
+    on it (a=setup:passive, as FFmpeg's WHIP client does): then the server is the client (active)."""
+    return "active" if offer.setup == "passive" else "passive"
+
+
+def _transport_lines(
+    section: MediaSection, local: LocalTransport, setup: str
+) -> tuple[str, list[str]]:
     """The m= port and connection line of the default candidate, and the ICE/DTLS attributes."""
     addresses = [(_ip(ip), port) for ip, port in local.candidates]
     default = next((c for c in addresses if c[0].version == 4), None) or next(iter(addresses), None)
@@ -215,7 +256,7 @@ def _transport_lines(section: MediaSection, local: LocalTransport) -> tuple[str,
         f"a=ice-ufrag:{local.ice_ufrag}",
         f"a=ice-pwd:{local.ice_pwd}",
         f"a=fingerprint:sha-256 {local.fingerprint_sha256}",
-        "a=setup:passive",
+        f"a=setup:{setup}",
     ]
     if section.mid is not None:
         lines.append(f"a=mid:{section.mid}")
@@ -241,13 +282,14 @@ def _codec_lines(codec: Codec, rtx_payload_type: int | None) -> list[str]:
 
 
 def _accepted_lines(
+    offer: Offer,
     section: MediaSection,
     local: LocalTransport,
     direction: str,
     track: NegotiatedTrack,
     extra: list[str],
 ) -> list[str]:
-    port, transport = _transport_lines(section, local)
+    port, transport = _transport_lines(section, local, answer_setup(offer))
     formats = [str(track.codec.payload_type)]
     if track.rtx_payload_type is not None:
         formats.append(str(track.rtx_payload_type))
@@ -326,7 +368,7 @@ def answer_publish(offer: Offer, local: LocalTransport) -> Negotiated:
         tracks.append(track)
         if section.mid is not None:
             accepted_mids.append(section.mid)
-        blocks.append(_accepted_lines(section, local, "recvonly", track, []))
+        blocks.append(_accepted_lines(offer, section, local, "recvonly", track, []))
     if not tracks:
         if unsupported:
             raise SdpError(
@@ -348,7 +390,8 @@ def _play_codec(source: Codec, offered: Codec, feedback: tuple[str, ...]) -> Cod
     parameters = source.parameters
     player_level = offered.parameter("profile-level-id")
     if source.name.lower() == "h264" and player_level is not None:
-        # Same profile (checked); the player's own level line keeps it from second-guessing.
+        # The player's own line: its profile is the publisher's or a superset of it (a baseline
+        # decoder for constrained baseline), so it never announces what the publisher does not send.
         kept = [(k, v) for k, v in parameters if k.lower() != "profile-level-id"]
         parameters = (*kept, ("profile-level-id", player_level))
     return Codec(
@@ -359,6 +402,16 @@ def _play_codec(source: Codec, offered: Codec, feedback: tuple[str, ...]) -> Cod
         parameters=parameters,
         feedback=feedback,
     )
+
+
+def _play_choice(source: Codec, section: MediaSection) -> Codec | None:
+    """The player's first compatible codec, preferring the publisher's exact H.264 profile."""
+    compatible = [c for c in section.codecs if codecs_compatible(source, c)]
+    if source.name.lower() == "h264":
+        profile = h264_profile(source.parameter("profile-level-id"))
+        exact = [c for c in compatible if h264_profile(c.parameter("profile-level-id")) == profile]
+        compatible = exact or compatible
+    return compatible[0] if compatible else None
 
 
 def answer_play(
@@ -386,10 +439,10 @@ def answer_play(
             blocks.append(_rejected_lines(section))
             continue
         source = remaining.pop(index)
-        offered = next((c for c in section.codecs if codecs_compatible(source.codec, c)), None)
+        offered = _play_choice(source.codec, section)
         if offered is None:
-            names = ", ".join(
-                f"{c.name}/{c.clock_rate}" + (f" {c.fmtp}" if c.fmtp else "")
+            differences = "; ".join(
+                f"{c.name}/{c.clock_rate} (pt {c.payload_type}): {incompatibility(source.codec, c)}"
                 for c in section.codecs
                 if c.name.lower() == source.codec.name.lower()
             )
@@ -397,7 +450,8 @@ def answer_play(
                 f"player accepts none of the publisher's codecs: section {section.mid!r} "
                 f"({section.kind}) needs {source.codec.name}/{source.codec.clock_rate}"
                 + (f" {source.codec.fmtp}" if source.codec.fmtp else "")
-                + (f", offers only {names}" if names else f", does not offer {source.codec.name}")
+                + (f"; the offer differs: {differences}" if differences
+                   else f", does not offer {source.codec.name}")
             )
         feedback = (
             tuple(f for f in offered.feedback if f in PLAY_FEEDBACK)
@@ -429,7 +483,7 @@ def answer_play(
         tracks.append(track)
         if section.mid is not None:
             accepted_mids.append(section.mid)
-        blocks.append(_accepted_lines(section, local, "sendonly", track, extra))
+        blocks.append(_accepted_lines(offer, section, local, "sendonly", track, extra))
     if not tracks:
         kinds = sorted({t.kind for t in published}) or ["nothing"]
         raise SdpError(

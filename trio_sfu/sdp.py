@@ -116,6 +116,8 @@ class MediaSection:
     rtcp_mux: bool
     rtcp_rsize: bool
     simulcast: bool
+    bundle_only: bool
+    usable: bool
     ice_ufrag: str | None
     ice_pwd: str | None
     fingerprints: tuple[tuple[str, str], ...]
@@ -132,10 +134,6 @@ class MediaSection:
         """The offerer receives media on this section."""
         return self.direction in ("sendrecv", "recvonly")
 
-    @property
-    def usable(self) -> bool:
-        """The server can serve it: audio/video over (DTLS-)SRTP on a non-zero port."""
-        return _servable(self.kind, self.protocol, self.port)
 
 
 @attrs.frozen
@@ -156,9 +154,11 @@ class Offer:
 # --------------------------------------------------------------------------- low-level helpers
 
 
-def _servable(kind: str, protocol: str, port: int) -> bool:
-    """Other sections (data channels, plain RTP, port 0) are kept but answered with port 0."""
-    return kind in ("audio", "video") and "RTP/SAVP" in protocol and port != 0
+def _servable(kind: str, protocol: str, port: int, bundle_only: bool) -> bool:
+    """Audio/video over (DTLS-)SRTP on a port, or port 0 with a=bundle-only (RFC 8843 section 6: JSEP
+    max-bundle offers every section but the first so). Other sections (data channels, plain RTP, port
+    0 alone) are kept but answered with port 0."""
+    return kind in ("audio", "video") and "RTP/SAVP" in protocol and (port != 0 or bundle_only)
 
 
 def _fail(lineno: int, message: str) -> SdpError:
@@ -260,11 +260,15 @@ class _Media(_Scope):
         self.rtcp_mux = False
         self.rtcp_rsize = False
         self.simulcast = False
+        self.bundle_only = False
+        self.extmap_allow_mixed = False
         self.candidates: list[Candidate] = []
+        # A bundle-only section outside the BUNDLE group is a rejected one: parse_offer sets this.
+        self.in_bundle = True
 
     @property
     def usable(self) -> bool:
-        return _servable(self.kind, self.protocol, self.port)
+        return _servable(self.kind, self.protocol, self.port, self.bundle_only and self.in_bundle)
 
 
 def _parse_fingerprint(value: str, lineno: int) -> tuple[str, str] | None:
@@ -404,8 +408,12 @@ def _media_attribute(media: _Media, name: str, value: str, lineno: int) -> None:
         media.msid = " ".join(_token(f, "a=msid id", lineno) for f in fields)
     elif name == "candidate":
         media.candidates.append(_parse_candidate(value, lineno))
-    elif name == "rtcp-mux":
+    elif name in ("rtcp-mux", "rtcp-mux-only"):  # RFC 8858: -only implies rtcp-mux (GStreamer)
         media.rtcp_mux = True
+    elif name == "bundle-only":
+        media.bundle_only = True
+    elif name == "extmap-allow-mixed":  # RFC 8285 allows it at media level too (Firefox, Pion)
+        media.extmap_allow_mixed = True
     elif name == "rtcp-rsize":
         media.rtcp_rsize = True
     elif name in ("simulcast", "rid"):
@@ -451,9 +459,8 @@ def _codecs(media: _Media) -> tuple[Codec, ...]:
         for pt, (_, lineno) in media.fmtp.items():
             if pt not in pts:
                 raise _fail(lineno, f"a=fmtp for payload type {pt} not listed in the m= line")
-        for target, _, lineno in media.rtcp_fb:
-            if target is not None and target not in pts:
-                raise _fail(lineno, f"a=rtcp-fb for payload type {target} not in the m= line")
+        # a=rtcp-fb for a payload type not on the m= line is ignored, not refused: Firefox keeps them
+        # after setCodecPreferences drops the codec (RFC 4585 gives them no meaning).
     codecs: list[Codec] = []
     for pt in pts:
         if pt not in media.rtpmap:
@@ -489,6 +496,7 @@ def _check_ice(media: MediaSection, lineno: int) -> None:
 
 
 def _freeze(media: _Media, session: _Scope) -> MediaSection:
+    """The section as frozen data; bundle-only sections are completed later by `_share_transport`."""
     ssrc_groups = []
     for semantics, ssrcs, lineno in media.ssrc_groups:
         if media.usable and semantics == "FID" and len(ssrcs) != 2:
@@ -513,6 +521,8 @@ def _freeze(media: _Media, session: _Scope) -> MediaSection:
         rtcp_mux=media.rtcp_mux,
         rtcp_rsize=media.rtcp_rsize,
         simulcast=media.simulcast,
+        bundle_only=media.bundle_only,
+        usable=media.usable,
         ice_ufrag=media.ice_ufrag if media.ice_ufrag is not None else session.ice_ufrag,
         ice_pwd=media.ice_pwd if media.ice_pwd is not None else session.ice_pwd,
         fingerprints=tuple(media.fingerprints or session.fingerprints),
@@ -588,8 +598,45 @@ def parse_offer(text: str) -> Offer:
         raise SdpError("o= line must be '<user> <numeric session id> <version> IN <type> <addr>'")
     session_id = origin_fields[1]
 
+    for builder in media_builders:
+        builder.in_bundle = builder.mid is not None and builder.mid in (bundle or ())
+        allow_mixed = allow_mixed or builder.extmap_allow_mixed
     media = tuple(_freeze(m, session) for m in media_builders)
     return _validate(session_id, media, media_builders, bundle or (), bundle_lineno, allow_mixed)
+
+
+NO_BUNDLE_ADVICE = (
+    "several audio/video sections need one a=group:BUNDLE with all of them (the server serves one "
+    "ICE/DTLS transport per session): set the peer connection's bundle policy to max-bundle "
+    "(RTCPeerConnection bundlePolicy: 'max-bundle'; GStreamer webrtcbin: bundle-policy=max-bundle)"
+)
+
+
+def _check_transport(section: MediaSection, lineno: int) -> None:
+    """The attributes of a section that carries its own ICE/DTLS transport."""
+    _check_ice(section, lineno)
+    if not section.fingerprints:
+        raise _fail(lineno, f"m-section {section.index} has no usable a=fingerprint (sha-1/256/384/512)")
+    if section.setup == "holdconn":
+        raise _fail(
+            lineno,
+            "a=setup:holdconn is not allowed in an offer: offer actpass, active or passive (RFC 5763)",
+        )
+    if not section.rtcp_mux:
+        raise _fail(lineno, f"m-section {section.index} lacks a=rtcp-mux")
+
+
+def _share_transport(section: MediaSection, transport: MediaSection) -> MediaSection:
+    """RFC 8843 section 7.1.3 / JSEP: a bundled section may leave out what the BUNDLE-tagged section
+    says about the transport (bundle-only sections often do); it shares that transport."""
+    return attrs.evolve(
+        section,
+        ice_ufrag=section.ice_ufrag if section.ice_ufrag is not None else transport.ice_ufrag,
+        ice_pwd=section.ice_pwd if section.ice_pwd is not None else transport.ice_pwd,
+        fingerprints=section.fingerprints or transport.fingerprints,
+        setup=section.setup or transport.setup,
+        rtcp_mux=section.rtcp_mux or transport.rtcp_mux,
+    )
 
 
 def _validate(
@@ -610,45 +657,49 @@ def _validate(
     if not usable:
         raise SdpError("no usable audio or video section (audio/video over UDP/TLS/RTP/SAVPF)")
 
-    for section in usable:
-        lineno = builders[section.index].lineno
-        _check_ice(section, lineno)
-        if not section.fingerprints:
-            raise _fail(
-                lineno, f"m-section {section.index} has no usable a=fingerprint (sha-1/256/384/512)"
-            )
-        if section.setup in ("passive", "holdconn"):
-            raise _fail(
-                lineno,
-                f"a=setup:{section.setup} is not allowed in an offer: the server "
-                "is passive, so the offerer must be actpass or active",
-            )
-        if not section.rtcp_mux:
-            raise _fail(lineno, f"m-section {section.index} lacks a=rtcp-mux")
-        if bundle and section.mid is None:
-            raise _fail(lineno, f"m-section {section.index} needs a=mid when BUNDLE is used")
-
+    if bundle:
+        for section in usable:
+            if section.mid is None:
+                raise _fail(
+                    builders[section.index].lineno,
+                    f"m-section {section.index} needs a=mid when BUNDLE is used",
+                )
     if len(usable) > 1:
         if not bundle:
-            raise SdpError("several audio/video sections need an a=group:BUNDLE with all of them")
+            raise SdpError(NO_BUNDLE_ADVICE)
         missing = [m.mid or str(m.index) for m in usable if m.mid not in bundle]
         if missing:
             raise _fail(bundle_lineno, f"a=group:BUNDLE lacks the usable sections {missing}")
 
-    bundled = [m for m in usable if m.mid is not None and m.mid in bundle] or usable[:1]
-    transport = bundled[0]
-    for section in bundled[1:]:
+    by_mid = {m.mid: m for m in media if m.mid is not None}
+    bundled = [by_mid[mid] for mid in bundle if by_mid[mid].usable]
+    if bundled:
+        # The offerer's BUNDLE tag: the first section of the group that is not bundle-only.
+        transport = next((m for m in bundled if not m.bundle_only), None)
+        if transport is None:
+            raise _fail(
+                bundle_lineno,
+                "every section of a=group:BUNDLE is bundle-only: the first must carry the transport "
+                "(a port and its ICE/DTLS attributes)",
+            )
+    else:
+        transport = usable[0]
+    _check_transport(transport, builders[transport.index].lineno)
+    shared = {m.index: _share_transport(m, transport) for m in bundled}
+    media = tuple(shared.get(m.index, m) for m in media)
+    for section in bundled:
+        section = shared[section.index]
         if (section.ice_ufrag, section.ice_pwd) != (transport.ice_ufrag, transport.ice_pwd):
             raise _fail(
                 builders[section.index].lineno,
                 "bundled m-sections disagree on a=ice-ufrag/a=ice-pwd",
             )
+        _check_transport(section, builders[section.index].lineno)
+
     # The offerer gathers on the first bundled section that has candidates (Chromium: only the
     # first m-section; aiortc: every one, on per-section ports it drops once bundled).
-    by_mid = {m.mid: m for m in media if m.mid is not None}
-    order = [by_mid[mid] for mid in bundle] if transport.mid in bundle else [transport]
     candidates: tuple[Candidate, ...] = ()
-    for section in order:
+    for section in [by_mid[mid] for mid in bundle] if bundled else [transport]:
         if section.candidates:
             candidates = tuple(c for c in section.candidates if c.transport == "udp")
             break

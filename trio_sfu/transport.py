@@ -22,6 +22,7 @@ from .dtls import DtlsEndpoint, DtlsState
 from .ice import CandidateEvicted, CandidateValidated, IceLiteAgent, PairSelected
 from .messages import CloseReason
 from .mux import Datagram, Kind, MediaMux
+from .negotiation import answer_setup
 from .rtp import is_rtcp
 from .sdp import Offer
 from .srtp import SrtpSession
@@ -141,6 +142,7 @@ class Transport:
         for event in events:
             if isinstance(event, CandidateValidated):
                 self.mux.route_address(event.address, self)
+                self._start_dtls_client(datagram.endpoint, event.address, now)
             elif isinstance(event, PairSelected):
                 self._use_media_peer(datagram.endpoint, event.address)
                 if (
@@ -152,6 +154,16 @@ class Transport:
             elif isinstance(event, CandidateEvicted):
                 self.mux.unroute_address(event.address, self)
         self._reschedule()
+
+    def _start_dtls_client(self, endpoint: DatagramEndpoint, address: Address, now: float) -> None:
+        """As the DTLS client (the offer said a=setup:passive), say ClientHello to the first address ICE
+        validates: until then there is nobody to say it to."""
+        dtls = self.dtls
+        if dtls is None or dtls.server or self._dtls_peer is not None:
+            return
+        self._dtls_peer = (endpoint, address)
+        for out in dtls.resend_flight(now):
+            endpoint.send(out, address)
 
     def _on_dtls(self, datagram: Datagram, now: float) -> None:
         assert self.ice is not None and self.dtls is not None
@@ -310,7 +322,7 @@ class Transport:
         )
         self.dtls = DtlsEndpoint(
             self._certificate,
-            server=True,
+            server=answer_setup(self.remote) == "passive",
             remote_fingerprints=self.remote.fingerprints,
             handshake_timeout=self._handshake_timeout,
         )
