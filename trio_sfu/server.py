@@ -37,8 +37,11 @@ from .sdp import Offer
 from .signaling import Connection
 from .transport import Transport
 from .udp import DatagramEndpoint, UdpEndpoint
+from .websocket_failure import install as install_websocket_failure
 
 log = logging.getLogger(__name__)
+
+install_websocket_failure()  # 1007 on a non-UTF-8 text frame, not an abrupt TCP close
 
 
 def announced_addresses(config: Config, endpoint: HostPort) -> list[str]:
