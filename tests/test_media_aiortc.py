@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
 import trio
+
+from trio_sfu.config import Config
+from trio_sfu.metrics import make_registry, render
+from trio_sfu.udp import TRUESIZE_FACTOR
 
 from .aiortc_peers import TONE_HZ, AsyncioThread, Player, Publisher
 from .conftest import Client, Harness, running_server
@@ -87,6 +92,22 @@ async def test_server_as_dtls_client_for_publisher_and_player(aio: AsyncioThread
             assert peer.pc is not None
             assert peer.pc.getTransceivers()[0].sender.transport._role == "server"
         assert sfu.server.stats["dtls_handshakes"] == 2
+
+
+async def test_publisher_socket_holds_at_most_max_input_delay(aio: AsyncioThread) -> None:
+    """The publisher's own socket is sized from max_input_delay (1 s of 2 Mbit/s here), not 4 MB: an
+    overloaded server drops its input, counted in /metrics, instead of serving seconds-old media."""
+    publisher = Publisher(audio=False)
+    config = Config(max_input_delay=1.0, max_publisher_bitrate=2_000_000)
+    async with running_server(config, udp=True) as sfu, session(sfu, aio, publisher, "pub"):
+        (session_,) = [s for c in sfu.server.connections for s in c.sessions.values()]
+        await wait_for(lambda: session_.transport._connected is not None, 10, "the peer's own socket")
+        connected = session_.transport._connected
+        assert connected is not None
+        size = connected._socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        assert size == 250_000 * TRUESIZE_FACTOR, size  # room for 250 KB of media in ~2.3 KB datagram buffers
+        metrics = render(make_registry(sfu.server)).decode()
+        assert 'trio_sfu_dropped_packets_total{reason="input_overflow"} 0.0' in metrics
 
 
 async def test_one_publisher_two_players_mute_unmute_close(aio: AsyncioThread) -> None:

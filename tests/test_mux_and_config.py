@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -11,9 +12,9 @@ import pytest
 import trio
 from aioice import stun
 
-from trio_sfu.config import Config, ConfigError, HostPort, load
+from trio_sfu.config import MIN_PEER_RECEIVE_BUFFER, Config, ConfigError, HostPort, load
 from trio_sfu.mux import Datagram, Kind, MediaMux, classify
-from trio_sfu.udp import YIELD_AFTER, ConnectedUdp, MemoryNetwork
+from trio_sfu.udp import YIELD_AFTER, ConnectedUdp, MemoryNetwork, UdpEndpoint
 
 
 class Inbox:
@@ -176,3 +177,40 @@ async def test_a_busy_peer_reader_lets_other_tasks_run() -> None:
     # Draining the burst in one go would leave no turn for the other task after the first datagram;
     # with a turn after each (scheduling order within a turn is random) it gets about one per gap.
     assert sum(others_between[1:]) >= 3, others_between
+
+
+def test_peer_receive_buffer_follows_max_input_delay() -> None:
+    # 0.5 s of 2.5 Mbit/s is 156 KB; a tiny delay still leaves room for a keyframe burst.
+    assert Config().peer_receive_buffer == 156_250
+    assert Config(max_input_delay=0.01).peer_receive_buffer == MIN_PEER_RECEIVE_BUFFER
+    assert Config(max_input_delay=2, max_publisher_bitrate=8_000_000).peer_receive_buffer == 2_000_000
+    with pytest.raises(ConfigError, match="max_input_delay"):
+        load(max_input_delay=0)
+
+
+async def test_a_peer_socket_queues_about_its_bound_and_counts_what_the_kernel_dropped() -> None:
+    """A server too busy to read its publisher's socket keeps about peer_receive_buffer bytes of its
+    media (then serves them, late by at most that much) and drops the rest, counted, instead of piling
+    up seconds of it."""
+    endpoint = UdpEndpoint.bind(HostPort("127.0.0.1", 0))
+    endpoint.peer_receive_buffer = 128 * 1024
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind(("127.0.0.1", 0))
+    try:
+        peer = endpoint.connect(sender.getsockname())
+        sent = 1000  # 1.2 MB of media while nobody reads
+        for _ in range(sent):
+            sender.sendto(b"\x80" * 1200, endpoint.local_address)
+        queued = 0
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                peer._socket.recv(2048)
+                queued += 1
+        # ~128 KB of 1.2 KB datagrams is ~107; the kernel's per-datagram overhead varies a little.
+        assert 60 <= queued <= 160, queued
+        assert peer.new_drops() == sent - queued
+        assert peer.new_drops() == 0  # counted once
+        peer.close()
+    finally:
+        sender.close()
+        endpoint.close()

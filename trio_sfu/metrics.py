@@ -25,6 +25,7 @@ STATS_DROPS = {
     "drop_fanout_queue_full": "fanout_queue_full",
     "drop_srtp_auth": "srtp_auth",
     "drop_srtcp_auth": "srtcp_auth",
+    "drop_input_overflow": "input_overflow",
 }
 # MediaMux.dropped keys (datagrams dropped before reaching any session).
 MUX_DROPS = {

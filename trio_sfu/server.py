@@ -188,6 +188,9 @@ class Server:
                     self.check_binds()
                     for address in self.config.media:
                         endpoints.append(UdpEndpoint.bind(address))
+                for endpoint in endpoints:
+                    if isinstance(endpoint, UdpEndpoint):
+                        endpoint.peer_receive_buffer = self.config.peer_receive_buffer
                 self.candidates = self._candidates(endpoints)
                 for endpoint in endpoints:
                     nursery.start_soon(self.mux.serve, endpoint, name="media-mux")

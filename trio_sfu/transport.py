@@ -388,6 +388,11 @@ class Transport:
             return
         if now >= self._next_tick:
             self._next_tick = now + 0.1
+            connected = self._connected
+            if connected is not None:
+                dropped = connected.new_drops()
+                if dropped:
+                    self.stats["drop_input_overflow"] += dropped
             if self.srtp is not None:
                 try:
                     self._next_tick = self.handler.tick(now)

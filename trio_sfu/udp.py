@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import socket as stdlib_socket
+import sys
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -42,6 +43,14 @@ class DatagramEndpoint(Protocol):
 
 
 RECEIVE_BUFFER = 4 * 1024 * 1024
+"""The shared socket's: it carries every session's ICE and handshakes, and media until a peer's own
+socket is up."""
+PEER_RECEIVE_BUFFER = 256 * 1024
+"""A peer's own socket's, unless the server sets it from max_input_delay (Config.peer_receive_buffer)."""
+TRUESIZE_FACTOR = 2
+"""The kernel charges a datagram's whole buffer (~2.3 KB for 1.2 KB of media on loopback) to SO_RCVBUF."""
+_SO_MEMINFO = 55  # Linux: struct of sk_meminfo counters; index 8 is the socket's drop count
+_MEMINFO_DROPS = 8
 YIELD_AFTER = 0.001
 """A peer's reader lets other tasks run once it has been busy this long (s) without waiting."""
 
@@ -53,6 +62,7 @@ class UdpEndpoint:
 
     def __init__(self, sock: stdlib_socket.socket) -> None:
         sock.setblocking(False)
+        self.peer_receive_buffer = PEER_RECEIVE_BUFFER  # bytes of media a peer's socket may queue
         self._plain = sock  # for synchronous sends on the packet path
         self.send_errors = 0
         self._socket = trio.socket.from_stdlib_socket(sock)
@@ -67,7 +77,7 @@ class UdpEndpoint:
             # nobody holds it first, so a clash still fails with "address in use".
             _socket(family, reuse=False, bind=(address.host, address.port)).close()
         sock = _socket(family, reuse=True, bind=(address.host, address.port))
-        _grow_receive_buffer(sock)
+        _set_receive_buffer(sock, RECEIVE_BUFFER)
         return cls(sock)
 
     def connect(self, remote: Address) -> ConnectedUdp:
@@ -75,7 +85,9 @@ class UdpEndpoint:
         that peer's datagrams, and `send` on it skips the per-packet route lookup of `sendto`."""
         family = self._plain.family
         sock = _socket(family, reuse=True, bind=self._plain.getsockname())
-        _grow_receive_buffer(sock)  # a publisher's media arrives here once connected
+        # A publisher's media arrives here once connected: bounded, so an overloaded server drops
+        # (counted) instead of serving seconds-old media.
+        _set_receive_buffer(sock, self.peer_receive_buffer * TRUESIZE_FACTOR)
         try:
             sock.connect(remote)
         except OSError:
@@ -108,18 +120,31 @@ class UdpEndpoint:
         self._socket.close()
 
 
-def _grow_receive_buffer(sock: stdlib_socket.socket) -> None:
+def _set_receive_buffer(sock: stdlib_socket.socket, size: int) -> None:
     """A keyframe reaches the server as a burst of ~70 datagrams per publisher, while the loop may be
-    busy sending the previous one to every player: give the socket room beyond the kernel's ~208 KB
-    default (SO_RCVBUFFORCE where allowed; memory is only used by what is queued)."""
+    busy sending the previous one to every player: the kernel's ~208 KB default may be too small or,
+    for one peer, too large (SO_RCVBUFFORCE where allowed, to pass rmem_max; the kernel doubles the
+    value for its bookkeeping, so half is asked for; memory is only used by what is queued)."""
     for option in (getattr(stdlib_socket, "SO_RCVBUFFORCE", None), stdlib_socket.SO_RCVBUF):
         if option is None:
             continue
         try:
-            sock.setsockopt(stdlib_socket.SOL_SOCKET, option, RECEIVE_BUFFER)
+            sock.setsockopt(stdlib_socket.SOL_SOCKET, option, max(size // 2, 1024))
             return
         except OSError:
             continue
+
+
+def kernel_drops(sock: stdlib_socket.socket) -> int:
+    """Datagrams the kernel dropped for this socket because its receive buffer was full (0 where the
+    kernel cannot tell: SO_MEMINFO's drop count is Linux 4.15+)."""
+    try:
+        info = sock.getsockopt(stdlib_socket.SOL_SOCKET, _SO_MEMINFO, 9 * 4)
+    except OSError:
+        return 0
+    if len(info) < (_MEMINFO_DROPS + 1) * 4:
+        return 0
+    return int.from_bytes(info[_MEMINFO_DROPS * 4 : (_MEMINFO_DROPS + 1) * 4], sys.byteorder)
 
 
 def _socket(family: int, *, reuse: bool, bind: tuple[object, ...]) -> stdlib_socket.socket:
@@ -140,13 +165,20 @@ def _socket(family: int, *, reuse: bool, bind: tuple[object, ...]) -> stdlib_soc
 class ConnectedUdp:
     """One peer's own socket on the shared media port (SO_REUSEPORT + connect)."""
 
-    __slots__ = ("_socket", "reader_scope", "remote", "send_errors")
+    __slots__ = ("_socket", "dropped_counted", "reader_scope", "remote", "send_errors")
 
     def __init__(self, sock: stdlib_socket.socket, remote: Address) -> None:
         self._socket = sock
         self.remote = remote
         self.send_errors = 0
+        self.dropped_counted = 0
         self.reader_scope = trio.CancelScope()
+
+    def new_drops(self) -> int:
+        """Datagrams the kernel dropped (receive buffer full) since the last call."""
+        total = kernel_drops(self._socket)
+        new, self.dropped_counted = total - self.dropped_counted, total
+        return max(new, 0)
 
     def send(self, data: bytes | memoryview) -> bool:
         try:
