@@ -16,6 +16,11 @@ import trio
 Address = tuple[str, int]
 
 
+def is_rtcp(data: bytes) -> bool:
+    """RFC 5761 4: on a muxed port, RTCP packet types 192-223 sit where RTP has marker + payload type."""
+    return len(data) > 1 and 192 <= data[1] <= 223
+
+
 class UdpRelay:
     def __init__(self, server: Address, *, seed: int = 1) -> None:
         self.server = server
@@ -28,6 +33,17 @@ class UdpRelay:
         self.dropped = 0
         self.captured: list[bytes] = []  # the peer's last SRTP/SRTCP datagrams, for replay attacks
         self.relayed = 0
+        # A narrow link toward the peer: RTP beyond `rate_to_peer` bytes/s (a token bucket holding at most
+        # `burst_to_peer` bytes) is dropped, as a bottleneck router's full queue would. RTCP, STUN and DTLS
+        # pass (they are small), so the test depends on the rate of media alone. None: no limit.
+        self.rate_to_peer: float | None = None
+        self.burst_to_peer = 8000.0
+        self.limited = 0  # RTP datagrams dropped by that limit
+        self._tokens = 0.0
+        self._tokens_at = 0.0
+        # RTP bytes as they arrive at the relay, before any loss or limit: what each side sent.
+        self.rtp_bytes_to_peer = 0
+        self.rtp_bytes_to_server = 0
         self._random = random.Random(seed)
 
     async def bind(self) -> None:
@@ -57,6 +73,8 @@ class UdpRelay:
             if 128 <= data[0] <= 191:
                 self.captured.append(data)
                 del self.captured[:-200]
+                if not is_rtcp(data):
+                    self.rtp_bytes_to_server += len(data)
             await self.back.sendto(data, self.server)
 
     async def _towards_peer(self) -> None:
@@ -65,11 +83,28 @@ class UdpRelay:
             if self.peer is None or self.paused or (self.drop_dtls and 20 <= data[0] <= 63):
                 continue
             is_media = 128 <= data[0] <= 191
+            if is_media and not is_rtcp(data):
+                self.rtp_bytes_to_peer += len(data)
+                if not self._take(len(data)):
+                    self.limited += 1
+                    continue
             if is_media and self._random.random() < self.loss_to_peer:
                 self.dropped += 1
                 continue
             self.relayed += 1
             await self.front.sendto(data, self.peer)
+
+    def _take(self, size: int) -> bool:
+        """Whether the rate limit lets `size` bytes through now (and take them from the bucket)."""
+        if self.rate_to_peer is None:
+            return True
+        now = trio.current_time()
+        self._tokens = min(self.burst_to_peer, self._tokens + (now - self._tokens_at) * self.rate_to_peer)
+        self._tokens_at = now
+        if self._tokens < size:
+            return False
+        self._tokens -= size
+        return True
 
     async def inject(self, data: bytes) -> None:
         """Send to the server from the address the session trusts."""

@@ -17,12 +17,37 @@ import trio
 
 from .keyframe import detector
 from .negotiation import EXT_MID, NegotiatedTrack
-from .producer import Producer
+from .producer import CACHE_SIZE, Producer
 from .rtcp import SenderReport, ntp_timestamp
 from .rtp import Rewriter, RtpHeader, parse_rtp
 
 NTP_UNITS = 1 << 32
 SEQUENCE_MAP = 1024  # output sequence -> input sequence, for NACKs
+
+# Retransmission limits (a player behind a link narrower than the stream NACKs nearly every packet, and
+# again each round trip: answering all of it sent such a player dozens of times the stream's rate).
+# A packet is resent at most once per round trip: a second NACK sooner was sent before the first resend
+# could arrive. Until the player's receiver reports give its RTT, assume mediasoup's default.
+DEFAULT_RTT = 0.1
+# Below this, a repeat NACK is still the same request: Chromium's NACK module runs every 20 ms, and on
+# loopback or a LAN the RTT alone would allow a resend per NACK.
+MIN_RESEND_INTERVAL = 0.02
+# A packet older than this (since it was first forwarded) would reach the player after its jitter buffer
+# (a few hundred ms deep in live playback) has moved on; a player still NACKing it is asking for history.
+# mediasoup stops at 1 s for audio and 2 s for video.
+MAX_RETRANSMIT_AGE = 1.0
+# Retransmitted bytes per second, as a share of the track's incoming byte rate. Half the rate repairs
+# loss up to a third of the packets (each repair may be lost too: p / (1 - p) = 0.5 at p = 1/3); past
+# that, resending cannot keep the stream playable and only deepens the congestion causing the loss.
+# (libwebrtc caps retransmissions at the target rate, but its target itself shrinks under loss.)
+RTX_BUDGET_SHARE = 0.5
+# Until the track's rate is measured (its first second), and for very slow tracks, at least this much.
+RTX_MIN_RATE = 2000.0  # bytes per second
+# The budget may be spent in bursts of this many seconds of it (a lost burst of packets is NACKed at
+# once), but never less than RTX_MIN_BURST bytes: a dozen full-size packets.
+RTX_BURST_SECONDS = 0.5
+RTX_MIN_BURST = 12 * 1200.0
+RTX_OVERHEAD = 2  # the original sequence number RFC 4588 puts before the payload
 
 
 class PacketSink(Protocol):
@@ -43,7 +68,11 @@ class Consumer:
     # Slots: see Transport.
     __slots__ = (
         "_backlog",
+        "_resent_at",
+        "_resent_output",
         "_rtx_sequence",
+        "_rtx_tokens",
+        "_rtx_tokens_at",
         "_sent_input",
         "_sent_output",
         "_starts_keyframe",
@@ -58,6 +87,7 @@ class Consumer:
         "played",
         "producer",
         "rewriter",
+        "rtt",
         "rtx_payload_type",
         "rtx_ssrc",
         "sink",
@@ -102,6 +132,14 @@ class Consumer:
         # Typed arrays: four bytes a number, and no int object kept alive per entry.
         self._sent_output = array.array("i", [-1]) * SEQUENCE_MAP
         self._sent_input = array.array("i", [-1]) * SEQUENCE_MAP
+        # When each output sequence number was last resent (the slot is valid when _resent_output
+        # holds that number): written on NACKs only, never on the packet path.
+        self._resent_output = array.array("i", [-1]) * SEQUENCE_MAP
+        self._resent_at = array.array("d", [0.0]) * SEQUENCE_MAP
+        self.rtt: float | None = None  # the player's round-trip time, from its receiver reports
+        # The retransmission budget: a token bucket in bytes, full at first.
+        self._rtx_tokens = float("inf")
+        self._rtx_tokens_at = 0.0
         self._timestamp_offset = 0
         self.muted_by_player = False
         # Video is forwarded from a keyframe on: at the start and after every unmute.
@@ -179,26 +217,71 @@ class Consumer:
 
     def retransmit(self, lost: tuple[int, ...], now: float) -> list[int]:
         """Answer a NACK from the cache; returns the input sequence numbers the cache lacks (lost
-        before they reached the server: only the publisher can resend those)."""
+        before they reached the server: only the publisher can resend those).
+
+        Each packet at most once per round trip, none too old to be played, and no more bytes than
+        the budget allows: the rest is counted and dropped (the player asks again if it still can)."""
         missing = []
+        counters = self.counters
+        interval = max(DEFAULT_RTT if self.rtt is None else self.rtt, MIN_RESEND_INTERVAL)
         for sequence in lost:
             source = self._source_of(sequence)
             if source is None:
-                self.counters["nack_unknown"] += 1
+                counters["nack_unknown"] += 1
+                continue
+            slot = sequence % SEQUENCE_MAP
+            if self._resent_output[slot] == sequence and now - self._resent_at[slot] < interval:
+                counters["nack_too_soon"] += 1
                 continue
             packet = self.producer.cached(source)
             if packet is None:
-                missing.append(source)
-                self.counters["nack_missed"] += 1
+                if CACHE_SIZE <= (self.producer.stats.max_seq - source) & 0xFFFF < 0x8000:
+                    counters["nack_too_old"] += 1  # long gone from the cache: the publisher's too
+                else:
+                    missing.append(source)
+                    counters["nack_missed"] += 1
                 continue
             header = parse_rtp(packet)
-            out = self.rewriter.rewrite_retransmission(packet, header) if header is not None else None
-            if out is None or ((out[2] << 8) | out[3]) != sequence:
-                self.counters["nack_unknown"] += 1
+            if header is None:
+                counters["nack_unknown"] += 1
                 continue
-            self.counters["nack_answered"] += 1
+            if self._age(header.timestamp, now) > MAX_RETRANSMIT_AGE:
+                counters["nack_too_old"] += 1
+                continue
+            if not self._within_budget(len(packet) + RTX_OVERHEAD, now):
+                counters["nack_budget_exceeded"] += 1
+                self.stats["drop_nack_budget_exceeded"] += 1
+                continue
+            out = self.rewriter.rewrite_retransmission(packet, header)
+            if out is None or ((out[2] << 8) | out[3]) != sequence:
+                counters["nack_unknown"] += 1
+                continue
+            self._resent_output[slot] = sequence
+            self._resent_at[slot] = now
+            counters["nack_answered"] += 1
             self._send(self._as_rtx(out) if self.rtx_ssrc is not None else out)
         return missing
+
+    def _age(self, timestamp: int, now: float) -> float:
+        """Seconds since a packet with this input RTP timestamp was forwarded, reckoned from the newest
+        packet forwarded (media timestamps follow the capture clock): free of any per-packet record."""
+        behind = (self.rewriter.last_timestamp - timestamp - self._timestamp_offset) & 0xFFFFFFFF
+        if behind >= 0x80000000:
+            behind -= 0x100000000  # newer than the newest forwarded (a timestamp jump): not old
+        return now - self.rewriter.last_sent_at + behind / self.clock_rate
+
+    def _within_budget(self, size: int, now: float) -> bool:
+        """Take `size` bytes from the retransmission budget, if it holds them (a token bucket filled
+        at RTX_BUDGET_SHARE of the track's incoming rate)."""
+        rate = max(self.producer.incoming_rate(now) * RTX_BUDGET_SHARE, RTX_MIN_RATE)
+        burst = max(rate * RTX_BURST_SECONDS, RTX_MIN_BURST)
+        tokens = min(burst, self._rtx_tokens + (now - self._rtx_tokens_at) * rate)
+        self._rtx_tokens_at = now
+        if tokens < size:
+            self._rtx_tokens = tokens
+            return False
+        self._rtx_tokens = tokens - size
+        return True
 
     def _source_of(self, sequence: int) -> int | None:
         slot = sequence % SEQUENCE_MAP

@@ -26,6 +26,7 @@ STATS_DROPS = {
     "drop_srtp_auth": "srtp_auth",
     "drop_srtcp_auth": "srtcp_auth",
     "drop_input_overflow": "input_overflow",
+    "drop_nack_budget_exceeded": "nack_budget_exceeded",
 }
 # MediaMux.dropped keys (datagrams dropped before reaching any session).
 MUX_DROPS = {

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 CACHE_SIZE = 1024  # packets; ~4 s of 1.5 Mbit/s video
 KEYFRAME_INTERVAL = 0.5  # seconds between keyframe requests for one track
+# The incoming byte rate is measured over windows this long (as libwebrtc's RateStatistics): long enough
+# to hold a keyframe and the frames around it, short enough to follow the encoder when it adapts.
+RATE_WINDOW = 1.0
 
 
 @attrs.define
@@ -117,11 +120,17 @@ class Producer:
         self._last_keyframe_request = -1e9
         self.keyframe_pending = False
         self.packets = 0
+        self.octets = 0  # bytes of RTP received (headers included): what the byte rate is measured from
         self.keyframe_requests = 0
+        # Bytes per second over the last full RATE_WINDOW: what players' retransmission budgets follow.
+        self.byte_rate = 0.0
+        self._rate_at: float | None = None
+        self._rate_octets = 0
 
     def receive(self, packet: bytes, header: RtpHeader, now: float) -> None:
         """A decrypted packet from the publisher: remember it, then hand it to every consumer."""
         self.packets += 1
+        self.octets += len(packet)
         self.stats.update(header.sequence, header.timestamp, now)
         self._cache[header.sequence % CACHE_SIZE] = packet
         for consumer in self.consumers:
@@ -148,9 +157,18 @@ class Producer:
         else:
             self.keyframe_pending = True
 
+    def incoming_rate(self, now: float) -> float:
+        """Bytes per second received over the last full RATE_WINDOW (0.0 until one has passed)."""
+        if self._rate_at is None or now - self._rate_at >= RATE_WINDOW:
+            if self._rate_at is not None:
+                self.byte_rate = (self.octets - self._rate_octets) / (now - self._rate_at)
+            self._rate_at, self._rate_octets = now, self.octets
+        return self.byte_rate
+
     def tick(self, now: float) -> None:
         if self.keyframe_pending:
             self.request_keyframe(now)
+        self.incoming_rate(now)  # keeps the measurement current between players' NACKs
 
     def end(self) -> None:
         for consumer in self.consumers:
