@@ -738,6 +738,19 @@ def test_unknown_ssrc_learned_by_mid() -> None:
     assert consumers["video"].rewriter.packets == 4
 
 
+def test_unknown_ssrc_learned_by_a_payload_type_one_section_uses() -> None:
+    """GStreamer's offer made from codec preferences: no a=ssrc for video and no header extensions at
+    all, so neither SSRC nor mid names the stream; its payload type does (RFC 8843 section 9.2)."""
+    media, _ = publisher_media("gstreamer_offer_publish_h264_max_bundle")
+    producers = by_kind(media)
+    assert producers["video"].ssrc is None and producers["audio"].ssrc == 1418909080
+    media.on_rtp(rtp_packet(7, 0, 0x5555, 102, b"v"), 1.0)
+    media.on_rtp(rtp_packet(8, 3000, 0x5555, 102, b"v"), 1.03)
+    assert producers["video"].ssrc == 0x5555 and producers["video"].packets == 2
+    media.on_rtp(rtp_packet(1, 0, 0x6666, 96, b"?"), 1.1)  # a payload type nobody offered
+    assert media.counters["unknown_ssrc"] == 1
+
+
 def test_rtx_from_the_publisher_is_unwrapped_and_forwarded() -> None:
     media, _ = publisher_media()
     producers = by_kind(media)

@@ -58,6 +58,14 @@ class PublisherMedia(MediaHandler):
             if track.rtx_ssrc is not None:
                 self._rtx_by_ssrc[track.rtx_ssrc] = producer
         self._by_mid = {producer.negotiated.mid: producer for producer in self.producers}
+        # RFC 8843 section 9.2: without mid, a payload type used by one section only names it.
+        owners: dict[int, list[Producer]] = {}
+        for producer in self.producers:
+            track = producer.negotiated
+            for pt in (track.codec.payload_type, track.rtx_payload_type):
+                if pt is not None:
+                    owners.setdefault(pt, []).append(producer)
+        self._by_payload_type = {pt: found[0] for pt, found in owners.items() if len(found) == 1}
         self._mid_id = _extension_id(negotiated, EXT_MID)
         self._twcc_id = _extension_id(negotiated, EXT_TRANSPORT_CC)
         media_ssrc = next((p.ssrc for p in self.producers if p.ssrc is not None), 0)
@@ -107,11 +115,14 @@ class PublisherMedia(MediaHandler):
             self.counters["unexpected_payload_type"] += 1
 
     def _learn(self, packet: bytes, header: RtpHeader) -> Producer | None:
-        """An SSRC the SDP did not name (simulcast-style offers): match it by its mid extension."""
-        if self._mid_id is None or header.extension_offset < 0:
-            return None
-        mid = read_extension(packet, header, self._mid_id)
-        producer = self._by_mid.get(mid.decode("ascii", "replace")) if mid else None
+        """An SSRC the SDP did not name (simulcast-style offers; GStreamer offers made before media flows
+        have no a=ssrc): match it by its mid extension, else by a payload type only one section uses."""
+        producer = None
+        if self._mid_id is not None and header.extension_offset >= 0:
+            mid = read_extension(packet, header, self._mid_id)
+            producer = self._by_mid.get(mid.decode("ascii", "replace")) if mid else None
+        elif self._mid_id is None:
+            producer = self._by_payload_type.get(header.payload_type)
         if producer is None:
             return None
         if header.payload_type == producer.negotiated.rtx_payload_type:
