@@ -722,3 +722,44 @@ def test_opus_without_channel_count_plays_to_opus_48000_2() -> None:
     assert audio.codec.channels is None
     negotiated = play(CHROMIUM_PLAY, [audio])
     assert negotiated.tracks[0].codec.name == "opus" and negotiated.tracks[0].codec.channels == 2
+
+
+# --------------------------------------------------------------------------- captured third-party offers
+
+# (fixture, publish?, kinds accepted, the codec each kind gets, the answer's DTLS role)
+THIRD_PARTY_OFFERS = [
+    ("firefox_offer_publish_max_bundle", True, ["audio", "video"], ["opus", "VP8"], "passive"),
+    ("firefox_offer_publish_balanced", True, ["audio", "video"], ["opus", "VP8"], "passive"),
+    ("firefox_offer_play_max_bundle", False, ["audio", "video"], ["opus", "VP8"], "passive"),
+    ("gstreamer_offer_publish_max_bundle", True, ["video", "audio"], ["VP8", "OPUS"], "passive"),
+    ("gstreamer_offer_publish_h264_max_bundle", True, ["video", "audio"], ["H264", "OPUS"], "passive"),
+    ("gstreamer_offer_play_max_bundle", False, ["video", "audio"], ["VP8", "OPUS"], "passive"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "publishes", "kinds", "codecs", "setup"),
+    THIRD_PARTY_OFFERS,
+    ids=[o[0] for o in THIRD_PARTY_OFFERS],
+)
+def test_captured_offers_of_other_peers_are_served_whole(
+    name: str, publishes: bool, kinds: list[str], codecs: list[str], setup: str
+) -> None:
+    """Real offers Firefox and GStreamer made (bundle-only sections, stray rtcp-fb, rtcp-mux-only,
+    OPUS without a channel count...): every section is accepted, in one BUNDLE group, on one transport."""
+    text = fixture(name)
+    negotiated = publish(text) if publishes else play(text, publish(CHROMIUM_PUBLISH).tracks)
+    assert [t.kind for t in negotiated.tracks] == kinds
+    assert [t.codec.name for t in negotiated.tracks] == codecs
+    session, sections = split(negotiated.answer)
+    mids = [values(lines, "mid")[0] for lines in sections]
+    assert f"a=group:BUNDLE {' '.join(mids)}" in session
+    for lines in sections:
+        assert lines[0].split(" ")[1] != "0", lines[0]  # nothing rejected
+        assert values(lines, "setup") == [setup]
+        assert values(lines, "fingerprint") == [f"sha-256 {SERVER_FP}"]
+
+
+def test_captured_offer_without_bundle_is_told_to_use_max_bundle() -> None:
+    with pytest.raises(SdpError, match="bundle-policy=max-bundle"):
+        publish(fixture("gstreamer_offer_publish_no_bundle"))

@@ -24,6 +24,12 @@ FIXTURE_NAMES = (
     "chromium_offer_play",
     "aiortc_offer_publish",
     "aiortc_offer_play",
+    "firefox_offer_publish_max_bundle",
+    "firefox_offer_publish_balanced",
+    "firefox_offer_play_max_bundle",
+    "gstreamer_offer_publish_max_bundle",
+    "gstreamer_offer_publish_h264_max_bundle",
+    "gstreamer_offer_play_max_bundle",
 )
 
 
