@@ -4,6 +4,10 @@ Playwright's async API is asyncio; like the aiortc peers it runs on an asyncio l
 thread (`AsyncioThread`), and trio tests call into it. Browser tests only run inside a private network
 namespace (`scripts/test` sets TRIO_SFU_NETNS=1 there): Chromium gathers every interface's address,
 and on this machine only loopback may carry traffic.
+
+Also what every browser test shares: `DemoPageBase` (the page handle, written once over `js` and
+`click`; tests/firefox_peers.py drives Firefox with it), `serving` (the real server on loopback),
+`aiortc_session`, and the stats helpers.
 """
 
 from __future__ import annotations
@@ -11,13 +15,20 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
+from trio_websocket import open_websocket_url
 
-from .aiortc_peers import AsyncioThread
+from trio_sfu.config import Config, HostPort
+from trio_sfu.server import Server
+
+from .aiortc_peers import AsyncioThread, Player, Publisher
+from .conftest import Client
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -31,6 +42,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+
+
+LOOPBACK = HostPort("127.0.0.1", 0)
 
 
 def skip_reason() -> str | None:
@@ -94,43 +108,29 @@ class Browser:
         return page
 
 
-class DemoPage:
-    """Trio-side handle on one demo page: fill the form, press buttons, read `window.sfu`."""
+class DemoPageBase:
+    """Trio-side handle on one demo page, whatever drives the browser: read and poke `window.sfu`.
 
-    def __init__(self, aio: AsyncioThread, page: Any) -> None:
-        self.aio = aio
-        self.page = page
-        self.console: list[str] = []
+    A driver supplies `js` (evaluate an expression, or call a function expression with one JSON
+    argument), `click` (a CSS selector) and `fill`; everything else is written once, here, in terms
+    of those, so the Chromium and Firefox tests read alike.
+    """
 
-    async def listen(self) -> None:
-        """Keep the page's console and errors (on the asyncio loop: Playwright is not thread-safe)."""
-        self.page.on("console", lambda message: self.console.append(f"{message.type}: {message.text}"))
-        self.page.on("pageerror", lambda error: self.console.append(f"pageerror: {error}"))
-
-    async def call(self, function: Callable[[], Awaitable[Any]]) -> Any:
-        async def run() -> Any:
-            return await function()
-
-        return await self.aio.call(run)
+    console: list[str]
 
     async def js(self, expression: str, arg: Any = None) -> Any:
-        return await self.call(lambda: self.page.evaluate(expression, arg))
+        raise NotImplementedError
 
-    async def goto(self, url: str) -> None:
-        await self.call(lambda: self.page.goto(url))
-        await self.call(lambda: self.page.wait_for_function("window.sfu && window.sfu.ready", timeout=10_000))
+    async def click(self, selector: str) -> None:
+        raise NotImplementedError
 
     async def fill(self, **fields: str) -> None:
-        for name, value in fields.items():
-            if name == "codec":
-                await self.call(lambda v=value: self.page.select_option("select[name=codec]", v))
-            else:
-                await self.call(lambda n=name, v=value: self.page.fill(f"input[name={n}]", v))
+        raise NotImplementedError
 
     async def start(self, button: str) -> int:
         """Press publish or play; returns the new session's index in window.sfu.sessions."""
         count = await self.js("window.sfu.sessions.length")
-        await self.call(lambda: self.page.click(f"#{button}"))
+        await self.click(f"#{button}")
         return int(count)
 
     async def session(self, index: int, expression: str) -> Any:
@@ -159,11 +159,52 @@ class DemoPage:
     async def raw_stats(self, index: int) -> dict[str, Any]:
         return dict(await self.session(index, "s.rawStats()"))
 
+    async def offer(self, index: int) -> str:
+        """The SDP offer session `index` sent ("" if it has sent none)."""
+        return str(await self.session(index, "s.sdp.offer"))
+
     async def panel_text(self, index: int) -> str:
         return str(await self.session(index, "s.panel.innerText"))
 
     async def click_in_panel(self, index: int, role: str) -> None:
         await self.session(index, f"s.panel.querySelector('[data-role={role}]').click()")
+
+
+class DemoPage(DemoPageBase):
+    """A demo page in Chromium, through Playwright (on its asyncio thread)."""
+
+    def __init__(self, aio: AsyncioThread, page: Any) -> None:
+        self.aio = aio
+        self.page = page
+        self.console = []
+
+    async def listen(self) -> None:
+        """Keep the page's console and errors (on the asyncio loop: Playwright is not thread-safe)."""
+        self.page.on("console", lambda message: self.console.append(f"{message.type}: {message.text}"))
+        self.page.on("pageerror", lambda error: self.console.append(f"pageerror: {error}"))
+
+    async def call(self, function: Callable[[], Awaitable[Any]]) -> Any:
+        async def run() -> Any:
+            return await function()
+
+        return await self.aio.call(run)
+
+    async def js(self, expression: str, arg: Any = None) -> Any:
+        return await self.call(lambda: self.page.evaluate(expression, arg))
+
+    async def click(self, selector: str) -> None:
+        await self.call(lambda: self.page.click(selector))
+
+    async def goto(self, url: str) -> None:
+        await self.call(lambda: self.page.goto(url))
+        await self.call(lambda: self.page.wait_for_function("window.sfu && window.sfu.ready", timeout=10_000))
+
+    async def fill(self, **fields: str) -> None:
+        for name, value in fields.items():
+            if name == "codec":
+                await self.call(lambda v=value: self.page.select_option("select[name=codec]", v))
+            else:
+                await self.call(lambda n=name, v=value: self.page.fill(f"input[name={n}]", v))
 
 
 async def wait_until(
@@ -184,3 +225,50 @@ def require_browser() -> None:
     reason = skip_reason()
     if reason is not None:
         pytest.skip(reason)
+
+
+# --------------------------------------------------------------------------- shared by the browser tests
+
+
+@asynccontextmanager
+async def serving(http: HostPort = LOOPBACK, **settings: Any) -> AsyncIterator[tuple[Server, str]]:
+    """The real server on loopback (signaling, HTTP, media on free ports unless `http` has one);
+    yields it and the page URL."""
+    config = Config(signal=LOOPBACK, http=http, media=(LOOPBACK,), **settings)
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(Server(config).serve)
+        host, port = server.http_addresses[0]
+        yield server, f"http://{host}:{port}/"
+        nursery.cancel_scope.cancel()
+
+
+def frames(stats: dict[str, Any], kind: str = "video") -> int:
+    """Frames decoded (players) or encoded (publishers) of `kind` in a `s.stats()` summary."""
+    entry = stats.get(kind)
+    return int(entry["frames"] or 0) if entry else 0
+
+
+def packets(stats: dict[str, Any], kind: str) -> int:
+    entry = stats.get(kind)
+    return int(entry["packets"] or 0) if entry else 0
+
+
+@asynccontextmanager
+async def aiortc_session(
+    server: Server, aio: AsyncioThread, peer: Publisher | Player, uid: str, stream: str = "cam"
+) -> AsyncIterator[Client]:
+    """An aiortc peer signaling over a real WebSocket to the server's listener."""
+    host, port = server.signal_addresses[0]
+    async with open_websocket_url(f"ws://{host}:{port}/ws") as ws, trio.open_nursery() as nursery:
+        client = Client(ws, uid=uid)
+        nursery.start_soon(client.pump)
+        assert (await client.connect())["err"] == 0
+        peer.offered_at = time.monotonic()
+        reply = await client.offer(stream, await aio.call(peer.offer), isinstance(peer, Publisher))
+        assert reply["err"] == 0, reply
+        await aio.call(peer.answer, reply["data"]["sdp"])
+        try:
+            yield client
+        finally:
+            await aio.call(peer.close)
+            nursery.cancel_scope.cancel()

@@ -8,27 +8,27 @@ namespace (run with scripts/test) or without Chromium.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 import trio
-from trio_websocket import open_websocket_url
-
-from trio_sfu.config import Config, HostPort
-from trio_sfu.server import Server
 
 from .aiortc_peers import AsyncioThread, Player, Publisher
-from .browser_peers import Browser, DemoPage, skip_reason, wait_until
-from .conftest import Client
+from .browser_peers import (
+    Browser,
+    DemoPage,
+    aiortc_session,
+    frames,
+    packets,
+    serving,
+    skip_reason,
+    wait_until,
+)
 
 pytestmark = [
     pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or ""),
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
-
-LOOPBACK = HostPort("127.0.0.1", 0)
 
 
 @pytest.fixture(scope="module")
@@ -46,30 +46,9 @@ def browser(aio: AsyncioThread) -> Iterator[Browser]:
     chromium.stop()
 
 
-@asynccontextmanager
-async def serving(**settings: Any) -> AsyncIterator[tuple[Server, str]]:
-    """The real server on loopback (signaling, HTTP, media on free ports); yields it and the page URL."""
-    config = Config(signal=LOOPBACK, http=LOOPBACK, media=(LOOPBACK,), **settings)
-    async with trio.open_nursery() as nursery:
-        server: Server = await nursery.start(Server(config).serve)
-        host, port = server.http_addresses[0]
-        yield server, f"http://{host}:{port}/"
-        nursery.cancel_scope.cancel()
-
-
 async def pages(browser: Browser, url: str, count: int) -> list[DemoPage]:
     """`count` demo pages, each in its own browser context (like separate machines)."""
     return [await browser.open(await browser.new_context(), url) for _ in range(count)]
-
-
-def frames(stats: dict[str, Any], kind: str = "video") -> int:
-    entry = stats.get(kind)
-    return int(entry["frames"] or 0) if entry else 0
-
-
-def packets(stats: dict[str, Any], kind: str) -> int:
-    entry = stats.get(kind)
-    return int(entry["packets"] or 0) if entry else 0
 
 
 async def test_publish_play_mute_close(browser: Browser) -> None:
@@ -171,27 +150,6 @@ async def test_congestion_feedback_raises_publisher_estimate(browser: Browser) -
         print(f"estimate > 1 Mbit/s after {took:.1f} s; then (time estimate/sending Mbit/s): {shown}")
         assert min(e for t, e, _ in series if t > took) > 1_000_000
         assert server.stats["rtcp_packets_out"] > 50  # transport-cc every 100 ms, reports every second
-
-
-@asynccontextmanager
-async def aiortc_session(
-    server: Server, aio: AsyncioThread, peer: Publisher | Player, uid: str, stream: str = "cam"
-) -> AsyncIterator[Client]:
-    """An aiortc peer signaling over a real WebSocket to the server's listener."""
-    host, port = server.signal_addresses[0]
-    async with open_websocket_url(f"ws://{host}:{port}/ws") as ws, trio.open_nursery() as nursery:
-        client = Client(ws, uid=uid)
-        nursery.start_soon(client.pump)
-        assert (await client.connect())["err"] == 0
-        peer.offered_at = time.monotonic()
-        reply = await client.offer(stream, await aio.call(peer.offer), isinstance(peer, Publisher))
-        assert reply["err"] == 0, reply
-        await aio.call(peer.answer, reply["data"]["sdp"])
-        try:
-            yield client
-        finally:
-            await aio.call(peer.close)
-            nursery.cancel_scope.cancel()
 
 
 async def test_chromium_publishes_aiortc_plays(browser: Browser, aio: AsyncioThread) -> None:

@@ -138,7 +138,8 @@ export function preferCodec(transceiver, mimeType) {
 /**
  * One publish or play session: its WebSocket, its RTCPeerConnection, its state.
  *
- * options: {url, app, stream, uid, token, publish, videoCodec?, onupdate?}
+ * options: {url, app, stream, uid, token, publish, videoCodec?, bundlePolicy?, onupdate?}
+ *   bundlePolicy is RTCPeerConnection's: "max-bundle" (the default), "balanced" or "max-compat".
  *   onupdate(session) is called whenever `state`, `error`, `muted` or `publisherMuted` change.
  */
 export class Session {
@@ -156,6 +157,7 @@ export class Session {
     this.localStream = null;
     this.remoteStream = new MediaStream();
     this.timing = {}; // Date.now() at: start, offer (sent), answer, connected, firstFrame
+    this.sdp = { offer: "", answer: "" }; // as sent and received (for debugging; kept after close)
     this._previous = null; // the last stats sample, for rates
   }
 
@@ -177,7 +179,8 @@ export class Session {
       this.signaling.onclose = () => this.state !== "ended" && this._end("signaling connection lost");
       await this.signaling.request("stream.connect", this.header, { token: this.options.token || "" });
       this._update({ state: "negotiating" });
-      const pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
+      const bundlePolicy = this.options.bundlePolicy || "max-bundle";
+      const pc = new RTCPeerConnection({ iceServers: [], bundlePolicy, rtcpMuxPolicy: "require" });
       this.pc = pc;
       pc.onconnectionstatechange = () => {
         if (pc.connectionState === "connected" && !this.timing.connected) this.timing.connected = Date.now();
@@ -197,11 +200,13 @@ export class Session {
       await pc.setLocalDescription(await pc.createOffer());
       await gatheringComplete(pc, GATHERING_TIMEOUT_MS);
       this.timing.offer = Date.now();
+      this.sdp.offer = pc.localDescription.sdp;
       const reply = await this.signaling.request("stream.offer", this.header, {
         publish: this.publish,
-        sdp: pc.localDescription.sdp,
+        sdp: this.sdp.offer,
       });
       this.timing.answer = Date.now();
+      this.sdp.answer = reply.sdp;
       await pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
       this._update({ state: "live" });
     } catch (error) {
@@ -313,6 +318,7 @@ export class Session {
         height: stat.frameHeight ?? null,
         jitter: stat.jitter ?? null,
         packetsLost: stat.packetsLost ?? null,
+        audioEnergy: stat.totalAudioEnergy ?? null, // players' audio: grows while sound is heard
       };
       summary.bytes += entry.bytes || 0;
       if (!summary[stat.kind] || (entry.packets || 0) > (summary[stat.kind].packets || 0)) {
@@ -433,6 +439,11 @@ async function main() {
   const params = new URLSearchParams(location.search);
   form.uid.value = `user-${Math.random().toString(36).slice(2, 8)}`;
   for (const name of fields) if (params.has(name)) form[name].value = params.get(name);
+  // ?bundle=balanced|max-bundle|max-compat picks the peer connection's bundle policy.
+  if (params.has("bundle")) {
+    form.bundle.value = params.get("bundle");
+    if (form.bundle.value !== params.get("bundle")) throw new Error(`unknown bundle policy ${params.get("bundle")}`);
+  }
   const codecs = new Set(
     RTCRtpSender.getCapabilities("video")
       .codecs.map((c) => c.mimeType)
@@ -454,7 +465,8 @@ async function main() {
 
   const start = (publish) => {
     const options = Object.fromEntries(fields.map((name) => [name, form[name].value.trim()]));
-    const session = new Session({ ...options, url, publish, videoCodec: publish ? form.codec.value : "" });
+    const videoCodec = publish ? form.codec.value : "";
+    const session = new Session({ ...options, url, publish, videoCodec, bundlePolicy: form.bundle.value });
     window.sfu.sessions.push(session);
     addPanel(session);
     session.start().catch(() => {}); // the panel shows the error
