@@ -731,6 +731,8 @@ THIRD_PARTY_OFFERS = [
     ("firefox_offer_publish_max_bundle", True, ["audio", "video"], ["opus", "VP8"], "passive"),
     ("firefox_offer_publish_balanced", True, ["audio", "video"], ["opus", "VP8"], "passive"),
     ("firefox_offer_play_max_bundle", False, ["audio", "video"], ["opus", "VP8"], "passive"),
+    # After setCodecPreferences: m=video 121 125 with rtcp-fb lines of VP8, AV1, H264... left behind.
+    ("firefox_offer_publish_vp9_picked", True, ["audio", "video"], ["opus", "VP9"], "passive"),
     ("gstreamer_offer_publish_max_bundle", True, ["video", "audio"], ["VP8", "OPUS"], "passive"),
     ("gstreamer_offer_publish_h264_max_bundle", True, ["video", "audio"], ["H264", "OPUS"], "passive"),
     ("gstreamer_offer_play_max_bundle", False, ["video", "audio"], ["VP8", "OPUS"], "passive"),

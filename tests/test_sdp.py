@@ -27,6 +27,7 @@ FIXTURE_NAMES = (
     "firefox_offer_publish_max_bundle",
     "firefox_offer_publish_balanced",
     "firefox_offer_play_max_bundle",
+    "firefox_offer_publish_vp9_picked",
     "gstreamer_offer_publish_max_bundle",
     "gstreamer_offer_publish_h264_max_bundle",
     "gstreamer_offer_play_max_bundle",
