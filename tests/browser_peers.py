@@ -197,7 +197,10 @@ class DemoPage(DemoPageBase):
 
     async def goto(self, url: str) -> None:
         await self.call(lambda: self.page.goto(url))
-        await self.call(lambda: self.page.wait_for_function("window.sfu && window.sfu.ready", timeout=10_000))
+        # A function, not an expression: Playwright evaluates a bare expression with eval() while it
+        # polls, which the page's Content-Security-Policy (default-src 'self') forbids.
+        ready = "() => Boolean(window.sfu && window.sfu.ready)"
+        await self.call(lambda: self.page.wait_for_function(ready, timeout=10_000))
 
     async def fill(self, **fields: str) -> None:
         for name, value in fields.items():
