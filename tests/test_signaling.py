@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -339,6 +340,17 @@ async def test_hostile_sdp_is_415(sdp: str) -> None:
         assert reply["err_msg"].startswith("SDP unusable")
         assert sfu.server.router.lookup(("live", "cam")) is None
         assert not sfu.server.connections or all(not conn.sessions for conn in sfu.server.connections)
+
+
+async def test_a_refused_request_is_logged_with_its_reason(caplog: pytest.LogCaptureFixture) -> None:
+    """The operator sees why a client was refused (at info level; the default is warning)."""
+    caplog.set_level(logging.INFO, logger="trio_sfu.signaling")
+    async with running_server() as sfu, sfu.client() as c:
+        assert_reply(await c.connect(), "stream.connected")
+        reply = await c.offer("cam", PUBLISH_SDP.replace("a=setup:actpass", "a=setup:holdconn"), True)
+        assert_reply(reply, "stream.answer", 415)
+    lines = [r.getMessage() for r in caplog.records if "event=request_refused" in r.getMessage()]
+    assert len(lines) == 1 and "code=415" in lines[0] and "holdconn" in lines[0], lines
 
 
 async def test_session_limits() -> None:

@@ -155,6 +155,15 @@ class Connection:
             self.server.limits.check_rate(self._requests, trio.current_time())
             data = await self._dispatch(frame)
         except SignalingError as exc:
+            log.info(
+                "event=request_refused method=%s code=%d app=%s stream=%s remote=%s detail=%r",
+                frame.method.value,
+                exc.code,
+                frame.header.app,
+                frame.header.stream,
+                self.remote,
+                exc.message,
+            )
             return error_reply(frame.method.result, frame.header, exc.code, exc.message)
         except Exception:
             log.exception("event=internal_error method=%s remote=%s", frame.method, self.remote)
