@@ -736,6 +736,8 @@ THIRD_PARTY_OFFERS = [
     ("gstreamer_offer_publish_max_bundle", True, ["video", "audio"], ["VP8", "OPUS"], "passive"),
     ("gstreamer_offer_publish_h264_max_bundle", True, ["video", "audio"], ["H264", "OPUS"], "passive"),
     ("gstreamer_offer_play_max_bundle", False, ["video", "audio"], ["VP8", "OPUS"], "passive"),
+    # FFmpeg's WHIP muxer: a=setup:passive, so the server is the DTLS client.
+    ("ffmpeg_whip_offer", True, ["audio", "video"], ["opus", "H264"], "active"),
 ]
 
 

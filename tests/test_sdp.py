@@ -31,6 +31,7 @@ FIXTURE_NAMES = (
     "gstreamer_offer_publish_max_bundle",
     "gstreamer_offer_publish_h264_max_bundle",
     "gstreamer_offer_play_max_bundle",
+    "ffmpeg_whip_offer",
 )
 
 

@@ -215,11 +215,20 @@ def _error_text(error: SSL.Error) -> str:
     return "; ".join(reasons) or str(error) or type(error).__name__
 
 
+CURVE_ADVICE = (
+    " (the peer's certificate key is on an elliptic curve this server's OpenSSL lacks: FFmpeg's WHIP "
+    "client makes a P-224 one by default; give it a P-256 certificate with its cert_file and key_file "
+    "options)"
+)
+
+
 def _failure_text(error: SSL.Error) -> str:
     text = _error_text(error)
     for prefix in ("tls alert ", "sslv3 alert ", "tlsv1 alert "):
         if text.startswith(prefix):
             return f"DTLS alert: {text.removeprefix(prefix)}"
+    if "wrong curve" in text:
+        return f"DTLS error: {text}{CURVE_ADVICE}"
     return f"DTLS error: {text}"
 
 
