@@ -275,3 +275,29 @@ async def aiortc_session(
         finally:
             await aio.call(peer.close)
             nursery.cancel_scope.cancel()
+
+
+async def check_mute_unmute_close(a: DemoPageBase, pub: int, b: DemoPageBase, plays: list[int]) -> None:
+    """Publisher session `pub` on page `a` mutes video, unmutes, closes; player sessions `plays` on page
+    `b` see the picture freeze while audio goes on (and are told), resume, then end publisher_closed."""
+    play = plays[0]
+    await a.click_in_panel(pub, "mute-video")
+    await wait_until(lambda: a.session(pub, "s.muted"), lambda m: m["video"], 5, "mute acknowledged")
+    await wait_until(lambda: b.panel_text(play), lambda t: "publisher muted video" in t, 5, "notice")
+    await trio.sleep(0.7)  # frames in flight when the server stopped forwarding
+    before = await b.stats(play)
+    await trio.sleep(2)
+    after = await b.stats(play)
+    assert frames(after) == frames(before), (before, after)
+    assert packets(after, "audio") > packets(before, "audio") + 50
+
+    await a.click_in_panel(pub, "mute-video")
+    await wait_until(lambda: b.stats(play), lambda s: frames(s) > frames(after) + 20, 10, "video back")
+
+    await a.click_in_panel(pub, "close")
+    for index in plays:
+        await b.wait_state(index, "ended")
+        assert await b.session(index, "s.endReason") == "publisher_closed"
+        assert "publisher_closed" in await b.panel_text(index)
+    assert await a.state(pub) == "ended"
+

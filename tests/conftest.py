@@ -188,6 +188,28 @@ def aio() -> Iterator[Any]:
     thread.close()
 
 
+@pytest.fixture(scope="module")
+def browser_aio() -> Iterator[Any]:
+    """The asyncio thread Playwright's Chromium lives on, kept for a module (Chromium starts in ~1 s)."""
+    from .aiortc_peers import AsyncioThread
+
+    thread = AsyncioThread()
+    yield thread
+    thread.close()
+
+
+@pytest.fixture(scope="module")
+def chromium(browser_aio: Any) -> Iterator[Any]:
+    """Headless Chromium (Debian's) for a module's tests; each test opens its own contexts."""
+    from .browser_peers import Browser, require_browser
+
+    require_browser()
+    browser = Browser(browser_aio)
+    browser.start()
+    yield browser
+    browser.stop()
+
+
 @pytest.fixture
 def autojump_clock() -> Iterator[trio.testing.MockClock]:
     yield trio.testing.MockClock(autojump_threshold=0)

@@ -8,7 +8,6 @@ namespace (run with scripts/test) or without Chromium.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 import trio
@@ -18,6 +17,7 @@ from .browser_peers import (
     Browser,
     DemoPage,
     aiortc_session,
+    check_mute_unmute_close,
     frames,
     packets,
     serving,
@@ -31,19 +31,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def aio() -> Iterator[AsyncioThread]:
-    thread = AsyncioThread()
-    yield thread
-    thread.close()
-
-
-@pytest.fixture(scope="module")
-def browser(aio: AsyncioThread) -> Iterator[Browser]:
-    chromium = Browser(aio)
-    chromium.start()
-    yield chromium
-    chromium.stop()
 
 
 async def pages(browser: Browser, url: str, count: int) -> list[DemoPage]:
@@ -51,9 +38,9 @@ async def pages(browser: Browser, url: str, count: int) -> list[DemoPage]:
     return [await browser.open(await browser.new_context(), url) for _ in range(count)]
 
 
-async def test_publish_play_mute_close(browser: Browser) -> None:
+async def test_publish_play_mute_close(chromium: Browser) -> None:
     async with serving() as (_, url):
-        a, b = await pages(browser, url, 2)
+        a, b = await pages(chromium, url, 2)
         clicked = time.time() * 1000
         pub = await a.start("publish")
         await a.wait_state(pub, "live")
@@ -83,35 +70,15 @@ async def test_publish_play_mute_close(browser: Browser) -> None:
         await b.wait_state(second, "live")
         await wait_until(lambda: b.stats(second), lambda s: frames(s) >= 10, 20, "a second player")
 
-        # A mutes video: B's picture freezes, its audio goes on; B is told.
-        await a.click_in_panel(pub, "mute-video")
-        await wait_until(lambda: a.session(pub, "s.muted"), lambda m: m["video"], 5, "mute acknowledged")
-        await wait_until(lambda: b.panel_text(play), lambda t: "publisher muted video" in t, 5, "notice")
-        await trio.sleep(0.7)
-        before = await b.stats(play)
-        await trio.sleep(2)
-        after = await b.stats(play)
-        assert frames(after) == frames(before), (before, after)
-        assert packets(after, "audio") > packets(before, "audio") + 50
-
-        # Unmute: frames resume.
-        await a.click_in_panel(pub, "mute-video")
-        await wait_until(lambda: b.stats(play), lambda s: frames(s) > frames(after) + 20, 10, "video back")
-
-        # A closes: B's players are told why.
-        await a.click_in_panel(pub, "close")
-        for index in (play, second):
-            await b.wait_state(index, "ended")
-            assert await b.session(index, "s.endReason") == "publisher_closed"
-            assert "publisher_closed" in await b.panel_text(index)
-        assert await a.state(pub) == "ended"
+        # A mutes video, unmutes, closes: both of B's players follow.
+        await check_mute_unmute_close(a, pub, b, [play, second])
         errors = [line for line in a.console + b.console if line.startswith(("error", "pageerror"))]
         assert not errors, errors
 
 
-async def test_server_errors_are_shown(browser: Browser) -> None:
+async def test_server_errors_are_shown(chromium: Browser) -> None:
     async with serving(token_secret="s" * 32) as (_, url):
-        (page,) = await pages(browser, url, 1)
+        (page,) = await pages(chromium, url, 1)
         assert await page.js("document.querySelector('input[name=token]').value") == ""  # not open mode
         await page.fill(stream="nothing", token="not-a-token")
         index = await page.start("play")
@@ -121,10 +88,10 @@ async def test_server_errors_are_shown(browser: Browser) -> None:
         assert error in await page.panel_text(index)
 
 
-async def test_congestion_feedback_raises_publisher_estimate(browser: Browser) -> None:
+async def test_congestion_feedback_raises_publisher_estimate(chromium: Browser) -> None:
     """transport-cc feedback from the server lets Chromium's estimate climb past 1 Mbit/s."""
     async with serving() as (server, url):
-        (a,) = await pages(browser, url, 1)
+        (a,) = await pages(chromium, url, 1)
         pub = await a.start("publish")
         await a.wait_state(pub, "live")
         started = time.monotonic()
@@ -152,9 +119,9 @@ async def test_congestion_feedback_raises_publisher_estimate(browser: Browser) -
         assert server.stats["rtcp_packets_out"] > 50  # transport-cc every 100 ms, reports every second
 
 
-async def test_chromium_publishes_aiortc_plays(browser: Browser, aio: AsyncioThread) -> None:
+async def test_chromium_publishes_aiortc_plays(chromium: Browser, aio: AsyncioThread) -> None:
     async with serving() as (server, url):
-        (a,) = await pages(browser, url, 1)
+        (a,) = await pages(chromium, url, 1)
         pub = await a.start("publish")
         await a.wait_state(pub, "live")
         player = Player()
@@ -201,11 +168,11 @@ def counter_from_levels(levels: list[float]) -> int | None:
     return sum(1 << bit for bit in range(8) if levels[1 + bit] > 127)
 
 
-async def test_aiortc_publishes_chromium_plays(browser: Browser, aio: AsyncioThread) -> None:
+async def test_aiortc_publishes_chromium_plays(chromium: Browser, aio: AsyncioThread) -> None:
     async with serving() as (server, url):
         publisher = Publisher()
         async with aiortc_session(server, aio, publisher, "aiortc-publisher"):
-            (b,) = await pages(browser, url, 1)
+            (b,) = await pages(chromium, url, 1)
             play = await b.start("play")
             await b.wait_state(play, "live")
             stats = await wait_until(
@@ -227,10 +194,10 @@ async def test_aiortc_publishes_chromium_plays(browser: Browser, aio: AsyncioThr
 
 
 @pytest.mark.parametrize("codec", ["video/VP8", "video/VP9", "video/H264", "video/AV1"])
-async def test_each_codec_chromium_to_chromium(browser: Browser, codec: str) -> None:
+async def test_each_codec_chromium_to_chromium(chromium: Browser, codec: str) -> None:
     """The publisher offers only `codec` (setCodecPreferences); the player decodes it, and Opus."""
     async with serving() as (_, url):
-        a, b = await pages(browser, url, 2)
+        a, b = await pages(chromium, url, 2)
         if codec not in await a.js("RTCRtpSender.getCapabilities('video').codecs.map(c => c.mimeType)"):
             pytest.skip(f"this Chromium cannot send {codec}")
         await a.fill(codec=codec)

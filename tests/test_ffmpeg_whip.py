@@ -25,7 +25,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -99,12 +99,6 @@ def test_captured_offer_is_answered_active() -> None:
 
 # --------------------------------------------------------------------------- end to end
 
-
-@pytest.fixture(scope="module")
-def aio() -> Iterator[AsyncioThread]:
-    thread = AsyncioThread()
-    yield thread
-    thread.close()
 
 
 def p256_certificate(folder: Path) -> tuple[Path, Path]:

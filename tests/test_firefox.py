@@ -17,16 +17,15 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-import trio
 
 from .aiortc_peers import AsyncioThread, Player
 from .browser_peers import (
     Browser,
     DemoPageBase,
     aiortc_session,
+    check_mute_unmute_close,
     frames,
     packets,
-    require_browser,
     serving,
     wait_until,
 )
@@ -54,20 +53,6 @@ async def firefox(firefox_process: FirefoxProcess) -> AsyncIterator[Firefox]:
         yield session
 
 
-@pytest.fixture(scope="module")
-def aio() -> Iterator[AsyncioThread]:
-    thread = AsyncioThread()
-    yield thread
-    thread.close()
-
-
-@pytest.fixture(scope="module")
-def chromium(aio: AsyncioThread) -> Iterator[Browser]:
-    require_browser()
-    browser = Browser(aio)
-    browser.start()
-    yield browser
-    browser.stop()
 
 
 def page_url(url: str, bundle: str | None) -> str:
@@ -218,27 +203,7 @@ async def test_mute_and_close(firefox: Firefox, firefox_process: FirefoxProcess)
         play = await live(b, "play")
         await decoded(b, play, what="before muting")
 
-        # A mutes video: B's picture freezes, its audio goes on; B is told.
-        await a.click_in_panel(pub, "mute-video")
-        await wait_until(lambda: a.session(pub, "s.muted"), lambda m: m["video"], 5, "mute acknowledged")
-        await wait_until(lambda: b.panel_text(play), lambda t: "publisher muted video" in t, 5, "notice")
-        await trio.sleep(0.7)  # frames in flight when the server stopped forwarding
-        before = await b.stats(play)
-        await trio.sleep(2)
-        after = await b.stats(play)
-        assert frames(after) == frames(before), (before, after)
-        assert packets(after, "audio") > packets(before, "audio") + 50
-
-        # Unmute: frames resume.
-        await a.click_in_panel(pub, "mute-video")
-        await wait_until(lambda: b.stats(play), lambda s: frames(s) > frames(after) + 20, 10, "video back")
-
-        # A closes: B is told why.
-        await a.click_in_panel(pub, "close")
-        await b.wait_state(play, "ended")
-        assert await b.session(play, "s.endReason") == "publisher_closed"
-        assert "publisher_closed" in await b.panel_text(play)
-        assert await a.state(pub) == "ended"
+        await check_mute_unmute_close(a, pub, b, [play])
         no_page_errors(a, b)
 
 

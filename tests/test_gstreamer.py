@@ -21,7 +21,7 @@ import os
 import socket
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from trio_sfu.config import Config, HostPort
 from trio_sfu.server import Server
 
 from .aiortc_peers import TONE_HZ, AsyncioThread, Player, Publisher
+from .browser_peers import aiortc_session
 from .conftest import Client
 
 GST_PYTHON = "/usr/bin/python3"
@@ -85,12 +86,6 @@ pytestmark = [
 LOOPBACK = HostPort("127.0.0.1", 0)
 Report = dict[str, Any]
 
-
-@pytest.fixture(scope="module")
-def aio() -> Iterator[AsyncioThread]:
-    thread = AsyncioThread()
-    yield thread
-    thread.close()
 
 
 @asynccontextmanager
@@ -214,21 +209,6 @@ async def gst_session(
         assert reply["err"] == 0, (reply["err"], reply["err_msg"])
         await peer.answer(reply["data"]["sdp"])
         yield peer
-
-
-@asynccontextmanager
-async def aiortc_session(
-    server: Server, aio: AsyncioThread, peer: Publisher | Player, uid: str, stream: str = "cam"
-) -> AsyncIterator[Client]:
-    """An aiortc peer signaling over a real WebSocket (as in tests/test_browser.py)."""
-    async with signaling(server, uid) as client:
-        reply = await client.offer(stream, await aio.call(peer.offer), isinstance(peer, Publisher))
-        assert reply["err"] == 0, reply
-        await aio.call(peer.answer, reply["data"]["sdp"])
-        try:
-            yield client
-        finally:
-            await aio.call(peer.close)
 
 
 async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:

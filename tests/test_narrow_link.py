@@ -18,7 +18,7 @@ import collections
 import re
 import shutil
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -26,7 +26,6 @@ import trio
 
 from trio_sfu.server import Server
 
-from .aiortc_peers import AsyncioThread
 from .browser_peers import Browser, DemoPage, frames, packets, serving, skip_reason, wait_until
 
 pytestmark = [
@@ -46,19 +45,6 @@ MIN_FPS_SHARE = 0.8  # an unconstrained player decodes at least this share of th
 RECOVERY_SECONDS = 10.0  # for the narrow player to decode again once its link is wide (a keyframe away)
 
 
-@pytest.fixture(scope="module")
-def aio() -> Iterator[AsyncioThread]:
-    thread = AsyncioThread()
-    yield thread
-    thread.close()
-
-
-@pytest.fixture(scope="module")
-def browser(aio: AsyncioThread) -> Iterator[Browser]:
-    chromium = Browser(aio)
-    chromium.start()
-    yield chromium
-    chromium.stop()
 
 
 async def tc(*args: str) -> trio.CompletedProcess[bytes]:
@@ -143,7 +129,7 @@ class Sample:
         return self.frames[name] - earlier.frames.get(name, 0)
 
 
-async def test_a_narrow_chromium_player_gets_no_retransmission_flood(browser: Browser) -> None:
+async def test_a_narrow_chromium_player_gets_no_retransmission_flood(chromium: Browser) -> None:
     """Chromium plays a Chromium stream through a link at 45 % of its rate: the server sends it a
     small multiple of the stream (the budget drops the NACKs beyond it), not tens of times. A second
     Chromium player beside it, unconstrained, decodes at the source's frame rate with none of its NACKs
@@ -155,8 +141,8 @@ async def test_a_narrow_chromium_player_gets_no_retransmission_flood(browser: Br
     began = time.monotonic()
     async with serving() as (server, url):
         ((_, media_port),) = server.media_addresses
-        contexts = [await browser.new_context() for _ in range(3)]
-        publisher, narrow, wide = [await browser.open(context, url) for context in contexts]
+        contexts = [await chromium.new_context() for _ in range(3)]
+        publisher, narrow, wide = [await chromium.open(context, url) for context in contexts]
         await narrow.fill(uid="narrow")
         await wide.fill(uid="wide")
         pub = await publisher.start("publish")
