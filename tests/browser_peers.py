@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -28,7 +27,7 @@ from trio_sfu.config import Config, HostPort
 from trio_sfu.server import Server
 
 from .aiortc_peers import AsyncioThread, Player, Publisher
-from .conftest import Client
+from .conftest import Client, outside_private_namespace
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -51,12 +50,9 @@ def skip_reason() -> str | None:
     """Why browser tests cannot run here, or None."""
     if not os.path.exists(CHROMIUM):
         return f"{CHROMIUM} is missing: install Debian's chromium (scripts/test does, as root)"
-    interfaces = [name for _, name in socket.if_nameindex()]
-    if os.environ.get("TRIO_SFU_NETNS") != "1" or interfaces != ["lo"]:
-        return (
-            "browser tests run only in a private network namespace (loopback only): "
-            "run them with scripts/test, e.g. `TRIO_SFU_NETNS= scripts/test tests/test_browser.py`"
-        )
+    outside = outside_private_namespace("browser", "tests/test_browser.py")
+    if outside is not None:
+        return outside
     try:
         import playwright  # noqa: F401
     except ImportError:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -35,6 +37,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def outside_private_namespace(peer: str, test_file: str) -> str | None:
+    """Why `peer` may not run here (it gathers every interface's address, and only loopback may carry
+    traffic on this machine), or None inside the loopback-only namespace scripts/test makes."""
+    interfaces = [name for _, name in socket.if_nameindex()]
+    if os.environ.get("TRIO_SFU_NETNS") == "1" and interfaces == ["lo"]:
+        return None
+    return (
+        f"{peer} tests run only in a private network namespace (loopback only): run them with "
+        f"scripts/test, e.g. `TRIO_SFU_NETNS= scripts/test {test_file}`"
+    )
 
 
 class Client:

@@ -39,6 +39,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 from trio_sfu.config import HostPort
 
 from .browser_peers import DemoPageBase
+from .conftest import outside_private_namespace
 
 FIREFOX = "/usr/bin/firefox-esr"
 
@@ -103,12 +104,9 @@ def skip_reason() -> str | None:
     """Why Firefox tests cannot run here, or None."""
     if not os.path.exists(FIREFOX):
         return f"{FIREFOX} is missing: install Debian's firefox-esr (apt-get install firefox-esr)"
-    interfaces = [name for _, name in socket.if_nameindex()]
-    if os.environ.get("TRIO_SFU_NETNS") != "1" or interfaces != ["lo"]:
-        return (
-            "Firefox tests run only in a private network namespace (loopback only): "
-            "run them with scripts/test, e.g. `scripts/test tests/test_firefox.py`"
-        )
+    outside = outside_private_namespace("Firefox", "tests/test_firefox.py")
+    if outside is not None:
+        return outside
     return None
 
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 import datetime
 import functools
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -44,7 +42,7 @@ from trio_sfu.sdp import parse_offer
 from trio_sfu.server import Server
 
 from .aiortc_peers import TONE_HZ, AsyncioThread, Player
-from .conftest import Client, fixture_sdp
+from .conftest import Client, fixture_sdp, outside_private_namespace
 from .whip_front import FPS, HEIGHT, WIDTH, WhipFront
 
 ROOT = Path(__file__).parent.parent
@@ -63,12 +61,9 @@ def skip_reason() -> str | None:
     missing = [codec for codec in ("libx264", "libopus") if codec not in av.codecs_available]
     if missing:
         return f"PyAV's FFmpeg lacks {', '.join(missing)}: install PyAV's PyPI wheel (pip install 'av>=18')"
-    interfaces = [name for _, name in socket.if_nameindex()]
-    if os.environ.get("TRIO_SFU_NETNS") != "1" or interfaces != ["lo"]:
-        return (
-            "FFmpeg tests run only in a private network namespace (loopback only): run them with "
-            "scripts/test, e.g. `TRIO_SFU_NETNS= scripts/test tests/test_ffmpeg_whip.py`"
-        )
+    outside = outside_private_namespace("FFmpeg", "tests/test_ffmpeg_whip.py")
+    if outside is not None:
+        return outside
     return None
 
 

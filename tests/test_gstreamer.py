@@ -18,7 +18,6 @@ import functools
 import itertools
 import json
 import os
-import socket
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -35,7 +34,7 @@ from trio_sfu.server import Server
 
 from .aiortc_peers import TONE_HZ, AsyncioThread, Player, Publisher
 from .browser_peers import aiortc_session
-from .conftest import Client
+from .conftest import Client, outside_private_namespace
 
 GST_PYTHON = "/usr/bin/python3"
 PEER_SCRIPT = Path(__file__).with_name("gst_peer.py")
@@ -69,12 +68,9 @@ def skip_reason() -> str | None:
         return f"{GST_PYTHON} cannot import gi/Gst/GstWebRTC/Nice ({last}): apt install {PACKAGES}"
     if check.stdout.strip():
         return f"GStreamer elements missing ({check.stdout.strip()}): apt install {PACKAGES}"
-    interfaces = [name for _, name in socket.if_nameindex()]
-    if os.environ.get("TRIO_SFU_NETNS") != "1" or interfaces != ["lo"]:
-        return (
-            "webrtcbin tests run only in a private network namespace (libnice gathers every interface): "
-            "run them with scripts/test, e.g. `TRIO_SFU_NETNS= scripts/test tests/test_gstreamer.py`"
-        )
+    outside = outside_private_namespace("webrtcbin", "tests/test_gstreamer.py")
+    if outside is not None:
+        return outside
     return None
 
 
