@@ -133,9 +133,10 @@ class Consumer:
         self._sent_output = array.array("i", [-1]) * SEQUENCE_MAP
         self._sent_input = array.array("i", [-1]) * SEQUENCE_MAP
         # When each output sequence number was last resent (the slot is valid when _resent_output
-        # holds that number): written on NACKs only, never on the packet path.
-        self._resent_output = array.array("i", [-1]) * SEQUENCE_MAP
-        self._resent_at = array.array("d", [0.0]) * SEQUENCE_MAP
+        # holds that number): written on NACKs only, never on the packet path, and made on the first
+        # resend (12 KB a track that a player on a clean network never needs).
+        self._resent_output: array.array[int] | None = None
+        self._resent_at: array.array[float] | None = None
         self.rtt: float | None = None  # the player's round-trip time, from its receiver reports
         # The retransmission budget: a token bucket in bytes, full at first.
         self._rtx_tokens = float("inf")
@@ -230,7 +231,13 @@ class Consumer:
                 counters["nack_unknown"] += 1
                 continue
             slot = sequence % SEQUENCE_MAP
-            if self._resent_output[slot] == sequence and now - self._resent_at[slot] < interval:
+            resent_output, resent_at = self._resent_output, self._resent_at
+            if (
+                resent_output is not None
+                and resent_at is not None
+                and resent_output[slot] == sequence
+                and now - resent_at[slot] < interval
+            ):
                 counters["nack_too_soon"] += 1
                 continue
             packet = self.producer.cached(source)
@@ -256,8 +263,11 @@ class Consumer:
             if out is None or ((out[2] << 8) | out[3]) != sequence:
                 counters["nack_unknown"] += 1
                 continue
-            self._resent_output[slot] = sequence
-            self._resent_at[slot] = now
+            if resent_output is None or resent_at is None:
+                resent_output = self._resent_output = array.array("i", [-1]) * SEQUENCE_MAP
+                resent_at = self._resent_at = array.array("d", [0.0]) * SEQUENCE_MAP
+            resent_output[slot] = sequence
+            resent_at[slot] = now
             counters["nack_answered"] += 1
             self._send(self._as_rtx(out) if self.rtx_ssrc is not None else out)
         return missing
