@@ -22,18 +22,18 @@ from typing import Any
 
 import trio
 
-from trio_sfu.certificate import Certificate
 from trio_sfu.config import HostPort
-from trio_sfu.consumer import Consumer
-from trio_sfu.dtls import SrtpKeys, SrtpProfile
-from trio_sfu.mux import MediaMux
-from trio_sfu.negotiation import EXT_ABS_SEND_TIME, EXT_MID, NegotiatedTrack
-from trio_sfu.producer import Producer
-from trio_sfu.rtp import parse_rtp
-from trio_sfu.sdp import Codec, HeaderExtension, parse_offer
-from trio_sfu.srtp import SrtpSession
-from trio_sfu.transport import Transport
-from trio_sfu.udp import UdpEndpoint
+from trio_sfu.media.consumer import Consumer
+from trio_sfu.media.negotiation import EXT_ABS_SEND_TIME, EXT_MID, NegotiatedTrack
+from trio_sfu.media.producer import Producer
+from trio_sfu.server.mux import MediaMux
+from trio_sfu.server.transport_driver import Transport
+from trio_sfu.server.udp import UdpEndpoint
+from trio_sfu.transport.certificate import Certificate
+from trio_sfu.transport.dtls import SrtpKeys, SrtpProfile
+from trio_sfu.transport.srtp import SrtpSession
+from trio_sfu.wire.rtp import parse_rtp
+from trio_sfu.wire.sdp import Codec, HeaderExtension, parse_offer
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "sdp"
 CERTIFICATE = Certificate.generate()

@@ -24,7 +24,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from trio_sfu.config import Config, HostPort
-from trio_sfu.server import Server
+from trio_sfu.server.server import Server
 
 from .aiortc_peers import AsyncioThread, Player, Publisher
 from .conftest import Client, outside_private_namespace

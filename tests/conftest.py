@@ -16,8 +16,8 @@ import trio.testing
 from trio_websocket import WebSocketConnection, wrap_client_stream
 
 from trio_sfu.config import Config, HostPort
-from trio_sfu.server import Server
-from trio_sfu.udp import DatagramEndpoint, MemoryNetwork, UdpEndpoint
+from trio_sfu.server.server import Server
+from trio_sfu.server.udp import DatagramEndpoint, MemoryNetwork, UdpEndpoint
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

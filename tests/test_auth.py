@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_sfu.auth import (
+from trio_sfu.signaling.auth import (
     LEEWAY,
     OPEN_GRANT_APP,
     AuthError,

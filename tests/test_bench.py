@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from trio_sfu.sdp import parse_offer
+from trio_sfu.wire.sdp import parse_offer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -21,7 +21,7 @@ from benchlib.subscriber import FINE_WIDTH, is_vp8_keyframe_start  # noqa: E402
 
 
 def test_offers_are_accepted_by_the_server_parser() -> None:
-    from trio_sfu.certificate import Certificate
+    from trio_sfu.transport.certificate import Certificate
 
     local = LocalParams.new(Certificate.generate(), 50000)
     for publish in (True, False):

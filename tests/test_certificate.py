@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from OpenSSL import SSL
 
-from trio_sfu.certificate import Certificate, fingerprint_of_der
+from trio_sfu.transport.certificate import Certificate, fingerprint_of_der
 
 FINGERPRINT_RE = re.compile(r"^[0-9A-F]{2}(:[0-9A-F]{2})*$")
 

@@ -17,10 +17,10 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from trio_sfu.certificate import Certificate
 from trio_sfu.config import Config, HostPort
-from trio_sfu.server import Server
-from trio_sfu.udp import UdpEndpoint
+from trio_sfu.server.server import Server
+from trio_sfu.server.udp import UdpEndpoint
+from trio_sfu.transport.certificate import Certificate
 
 from .conftest import fixture_sdp, task_names
 

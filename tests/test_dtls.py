@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
-from trio_sfu.certificate import Certificate, fingerprint_of_der
-from trio_sfu.dtls import DtlsEndpoint, DtlsState, SrtpKeys, SrtpProfile
+from trio_sfu.transport.certificate import Certificate, fingerprint_of_der
+from trio_sfu.transport.dtls import DtlsEndpoint, DtlsState, SrtpKeys, SrtpProfile
 
 GCM = SrtpProfile.AEAD_AES_128_GCM
 CM = SrtpProfile.AES_CM_128_HMAC_SHA1_80

@@ -37,9 +37,9 @@ from cryptography.x509.oid import NameOID
 from trio_websocket import open_websocket_url
 
 from trio_sfu.config import Config, HostPort
-from trio_sfu.negotiation import LocalTransport, answer_publish
-from trio_sfu.sdp import parse_offer
-from trio_sfu.server import Server
+from trio_sfu.media.negotiation import LocalTransport, answer_publish
+from trio_sfu.server.server import Server
+from trio_sfu.wire.sdp import parse_offer
 
 from .aiortc_peers import TONE_HZ, AsyncioThread, Player
 from .conftest import Client, fixture_sdp, outside_private_namespace

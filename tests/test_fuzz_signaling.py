@@ -249,8 +249,8 @@ async def test_client_that_never_reads_is_dropped() -> None:
     from trio_websocket import open_websocket_url
 
     from trio_sfu.config import Config, HostPort
-    from trio_sfu.server import Server
-    from trio_sfu.udp import MemoryNetwork
+    from trio_sfu.server.server import Server
+    from trio_sfu.server.udp import MemoryNetwork
 
     server = Server(Config(signal=HostPort("127.0.0.1", 0)))
     async with trio.open_nursery() as nursery:

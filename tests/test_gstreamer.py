@@ -30,7 +30,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from trio_sfu.config import Config, HostPort
-from trio_sfu.server import Server
+from trio_sfu.server.server import Server
 
 from .aiortc_peers import TONE_HZ, AsyncioThread, Player, Publisher
 from .browser_peers import aiortc_session

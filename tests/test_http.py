@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import open_websocket_url
 
 from trio_sfu.config import Config, ConfigError, HostPort
-from trio_sfu.server import Server
+from trio_sfu.server.server import Server
 
 from .conftest import fixture_sdp, running_server
 

@@ -10,7 +10,7 @@ from aioice import stun
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trio_sfu.ice import (
+from trio_sfu.transport.ice import (
     Address,
     CandidateEvicted,
     CandidateValidated,

@@ -8,8 +8,8 @@ import trio
 import trio.testing
 
 from trio_sfu.config import Config
-from trio_sfu.messages import ServerRequest
-from trio_sfu.signaling import Connection
+from trio_sfu.server.connection import Connection
+from trio_sfu.signaling.messages import ServerRequest
 
 from .conftest import Client, fixture_sdp, running_server, settle, task_names
 

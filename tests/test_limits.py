@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from trio_sfu.limits import Limits, LimitSettings, TokenBucket
-from trio_sfu.messages import SignalingError
+from trio_sfu.signaling.limits import Limits, LimitSettings, TokenBucket
+from trio_sfu.signaling.messages import SignalingError
 
 
 def test_token_bucket_allows_bursts_then_the_rate() -> None:

@@ -12,8 +12,8 @@ import pytest
 import trio
 
 from trio_sfu.config import Config
-from trio_sfu.metrics import make_registry, render
-from trio_sfu.udp import TRUESIZE_FACTOR
+from trio_sfu.server.metrics import make_registry, render
+from trio_sfu.server.udp import TRUESIZE_FACTOR
 
 from .aiortc_peers import TONE_HZ, AsyncioThread, Player, Publisher
 from .conftest import Client, Harness, running_server

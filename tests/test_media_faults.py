@@ -11,7 +11,7 @@ import pytest
 import trio
 from aioice import stun
 
-from trio_sfu.session import Session
+from trio_sfu.server.session import Session
 
 from .aiortc_peers import AsyncioThread, Player, Publisher
 from .conftest import Harness, eventually, running_server

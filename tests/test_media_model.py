@@ -20,8 +20,8 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trio_sfu.consumer import NTP_UNITS, Consumer
-from trio_sfu.negotiation import (
+from trio_sfu.media.consumer import NTP_UNITS, Consumer
+from trio_sfu.media.negotiation import (
     EXT_ABS_SEND_TIME,
     EXT_AUDIO_LEVEL,
     EXT_MID,
@@ -32,10 +32,11 @@ from trio_sfu.negotiation import (
     answer_play,
     answer_publish,
 )
-from trio_sfu.player import PlayerMedia
-from trio_sfu.producer import CACHE_SIZE, KEYFRAME_INTERVAL, ClockMapping, Producer, ReceptionStats
-from trio_sfu.publisher import PublisherMedia
-from trio_sfu.rtcp import (
+from trio_sfu.media.player import PlayerMedia
+from trio_sfu.media.producer import CACHE_SIZE, KEYFRAME_INTERVAL, ClockMapping, Producer, ReceptionStats
+from trio_sfu.media.publisher import PublisherMedia
+from trio_sfu.server.transport_driver import Transport
+from trio_sfu.wire.rtcp import (
     Fir,
     Nack,
     Pli,
@@ -50,9 +51,8 @@ from trio_sfu.rtcp import (
     serialize,
     serialize_compound,
 )
-from trio_sfu.rtp import SEQUENCE_TIMESTAMP_SSRC, RtpHeader, parse_rtp
-from trio_sfu.sdp import parse_offer
-from trio_sfu.transport import Transport
+from trio_sfu.wire.rtp import SEQUENCE_TIMESTAMP_SSRC, RtpHeader, parse_rtp
+from trio_sfu.wire.sdp import parse_offer
 
 from .conftest import fixture_sdp
 

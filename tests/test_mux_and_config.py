@@ -13,8 +13,8 @@ import trio
 from aioice import stun
 
 from trio_sfu.config import MIN_PEER_RECEIVE_BUFFER, Config, ConfigError, HostPort, load
-from trio_sfu.mux import Datagram, Kind, MediaMux, classify
-from trio_sfu.udp import YIELD_AFTER, ConnectedUdp, MemoryNetwork, UdpEndpoint
+from trio_sfu.server.mux import Datagram, Kind, MediaMux, classify
+from trio_sfu.server.udp import YIELD_AFTER, ConnectedUdp, MemoryNetwork, UdpEndpoint
 
 
 class Inbox:

@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from trio_sfu.server import Server
+from trio_sfu.server.server import Server
 
 from .browser_peers import Browser, DemoPage, frames, packets, serving, skip_reason, wait_until
 

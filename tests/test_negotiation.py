@@ -12,7 +12,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
-from trio_sfu.negotiation import (
+from trio_sfu.media.negotiation import (
     EXT_ABS_SEND_TIME,
     EXT_AUDIO_LEVEL,
     EXT_MID,
@@ -26,7 +26,7 @@ from trio_sfu.negotiation import (
     h264_profile,
     incompatibility,
 )
-from trio_sfu.sdp import Codec, HeaderExtension, Offer, SdpError, parse_offer
+from trio_sfu.wire.sdp import Codec, HeaderExtension, Offer, SdpError, parse_offer
 
 SDP_DIR = Path(__file__).parent / "fixtures" / "sdp"
 

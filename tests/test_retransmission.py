@@ -16,16 +16,16 @@ import time
 import pytest
 import trio
 
-from trio_sfu.consumer import (
+from trio_sfu.media.consumer import (
     DEFAULT_RTT,
     MAX_RETRANSMIT_AGE,
     MIN_RESEND_INTERVAL,
     RTX_BUDGET_SHARE,
     RTX_BURST_SECONDS,
 )
-from trio_sfu.player import PlayerMedia
-from trio_sfu.producer import CACHE_SIZE
-from trio_sfu.rtcp import Nack, ReceiverReport, ReportBlock, SenderReport, parse_compound, serialize
+from trio_sfu.media.player import PlayerMedia
+from trio_sfu.media.producer import CACHE_SIZE
+from trio_sfu.wire.rtcp import Nack, ReceiverReport, ReportBlock, SenderReport, parse_compound, serialize
 
 from .aiortc_peers import AsyncioThread, Player, Publisher
 from .conftest import Harness, running_server

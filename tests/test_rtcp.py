@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_sfu.rtcp import (
+from trio_sfu.wire.rtcp import (
     Bye,
     Fir,
     Nack,

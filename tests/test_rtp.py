@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_sfu.rtp import (
+from trio_sfu.wire.rtp import (
     MAX_DROPOUT,
     MAX_MISORDER,
     HeaderMap,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trio_sfu.sdp import (
+from trio_sfu.wire.sdp import (
     Candidate,
     Codec,
     HeaderExtension,

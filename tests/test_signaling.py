@@ -13,10 +13,10 @@ import pytest
 import trio
 from trio_websocket import HandshakeError, open_websocket_url
 
-from trio_sfu.auth import mint_token
 from trio_sfu.config import Config, HostPort
-from trio_sfu.server import Server
-from trio_sfu.udp import MemoryNetwork
+from trio_sfu.server.server import Server
+from trio_sfu.server.udp import MemoryNetwork
+from trio_sfu.signaling.auth import mint_token
 
 from .conftest import Client, fixture_sdp, running_server
 
@@ -344,7 +344,7 @@ async def test_hostile_sdp_is_415(sdp: str) -> None:
 
 async def test_a_refused_request_is_logged_with_its_reason(caplog: pytest.LogCaptureFixture) -> None:
     """The operator sees why a client was refused (at info level; the default is warning)."""
-    caplog.set_level(logging.INFO, logger="trio_sfu.signaling")
+    caplog.set_level(logging.INFO, logger="trio_sfu.server.connection")
     async with running_server() as sfu, sfu.client() as c:
         assert_reply(await c.connect(), "stream.connected")
         reply = await c.offer("cam", PUBLISH_SDP.replace("a=setup:actpass", "a=setup:holdconn"), True)

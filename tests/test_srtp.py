@@ -7,9 +7,9 @@ import struct
 
 import pytest
 
-from trio_sfu.certificate import Certificate
-from trio_sfu.dtls import DtlsEndpoint, DtlsState, SrtpKeys, SrtpProfile
-from trio_sfu.srtp import REPLAY_WINDOW, RETRANSMIT_WINDOW, SrtpSession
+from trio_sfu.transport.certificate import Certificate
+from trio_sfu.transport.dtls import DtlsEndpoint, DtlsState, SrtpKeys, SrtpProfile
+from trio_sfu.transport.srtp import REPLAY_WINDOW, RETRANSMIT_WINDOW, SrtpSession
 
 GCM = SrtpProfile.AEAD_AES_128_GCM
 CM = SrtpProfile.AES_CM_128_HMAC_SHA1_80

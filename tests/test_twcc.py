@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_sfu.rtcp import TransportCc, parse_compound, serialize, serialize_compound
-from trio_sfu.twcc import MAX_RECEIVED_PER_PACKET, TwccRecorder
+from trio_sfu.media.twcc import MAX_RECEIVED_PER_PACKET, TwccRecorder
+from trio_sfu.wire.rtcp import TransportCc, parse_compound, serialize, serialize_compound
 
 WRAP_S = (1 << 24) * 0.064  # the reference time wraps after 2^24 * 64 ms
 TOLERANCE_S = 125e-6 + 1e-9  # each arrival is rounded once to 250 µs

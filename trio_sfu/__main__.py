@@ -12,10 +12,10 @@ from pathlib import Path
 
 import trio
 
-from . import config as config_module
-from .auth import mint_token
-from .config import Config, ConfigError, HostPort
-from .server import Server
+from trio_sfu import config as config_module
+from trio_sfu.config import Config, ConfigError, HostPort
+from trio_sfu.server.server import Server
+from trio_sfu.signaling.auth import mint_token
 
 log = logging.getLogger("trio_sfu")
 

@@ -25,7 +25,7 @@ from typing import Any
 import h11
 import trio
 
-from trio_sfu.negotiation import EXT_ABS_SEND_TIME, EXT_MID
+from trio_sfu.media.negotiation import EXT_ABS_SEND_TIME, EXT_MID
 
 from . import procfs
 from .proto import JANUS_MEDIA_HOST, Answer, LocalParams, SignalingError, build_offer, parse_answer

@@ -24,11 +24,11 @@ import trio
 from aioice import stun
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from trio_sfu.certificate import Certificate
-from trio_sfu.dtls import DtlsEndpoint, DtlsState
-from trio_sfu.ice import check_stun_auth
-from trio_sfu.negotiation import EXT_ABS_SEND_TIME, EXT_MID
-from trio_sfu.srtp import SrtpSession
+from trio_sfu.media.negotiation import EXT_ABS_SEND_TIME, EXT_MID
+from trio_sfu.transport.certificate import Certificate
+from trio_sfu.transport.dtls import DtlsEndpoint, DtlsState
+from trio_sfu.transport.ice import check_stun_auth
+from trio_sfu.transport.srtp import SrtpSession
 
 ABS_SEND_TIME_ID = 2  # Chromium's ids: abs-send-time 2, mid 4
 MID_ID = 4

@@ -19,9 +19,19 @@ from typing import Any
 import attrs
 import trio
 
-from trio_sfu.certificate import Certificate
-from trio_sfu.rtcp import Fir, Nack, Pli, Remb, RtcpError, Sdes, SenderReport, ntp_timestamp, parse_compound
-from trio_sfu.rtcp import serialize_compound as rtcp_compound
+from trio_sfu.transport.certificate import Certificate
+from trio_sfu.wire.rtcp import (
+    Fir,
+    Nack,
+    Pli,
+    Remb,
+    RtcpError,
+    Sdes,
+    SenderReport,
+    ntp_timestamp,
+    parse_compound,
+)
+from trio_sfu.wire.rtcp import serialize_compound as rtcp_compound
 
 from .media import AUDIO_PTIME, Media
 from .proto import ABS_SEND_TIME_ID, OPUS_PT, VP8_PT, Leg, LegTransport, abs_send_time, open_leg

@@ -24,8 +24,8 @@ from typing import Any
 import attrs
 import trio
 
-from trio_sfu.certificate import Certificate
-from trio_sfu.negotiation import EXT_ABS_SEND_TIME
+from trio_sfu.media.negotiation import EXT_ABS_SEND_TIME
+from trio_sfu.transport.certificate import Certificate
 
 from .proto import ABS_SEND_TIME_ID, AST_UNITS, VP8_PT, LegTransport, open_leg
 from .publisher import describe

@@ -11,9 +11,11 @@ import collections
 import logging
 import struct
 
-from .negotiation import EXT_MID, EXT_TRANSPORT_CC, Negotiated
-from .producer import Producer
-from .rtcp import (
+from trio_sfu.media.negotiation import EXT_MID, EXT_TRANSPORT_CC, Negotiated
+from trio_sfu.media.producer import Producer
+from trio_sfu.media.twcc import TwccRecorder
+from trio_sfu.server.transport_driver import MediaHandler, Transport
+from trio_sfu.wire.rtcp import (
     MAX_REPORT_BLOCKS,
     Nack,
     Pli,
@@ -25,9 +27,7 @@ from .rtcp import (
     parse_compound,
     serialize_compound,
 )
-from .rtp import RtpHeader, parse_rtp, read_extension
-from .transport import MediaHandler, Transport
-from .twcc import TwccRecorder
+from trio_sfu.wire.rtp import RtpHeader, parse_rtp, read_extension
 
 log = logging.getLogger(__name__)
 

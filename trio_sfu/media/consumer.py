@@ -15,11 +15,11 @@ from typing import Protocol
 
 import trio
 
-from .keyframe import detector
-from .negotiation import EXT_MID, NegotiatedTrack
-from .producer import CACHE_SIZE, Producer
-from .rtcp import SenderReport, ntp_timestamp
-from .rtp import Rewriter, RtpHeader, parse_rtp
+from trio_sfu.media.negotiation import EXT_MID, NegotiatedTrack
+from trio_sfu.media.producer import CACHE_SIZE, Producer
+from trio_sfu.wire.keyframe import detector
+from trio_sfu.wire.rtcp import SenderReport, ntp_timestamp
+from trio_sfu.wire.rtp import Rewriter, RtpHeader, parse_rtp
 
 NTP_UNITS = 1 << 32
 SEQUENCE_MAP = 1024  # output sequence -> input sequence, for NACKs

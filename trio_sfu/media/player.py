@@ -13,8 +13,9 @@ import collections
 import time
 from collections.abc import Callable
 
-from .consumer import Consumer
-from .rtcp import (
+from trio_sfu.media.consumer import Consumer
+from trio_sfu.server.transport_driver import MediaHandler
+from trio_sfu.wire.rtcp import (
     MAX_REPORT_BLOCKS,
     SDES_CNAME,
     Fir,
@@ -28,7 +29,6 @@ from .rtcp import (
     parse_compound,
     serialize_compound,
 )
-from .transport import MediaHandler
 
 REPORT_INTERVAL = 1.0
 # Sender reports remembered for the receiver reports that echo them: a report block refers to the last

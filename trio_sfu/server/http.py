@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 import h11
 import trio
 
-from . import metrics
+from trio_sfu.server import metrics
 
 if TYPE_CHECKING:
-    from .server import Server
+    from trio_sfu.server.server import Server
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def _text(status: int, text: str, headers: list[tuple[str, str]] | None = None) 
 
 
 def load_web_files() -> dict[str, bytes]:
-    folder = resources.files(__package__) / "web"
+    folder = resources.files("trio_sfu") / "web"
     return {name: (folder / name).read_bytes() for name, _ in set(WEB_FILES.values())}
 
 

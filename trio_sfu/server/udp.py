@@ -17,7 +17,7 @@ from typing import Protocol
 
 import trio
 
-from .config import HostPort
+from trio_sfu.config import HostPort
 
 Address = tuple[str, int]
 

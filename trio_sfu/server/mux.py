@@ -19,7 +19,7 @@ import attrs
 import trio
 from aioice import stun
 
-from .udp import Address, DatagramEndpoint
+from trio_sfu.server.udp import Address, DatagramEndpoint
 
 log = logging.getLogger(__name__)
 

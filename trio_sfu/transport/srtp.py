@@ -13,8 +13,8 @@ import pylibsrtp
 from pylibsrtp._binding import ffi as _ffi
 from pylibsrtp._binding import lib as _lib
 
-from .dtls import SrtpKeys, SrtpProfile
-from .rtp import SEQUENCE_TIMESTAMP_SSRC
+from trio_sfu.transport.dtls import SrtpKeys, SrtpProfile
+from trio_sfu.wire.rtp import SEQUENCE_TIMESTAMP_SSRC
 
 __all__ = ["MAX_PROTECT_INPUT", "REPLAY_WINDOW", "RETRANSMIT_WINDOW", "SrtpSession"]
 

@@ -30,7 +30,7 @@ import attrs
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
-from .certificate import FINGERPRINT_ALGORITHMS, Certificate, fingerprint_of_der
+from trio_sfu.transport.certificate import FINGERPRINT_ALGORITHMS, Certificate, fingerprint_of_der
 
 __all__ = ["DtlsEndpoint", "DtlsState", "SrtpKeys", "SrtpProfile"]
 

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
-from .negotiation import NegotiatedTrack
-from .rtcp import ReportBlock, SenderReport
-from .rtp import HeaderMap, RtpHeader
+from trio_sfu.media.negotiation import NegotiatedTrack
+from trio_sfu.wire.rtcp import ReportBlock, SenderReport
+from trio_sfu.wire.rtp import HeaderMap, RtpHeader
 
 if TYPE_CHECKING:
-    from .consumer import Consumer
+    from trio_sfu.media.consumer import Consumer
 
 CACHE_SIZE = 1024  # packets; ~4 s of 1.5 Mbit/s video
 KEYFRAME_INTERVAL = 0.5  # seconds between keyframe requests for one track

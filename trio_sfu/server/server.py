@@ -24,20 +24,20 @@ from trio_websocket import (
     wrap_server_stream,
 )
 
-from .auth import TokenVerifier
-from .certificate import Certificate
-from .config import Config, ConfigError, HostPort
-from .http import HttpFrontend
-from .limits import Limits, LimitSettings
-from .messages import ErrorCode, SignalingError
-from .mux import MediaMux
-from .negotiation import LocalTransport
-from .router import Router
-from .sdp import Offer
-from .signaling import Connection
-from .transport import Transport
-from .udp import DatagramEndpoint, UdpEndpoint
-from .websocket_failure import install as install_websocket_failure
+from trio_sfu.config import Config, ConfigError, HostPort
+from trio_sfu.media.negotiation import LocalTransport
+from trio_sfu.media.router import Router
+from trio_sfu.server.connection import Connection
+from trio_sfu.server.http import HttpFrontend
+from trio_sfu.server.mux import MediaMux
+from trio_sfu.server.transport_driver import Transport
+from trio_sfu.server.udp import DatagramEndpoint, UdpEndpoint
+from trio_sfu.server.websocket_failure import install as install_websocket_failure
+from trio_sfu.signaling.auth import TokenVerifier
+from trio_sfu.signaling.limits import Limits, LimitSettings
+from trio_sfu.signaling.messages import ErrorCode, SignalingError
+from trio_sfu.transport.certificate import Certificate
+from trio_sfu.wire.sdp import Offer
 
 log = logging.getLogger(__name__)
 

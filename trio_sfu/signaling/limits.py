@@ -11,7 +11,7 @@ import collections
 
 import attrs
 
-from .messages import ErrorCode, SignalingError
+from trio_sfu.signaling.messages import ErrorCode, SignalingError
 
 
 @attrs.define

@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from .auth import AuthError, Grant
-from .messages import (
+from trio_sfu.media.negotiation import answer_play, answer_publish
+from trio_sfu.server.session import Session
+from trio_sfu.signaling.auth import AuthError, Grant
+from trio_sfu.signaling.messages import (
     Ack,
     CloseData,
     CloseReason,
@@ -32,12 +34,10 @@ from .messages import (
     error_reply,
     parse_frame,
 )
-from .negotiation import answer_play, answer_publish
-from .sdp import SdpError, parse_offer
-from .session import Session
+from trio_sfu.wire.sdp import SdpError, parse_offer
 
 if TYPE_CHECKING:
-    from .server import Server
+    from trio_sfu.server.server import Server
 
 log = logging.getLogger(__name__)
 

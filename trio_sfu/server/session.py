@@ -12,13 +12,13 @@ from typing import Any
 
 import trio
 
-from .consumer import Consumer
-from .messages import CloseReason, Header
-from .negotiation import Negotiated
-from .player import PlayerMedia
-from .publisher import PublisherMedia
-from .router import Publication, Router
-from .transport import Transport
+from trio_sfu.media.consumer import Consumer
+from trio_sfu.media.negotiation import Negotiated
+from trio_sfu.media.player import PlayerMedia
+from trio_sfu.media.publisher import PublisherMedia
+from trio_sfu.media.router import Publication, Router
+from trio_sfu.server.transport_driver import Transport
+from trio_sfu.signaling.messages import CloseReason, Header
 
 log = logging.getLogger(__name__)
 

@@ -17,16 +17,16 @@ from collections.abc import Callable
 
 import trio
 
-from .certificate import Certificate
-from .dtls import DtlsEndpoint, DtlsState
-from .ice import CandidateEvicted, CandidateValidated, IceLiteAgent, PairSelected
-from .messages import CloseReason
-from .mux import Datagram, Kind, MediaMux
-from .negotiation import answer_setup
-from .rtp import is_rtcp
-from .sdp import Offer
-from .srtp import SrtpSession
-from .udp import Address, ConnectedUdp, DatagramEndpoint
+from trio_sfu.media.negotiation import answer_setup
+from trio_sfu.server.mux import Datagram, Kind, MediaMux
+from trio_sfu.server.udp import Address, ConnectedUdp, DatagramEndpoint
+from trio_sfu.signaling.messages import CloseReason
+from trio_sfu.transport.certificate import Certificate
+from trio_sfu.transport.dtls import DtlsEndpoint, DtlsState
+from trio_sfu.transport.ice import CandidateEvicted, CandidateValidated, IceLiteAgent, PairSelected
+from trio_sfu.transport.srtp import SrtpSession
+from trio_sfu.wire.rtp import is_rtcp
+from trio_sfu.wire.sdp import Offer
 
 log = logging.getLogger(__name__)
 

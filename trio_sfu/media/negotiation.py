@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
-from trio_sfu.sdp import Codec, HeaderExtension, MediaSection, Offer, SdpError
+from trio_sfu.wire.sdp import Codec, HeaderExtension, MediaSection, Offer, SdpError
 
 SUPPORTED_AUDIO = ("opus",)
 SUPPORTED_VIDEO = ("VP8", "VP9", "H264", "AV1")

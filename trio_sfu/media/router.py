@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import attrs
 
-from .messages import CloseReason, ErrorCode, SignalingError
-from .negotiation import NegotiatedTrack
-from .producer import Producer
+from trio_sfu.media.negotiation import NegotiatedTrack
+from trio_sfu.media.producer import Producer
+from trio_sfu.signaling.messages import CloseReason, ErrorCode, SignalingError
 
 StreamKey = tuple[str, str]  # (app, stream)
 

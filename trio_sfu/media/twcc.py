@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from .rtcp import TWCC_DELTA_US, TransportCc
+from trio_sfu.wire.rtcp import TWCC_DELTA_US, TransportCc
 
 TICKS_PER_SECOND = 1_000_000 // TWCC_DELTA_US  # receive deltas are in 250 µs ticks
 TICKS_PER_REFERENCE = 256  # the reference time is in 64 ms units
