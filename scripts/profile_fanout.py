@@ -27,6 +27,7 @@ from trio_sfu.media.consumer import Consumer
 from trio_sfu.media.negotiation import EXT_ABS_SEND_TIME, EXT_MID, NegotiatedTrack
 from trio_sfu.media.producer import Producer
 from trio_sfu.server.mux import MediaMux
+from trio_sfu.server.session import ChannelBacklog
 from trio_sfu.server.transport_driver import Transport
 from trio_sfu.server.udp import UdpEndpoint
 from trio_sfu.transport.certificate import Certificate
@@ -115,7 +116,7 @@ async def main() -> None:
     for index in range(args.players):
         send, _ = trio.open_memory_channel[bytes](128)
         sink = connected_transport(endpoint, peer, not args.sendto, stats)
-        consumer = Consumer(None, producer, vp8_track(5000 + index, 97, (4, 2)), sink, send)
+        consumer = Consumer(None, producer, vp8_track(5000 + index, 97, (4, 2)), sink, ChannelBacklog(send))
         producer.consumers.append(consumer)
     stream = packets(args.packets)
     headers = [parse_rtp(p) for p in stream]

@@ -17,7 +17,8 @@ from trio_websocket import WebSocketConnection, wrap_client_stream
 
 from trio_sfu.config import Config, HostPort
 from trio_sfu.server.server import Server
-from trio_sfu.server.udp import DatagramEndpoint, MemoryNetwork, UdpEndpoint
+from trio_sfu.server.udp import DatagramEndpoint, UdpEndpoint
+from trio_sfu.testing.network import MemoryNetwork
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

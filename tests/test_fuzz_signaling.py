@@ -250,7 +250,7 @@ async def test_client_that_never_reads_is_dropped() -> None:
 
     from trio_sfu.config import Config, HostPort
     from trio_sfu.server.server import Server
-    from trio_sfu.server.udp import MemoryNetwork
+    from trio_sfu.testing.network import MemoryNetwork
 
     server = Server(Config(signal=HostPort("127.0.0.1", 0)))
     async with trio.open_nursery() as nursery:

@@ -35,6 +35,7 @@ from trio_sfu.media.negotiation import (
 from trio_sfu.media.player import PlayerMedia
 from trio_sfu.media.producer import CACHE_SIZE, KEYFRAME_INTERVAL, ClockMapping, Producer, ReceptionStats
 from trio_sfu.media.publisher import PublisherMedia
+from trio_sfu.server.session import ChannelBacklog
 from trio_sfu.server.transport_driver import Transport
 from trio_sfu.wire.rtcp import (
     Fir,
@@ -76,6 +77,8 @@ AIORTC_AUDIO_SSRC = 2694364936
 # The aiortc player: opus/96, VP8/97 + rtx/98; mid 1, audio-level 2, abs-send-time 3.
 PLAYER_OPUS, PLAYER_VP8, PLAYER_RTX = 96, 97, 98
 P_MID, P_LEVEL, P_ABS = 1, 2, 3
+
+WALL = 1_767_225_600.0  # the wall clock the legs are given (sender reports' NTP time)
 
 
 # --------------------------------------------------------------------------- helpers and fakes
@@ -208,7 +211,7 @@ class Setup:
             producer = self.producers[track.kind]
             send, receive = trio.open_memory_channel[bytes](16)
             self.backlogs.append(receive)
-            consumer = Consumer(None, producer, track, self.sink, send)
+            consumer = Consumer(None, producer, track, self.sink, ChannelBacklog(send))
             consumer.awaiting_keyframe = False  # these tests send synthetic payloads; gating is tested apart
             producer.consumers.append(consumer)
             self.consumers[track.kind] = consumer
@@ -684,7 +687,7 @@ def attach_player(producers: dict[str, Producer]) -> tuple[dict[str, Consumer], 
     for track in play([p.negotiated for p in producers.values()]).tracks:
         producer = producers[track.kind]
         send, _ = trio.open_memory_channel[bytes](16)
-        consumer = Consumer(None, producer, track, sink, send)
+        consumer = Consumer(None, producer, track, sink, ChannelBacklog(send))
         consumer.awaiting_keyframe = False  # these tests send synthetic payloads; gating is tested apart
         producer.consumers.append(consumer)
         consumers[track.kind] = consumer
@@ -822,7 +825,7 @@ def test_tick_sends_receiver_reports_and_remb() -> None:
             )
     for sequence in range(5):
         media.on_rtp(rtp_packet(sequence, 960 * sequence, AIORTC_AUDIO_SSRC, 96), 100.0)
-    assert media.tick(100.0) == 100.25
+    assert media.tick(100.0, WALL) == 100.25
     rr, remb = transport.rtcp_packets()
     assert isinstance(rr, ReceiverReport) and isinstance(remb, Remb)
     assert rr.ssrc == SERVER_SSRC
@@ -832,9 +835,9 @@ def test_tick_sends_receiver_reports_and_remb() -> None:
     assert blocks[AIORTC_VIDEO_SSRC].fraction_lost == 25
     assert blocks[AIORTC_AUDIO_SSRC].packets_lost == 0
     assert remb == Remb(SERVER_SSRC, 1_500_000, (AIORTC_VIDEO_SSRC,))
-    media.tick(100.5)
+    media.tick(100.5, WALL)
     assert len(transport.rtcp) == 1  # one report a second
-    media.tick(101.0)
+    media.tick(101.0, WALL)
     assert len(transport.rtcp) == 2
     assert not any(isinstance(p, TransportCc) for p in transport.rtcp_packets())
 
@@ -842,7 +845,7 @@ def test_tick_sends_receiver_reports_and_remb() -> None:
 def test_remb_carries_the_configured_bitrate() -> None:
     for bitrate in (800_000, 2_500_000, 30_000_000):
         media, transport = publisher_media("aiortc_offer_publish", max_bitrate=bitrate)
-        media.tick(0.0)
+        media.tick(0.0, WALL)
         (remb,) = [p for p in transport.rtcp_packets() if isinstance(p, Remb)]
         assert bitrate * 0.9999 <= remb.bitrate <= bitrate  # 18 significant bits, rounded down
 
@@ -859,7 +862,7 @@ def test_tick_sends_transport_cc_feedback_for_chromium() -> None:
             rtp_packet(i, 3000 * i, CHROMIUM_VIDEO_SSRC, CHROMIUM_VP8, extensions=extensions),
             10.0 + i * 0.005,
         )
-    assert media.tick(10.1) == pytest.approx(10.2)
+    assert media.tick(10.1, WALL) == pytest.approx(10.2)
     packets = transport.rtcp_packets()
     feedback = [p for p in packets if isinstance(p, TransportCc)]
     assert feedback, packets
@@ -870,7 +873,7 @@ def test_tick_sends_transport_cc_feedback_for_chromium() -> None:
     assert any(isinstance(p, ReceiverReport) for p in packets)
     assert any(isinstance(p, Remb) for p in packets)
     transport.rtcp.clear()
-    media.tick(10.2)  # nothing new arrived: no feedback
+    media.tick(10.2, WALL)  # nothing new arrived: no feedback
     assert not any(isinstance(p, TransportCc) for p in transport.rtcp_packets())
 
 
@@ -878,7 +881,7 @@ def test_no_transport_cc_feedback_when_packets_lack_the_extension() -> None:
     media, transport = publisher_media()
     for i in range(5):
         media.on_rtp(rtp_packet(i, 0, CHROMIUM_VIDEO_SSRC, CHROMIUM_VP8), 1.0)
-    media.tick(1.0)
+    media.tick(1.0, WALL)
     assert not any(isinstance(p, TransportCc) for p in transport.rtcp_packets())
 
 
@@ -888,7 +891,7 @@ def test_keyframe_requests_and_nacks_reach_the_publisher_as_rtcp() -> None:
     video.request_keyframe(1.0)
     video.request_keyframe(1.1)
     assert transport.rtcp_packets() == [Pli(SERVER_SSRC, CHROMIUM_VIDEO_SSRC)]
-    media.tick(1.6)  # the pending request goes out on the publisher's tick
+    media.tick(1.6, WALL)  # the pending request goes out on the publisher's tick
     assert transport.rtcp_packets().count(Pli(SERVER_SSRC, CHROMIUM_VIDEO_SSRC)) == 2
     transport.rtcp.clear()
     media.send_nack(video, [12, 10, 12, 11])
@@ -914,7 +917,7 @@ def test_receiver_reports_for_32_published_tracks() -> None:
     assert len(media.producers) == 32
     for i in range(32):
         media.on_rtp(rtp_packet(1, 0, 1000 + i, 96), 1.0)
-    media.tick(1.0)
+    media.tick(1.0, WALL)
     blocks = [b for p in transport.rtcp_packets() if isinstance(p, ReceiverReport) for b in p.reports]
     assert len(blocks) == 32
 
@@ -927,14 +930,15 @@ def test_sender_reports_for_32_played_tracks() -> None:
     for i, track in enumerate(published.tracks):
         producer = Producer(track, link)
         played = attrs.evolve(track, ssrc=5000 + i, rtx_ssrc=None, rtx_payload_type=None)
-        consumer = Consumer(None, producer, played, sink, trio.open_memory_channel[bytes](4)[0])
+        backlog = ChannelBacklog(trio.open_memory_channel[bytes](4)[0])
+        consumer = Consumer(None, producer, played, sink, backlog)
         consumer.awaiting_keyframe = False  # these tests send synthetic payloads; gating is tested apart
         producer.consumers.append(consumer)
         consumers.append(consumer)
         packet = rtp_packet(1, 0, track.ssrc or 0, 96)
         producer.receive(packet, header(packet), 1.0)
     sent: list[bytes] = []
-    PlayerMedia(consumers, cname="c", send_rtcp=sent.append).tick(2.0)
+    PlayerMedia(consumers, cname="c", send_rtcp=sent.append).tick(2.0, WALL)
     reports = [p for datagram in sent for p in parse_compound(datagram) if isinstance(p, SenderReport)]
     assert len(reports) == 32
 
@@ -985,10 +989,10 @@ def test_nack_answered_from_cache_and_misses_go_to_the_publisher() -> None:
 
 def test_tick_sends_sender_reports_and_cname_for_consumers_that_sent() -> None:
     media, s, sent = player_media()
-    assert media.tick(5.0) == 6.0
+    assert media.tick(5.0, WALL) == 6.0
     assert sent == []  # nothing forwarded yet: nothing to report
     s.video(1, 3000, 5.0, b"abcd")
-    media.tick(6.0)
+    media.tick(6.0, WALL)
     (datagram,) = sent
     report, sdes = parse_compound(datagram)
     assert isinstance(report, SenderReport) and isinstance(sdes, Sdes)
@@ -997,7 +1001,7 @@ def test_tick_sends_sender_reports_and_cname_for_consumers_that_sent() -> None:
     assert sdes.chunks == ((video.ssrc, ((1, b"player-cname"),)),)
     packet = rtp_packet(1, 960, CHROMIUM_AUDIO_SSRC, CHROMIUM_OPUS)
     s.producers["audio"].receive(packet, header(packet), 6.5)
-    media.tick(7.0)
+    media.tick(7.0, WALL)
     reports = [p for p in parse_compound(sent[1]) if isinstance(p, SenderReport)]
     assert {r.ssrc for r in reports} == {video.ssrc, s.consumers["audio"].ssrc}
 
@@ -1103,7 +1107,7 @@ def rtcp_bytes(draw: st.DrawFn) -> bytes:
 def test_publisher_on_rtp_never_raises(packets: list[tuple[bytes, float]]) -> None:
     for packet, now in packets:
         PUB_MEDIA.on_rtp(packet, now)
-    PUB_MEDIA.tick(max((now for _, now in packets), default=0.0))
+    PUB_MEDIA.tick(max((now for _, now in packets), default=0.0), WALL)
     PUB_SINK.rtp.clear()
     _PUB_TRANSPORT.rtcp.clear()
 
@@ -1126,6 +1130,6 @@ def test_player_on_rtcp_never_raises(media: list[bytes], packets: list[tuple[byt
             PLAYER_SETUP.producers["video"].receive(packet, parsed, 0.0)
     for packet, now in packets:
         PLAYER_MEDIA.on_rtcp(packet, now)
-    PLAYER_MEDIA.tick(1e6)
+    PLAYER_MEDIA.tick(1e6, WALL)
     PLAYER_SETUP.sink.rtp.clear()
     PLAYER_SENT.clear()

@@ -13,8 +13,10 @@ import trio
 from aioice import stun
 
 from trio_sfu.config import MIN_PEER_RECEIVE_BUFFER, Config, ConfigError, HostPort, load
-from trio_sfu.server.mux import Datagram, Kind, MediaMux, classify
-from trio_sfu.server.udp import YIELD_AFTER, ConnectedUdp, MemoryNetwork, UdpEndpoint
+from trio_sfu.server.mux import Datagram, MediaMux
+from trio_sfu.server.udp import YIELD_AFTER, ConnectedUdp, UdpEndpoint
+from trio_sfu.testing.network import MemoryNetwork
+from trio_sfu.wire.datagram import Kind, classify
 
 
 class Inbox:

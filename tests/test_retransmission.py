@@ -41,6 +41,8 @@ MEASURE_SECONDS = 5.0
 # in retransmissions, and a burst (1.25 measured; answering every NACK measured 3.0-3.3).
 MAX_SEND_RATIO = 2.0
 
+WALL = 1_767_225_600.0  # the wall clock the legs are given (sender reports' NTP time)
+
 
 PACKET = 1000  # payload bytes of the synthetic video packets
 PACKET_RATE = 100  # packets per second: 800 kbit/s of payload
@@ -133,7 +135,7 @@ def test_rtt_is_learned_from_receiver_reports() -> None:
     publisher_sr = SenderReport(CHROMIUM_VIDEO_SSRC, 0xE000_1234_0000_0000, 0, 0, 0)
     s.producers["video"].on_sender_report(publisher_sr, 19.0)
     s.video(1, 90000, 19.5)
-    media.tick(20.0)
+    media.tick(20.0, WALL)
     (report,) = [p for p in parse_compound(sent[-1]) if isinstance(p, SenderReport)]
     lsr = (report.ntp_timestamp >> 16) & 0xFFFFFFFF
 
@@ -149,7 +151,7 @@ def test_rtt_is_learned_from_receiver_reports() -> None:
     assert media.rtt == pytest.approx(0.08, abs=1e-4)
     assert video.rtt == audio.rtt == media.rtt  # one transport, one round trip
     # The SR the player last got can be an older one (the newest was lost): still found.
-    media.tick(21.0)
+    media.tick(21.0, WALL)
     media.on_rtcp(receiver_report(lsr, 1.2), 21.4)
     assert media.rtt == pytest.approx(0.2, abs=1e-4)
 

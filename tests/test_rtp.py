@@ -11,11 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trio_sfu.media.rewriter import HeaderMap, Rewriter
 from trio_sfu.wire.rtp import (
     MAX_DROPOUT,
     MAX_MISORDER,
-    HeaderMap,
-    Rewriter,
     RtpHeader,
     is_rtcp,
     parse_rtp,

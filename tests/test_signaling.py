@@ -15,8 +15,8 @@ from trio_websocket import HandshakeError, open_websocket_url
 
 from trio_sfu.config import Config, HostPort
 from trio_sfu.server.server import Server
-from trio_sfu.server.udp import MemoryNetwork
 from trio_sfu.signaling.auth import mint_token
+from trio_sfu.testing.network import MemoryNetwork
 
 from .conftest import Client, fixture_sdp, running_server
 

@@ -13,13 +13,12 @@ import collections
 import struct
 from typing import Protocol
 
-import trio
-
 from trio_sfu.media.negotiation import EXT_MID, NegotiatedTrack
 from trio_sfu.media.producer import CACHE_SIZE, Producer
+from trio_sfu.media.rewriter import Rewriter
 from trio_sfu.wire.keyframe import detector
 from trio_sfu.wire.rtcp import SenderReport, ntp_timestamp
-from trio_sfu.wire.rtp import Rewriter, RtpHeader, parse_rtp
+from trio_sfu.wire.rtp import RtpHeader, parse_rtp
 
 NTP_UNITS = 1 << 32
 SEQUENCE_MAP = 1024  # output sequence -> input sequence, for NACKs
@@ -48,6 +47,18 @@ RTX_MIN_RATE = 2000.0  # bytes per second
 RTX_BURST_SECONDS = 0.5
 RTX_MIN_BURST = 12 * 1200.0
 RTX_OVERHEAD = 2  # the original sequence number RFC 4588 puts before the payload
+
+
+class Backlog(Protocol):
+    """Where packets wait while the player's socket would block; the player's forwarding task (in the
+    server layer) drains it once the socket is writable, and ends when it is closed."""
+
+    def offer(self, packet: bytes) -> bool | None:
+        """Queue without waiting. True: queued; False: full (the packet is dropped, counted); None:
+        closed (the player is going away)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class PacketSink(Protocol):
@@ -101,7 +112,7 @@ class Consumer:
         producer: Producer,
         played: NegotiatedTrack,
         sink: PacketSink,
-        backlog: trio.MemorySendChannel[bytes],
+        backlog: Backlog,
     ) -> None:
         self.owner = owner  # the player's session
         self.producer = producer
@@ -190,14 +201,12 @@ class Consumer:
             self.counters["not_connected"] += 1
 
     def _queue(self, packet: bytes) -> None:
-        try:
-            self._backlog.send_nowait(packet)
+        queued = self._backlog.offer(packet)
+        if queued:
             self.backlogged += 1
-        except trio.WouldBlock:
+        elif queued is False:
             self.counters["backlog_full"] += 1
             self.stats["drop_fanout_queue_full"] += 1
-        except trio.ClosedResourceError:
-            pass
 
     def close(self) -> None:
         """The producer is gone: ending the backlog channel ends the forwarding task."""

@@ -10,11 +10,10 @@ round trip.
 from __future__ import annotations
 
 import collections
-import time
 from collections.abc import Callable
 
 from trio_sfu.media.consumer import Consumer
-from trio_sfu.server.transport_driver import MediaHandler
+from trio_sfu.media.leg import MediaHandler
 from trio_sfu.wire.rtcp import (
     MAX_REPORT_BLOCKS,
     SDES_CNAME,
@@ -94,8 +93,7 @@ class PlayerMedia(MediaHandler):
         for consumer in self.consumers:
             consumer.producer.request_keyframe(now)
 
-    def tick(self, now: float) -> float:
-        wall = time.time()
+    def tick(self, now: float, wall: float) -> float:
         reports = [r for c in self.consumers if (r := c.sender_report(now, wall)) is not None]
         sent = self._sr_sent
         for report in reports:

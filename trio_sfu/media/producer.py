@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Protocol
 import attrs
 
 from trio_sfu.media.negotiation import NegotiatedTrack
+from trio_sfu.media.rewriter import HeaderMap
 from trio_sfu.wire.rtcp import ReportBlock, SenderReport
-from trio_sfu.wire.rtp import HeaderMap, RtpHeader
+from trio_sfu.wire.rtp import RtpHeader
 
 if TYPE_CHECKING:
     from trio_sfu.media.consumer import Consumer

@@ -11,10 +11,10 @@ import collections
 import logging
 import struct
 
+from trio_sfu.media.leg import MediaHandler, RtcpSender
 from trio_sfu.media.negotiation import EXT_MID, EXT_TRANSPORT_CC, Negotiated
 from trio_sfu.media.producer import Producer
 from trio_sfu.media.twcc import TwccRecorder
-from trio_sfu.server.transport_driver import MediaHandler, Transport
 from trio_sfu.wire.rtcp import (
     MAX_REPORT_BLOCKS,
     Nack,
@@ -44,7 +44,7 @@ def _extension_id(negotiated: Negotiated, uri: str) -> int | None:
 
 
 class PublisherMedia(MediaHandler):
-    def __init__(self, transport: Transport, negotiated: Negotiated, *, ssrc: int, max_bitrate: int) -> None:
+    def __init__(self, transport: RtcpSender, negotiated: Negotiated, *, ssrc: int, max_bitrate: int) -> None:
         self.transport = transport
         self.ssrc = ssrc  # the server's own SSRC on this leg, for its RTCP
         self.max_bitrate = max_bitrate
@@ -174,7 +174,7 @@ class PublisherMedia(MediaHandler):
     def on_connected(self, now: float) -> None:
         self._next_report = now
 
-    def tick(self, now: float) -> float:
+    def tick(self, now: float, wall: float) -> float:
         if self.twcc is not None:
             feedback = self.twcc.feedback(now)
             if feedback:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import enum
 import logging
 from collections.abc import Iterator
 from typing import Protocol
@@ -20,29 +19,9 @@ import trio
 from aioice import stun
 
 from trio_sfu.server.udp import Address, DatagramEndpoint
+from trio_sfu.wire.datagram import Kind, classify, stun_username
 
 log = logging.getLogger(__name__)
-
-
-class Kind(enum.Enum):
-    STUN = "stun"
-    DTLS = "dtls"
-    RTP = "rtp"
-    UNKNOWN = "unknown"
-
-
-def classify(data: bytes) -> Kind:
-    """RFC 7983 section 7: the first byte decides."""
-    if not data:
-        return Kind.UNKNOWN
-    first = data[0]
-    if first <= 3:
-        return Kind.STUN
-    if 20 <= first <= 63:
-        return Kind.DTLS
-    if 128 <= first <= 191:
-        return Kind.RTP
-    return Kind.UNKNOWN
 
 
 @attrs.frozen
@@ -60,11 +39,6 @@ class Receiver(Protocol):
     def deliver(self, datagram: Datagram) -> bool:
         """Take the datagram now; False if the transport's queue is full (mux counts a drop)."""
         ...
-
-
-def stun_username(message: stun.Message) -> str | None:
-    username = message.attributes.get("USERNAME")
-    return username if isinstance(username, str) else None
 
 
 class MediaMux:

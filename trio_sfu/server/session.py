@@ -25,6 +25,27 @@ log = logging.getLogger(__name__)
 KINDS = ("audio", "video")
 
 
+class ChannelBacklog:
+    """A consumer's backlog on a Trio memory channel, drained by the player's forwarding task."""
+
+    __slots__ = ("_send",)
+
+    def __init__(self, send: trio.MemorySendChannel[bytes]) -> None:
+        self._send = send
+
+    def offer(self, packet: bytes) -> bool | None:
+        try:
+            self._send.send_nowait(packet)
+        except trio.WouldBlock:
+            return False
+        except trio.ClosedResourceError:
+            return None
+        return True
+
+    def close(self) -> None:
+        self._send.close()
+
+
 class Session:
     BACKLOG = 128  # packets queued per consumer while the player's socket would block
 
@@ -87,7 +108,7 @@ class Session:
         played = list(self.negotiated.tracks)
         for track, producer in zip(played, publication.producers_for(played), strict=True):
             send, receive = trio.open_memory_channel[bytes](self.BACKLOG)
-            consumer = Consumer(self, producer, track, self.transport, send)
+            consumer = Consumer(self, producer, track, self.transport, ChannelBacklog(send))
             consumer.update_mute(publication.muted[track.kind], trio.current_time())
             producer.consumers.append(consumer)
             self.consumers.append((consumer, receive))

@@ -10,21 +10,23 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import secrets
 import string
+import time
 from collections.abc import Callable
 
 import trio
 
+from trio_sfu.media.leg import MediaHandler
 from trio_sfu.media.negotiation import answer_setup
-from trio_sfu.server.mux import Datagram, Kind, MediaMux
+from trio_sfu.server.mux import Datagram, MediaMux
 from trio_sfu.server.udp import Address, ConnectedUdp, DatagramEndpoint
 from trio_sfu.signaling.messages import CloseReason
 from trio_sfu.transport.certificate import Certificate
 from trio_sfu.transport.dtls import DtlsEndpoint, DtlsState
 from trio_sfu.transport.ice import CandidateEvicted, CandidateValidated, IceLiteAgent, PairSelected
 from trio_sfu.transport.srtp import SrtpSession
+from trio_sfu.wire.datagram import Kind
 from trio_sfu.wire.rtp import is_rtcp
 from trio_sfu.wire.sdp import Offer
 
@@ -35,20 +37,6 @@ _ICE_CHARS = string.ascii_letters + string.digits + "+/"
 
 def ice_credential(length: int) -> str:
     return "".join(secrets.choice(_ICE_CHARS) for _ in range(length))
-
-
-class MediaHandler:
-    """What the session does with decrypted media; the transport only moves and protects bytes."""
-
-    def on_rtp(self, packet: bytes, now: float) -> None: ...
-
-    def on_rtcp(self, packet: bytes, now: float) -> None: ...
-
-    def on_connected(self, now: float) -> None: ...
-
-    def tick(self, now: float) -> float:
-        """Periodic work (RTCP reports); returns when to be called next."""
-        return math.inf
 
 
 class Transport:
@@ -395,7 +383,7 @@ class Transport:
                     self.stats["drop_input_overflow"] += dropped
             if self.srtp is not None:
                 try:
-                    self._next_tick = self.handler.tick(now)
+                    self._next_tick = self.handler.tick(now, time.time())
                 except Exception:
                     # Like deliver(): a bug costs one round of reports, never the session or server.
                     self.counters["internal_error"] += 1

@@ -1,14 +1,12 @@
-"""Datagram endpoints: the real UDP socket, and an in-memory network for mock-clock tests.
+"""Datagram endpoints: the UDP socket shared by every session, and each peer's own connected socket.
 
-The media layer only needs "receive a datagram" and "send one without blocking", so both the kernel
-socket and the test network implement that small `DatagramEndpoint` protocol; MockClock tests then run
-the whole server without a real socket (autojump would otherwise move the clock while a task waits on
-the kernel).
+The server needs only "receive a datagram" and "send one without blocking": the small
+`DatagramEndpoint` protocol, which trio_sfu.testing.network also implements, so mock-clock tests run
+the whole server without a socket.
 """
 
 from __future__ import annotations
 
-import errno
 import socket as stdlib_socket
 import sys
 import time
@@ -223,65 +221,3 @@ class ConnectedUdp:
     def close(self) -> None:
         trio.lowlevel.notify_closing(self._socket)  # wakes the reader instead of leaving it on a dead fd
         self._socket.close()
-
-
-class MemoryNetwork:
-    """A lossless in-process datagram network for tests under `trio.testing.MockClock`."""
-
-    def __init__(self) -> None:
-        self._endpoints: dict[Address, MemoryEndpoint] = {}
-        self._next_port = 50000
-
-    def endpoint(self, host: str = "127.0.0.1", port: int = 0) -> MemoryEndpoint:
-        if port == 0:
-            port = self._next_port
-            self._next_port += 1
-        address = (host, port)
-        if address in self._endpoints:
-            raise OSError(errno.EADDRINUSE, f"{address} is in use")
-        endpoint = MemoryEndpoint(self, address)
-        self._endpoints[address] = endpoint
-        return endpoint
-
-    def _deliver(self, data: bytes, source: Address, destination: Address) -> bool:
-        target = self._endpoints.get(destination)
-        if target is None:
-            return False
-        try:
-            target._inbox_send.send_nowait((data, source))
-        except trio.WouldBlock:
-            return False
-        return True
-
-    def _forget(self, address: Address) -> None:
-        self._endpoints.pop(address, None)
-
-
-class MemoryEndpoint:
-    QUEUE = 1024
-
-    def __init__(self, network: MemoryNetwork, address: Address) -> None:
-        self._network = network
-        self._address = address
-        self._inbox_send, self._inbox = trio.open_memory_channel[tuple[bytes, Address]](self.QUEUE)
-
-    @property
-    def local_address(self) -> Address:
-        return self._address
-
-    async def receive(self) -> tuple[bytes, Address]:
-        return await self._inbox.receive()
-
-    def send(self, data: bytes | memoryview, address: Address) -> bool:
-        self._network._deliver(bytes(data), self._address, address)
-        return True
-
-    async def wait_writable(self) -> None:
-        await trio.lowlevel.checkpoint()
-
-    def connect(self, remote: Address) -> ConnectedUdp | None:
-        return None
-
-    def close(self) -> None:
-        self._network._forget(self._address)
-        self._inbox_send.close()
