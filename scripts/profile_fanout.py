@@ -117,7 +117,7 @@ async def main() -> None:
         send, _ = trio.open_memory_channel[bytes](128)
         sink = connected_transport(endpoint, peer, not args.sendto, stats)
         consumer = Consumer(None, producer, vp8_track(5000 + index, 97, (4, 2)), sink, ChannelBacklog(send))
-        producer.consumers.append(consumer)
+        producer.add_player(consumer)
     stream = packets(args.packets)
     headers = [parse_rtp(p) for p in stream]
     scratch = bytearray(32 << 20) if args.cold else None

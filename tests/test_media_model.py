@@ -213,7 +213,7 @@ class Setup:
             self.backlogs.append(receive)
             consumer = Consumer(None, producer, track, self.sink, ChannelBacklog(send))
             consumer.awaiting_keyframe = False  # these tests send synthetic payloads; gating is tested apart
-            producer.consumers.append(consumer)
+            producer.add_player(consumer)
             self.consumers[track.kind] = consumer
 
     def video(
@@ -689,7 +689,7 @@ def attach_player(producers: dict[str, Producer]) -> tuple[dict[str, Consumer], 
         send, _ = trio.open_memory_channel[bytes](16)
         consumer = Consumer(None, producer, track, sink, ChannelBacklog(send))
         consumer.awaiting_keyframe = False  # these tests send synthetic payloads; gating is tested apart
-        producer.consumers.append(consumer)
+        producer.add_player(consumer)
         consumers[track.kind] = consumer
     return consumers, sink
 
@@ -933,7 +933,7 @@ def test_sender_reports_for_32_played_tracks() -> None:
         backlog = ChannelBacklog(trio.open_memory_channel[bytes](4)[0])
         consumer = Consumer(None, producer, played, sink, backlog)
         consumer.awaiting_keyframe = False  # these tests send synthetic payloads; gating is tested apart
-        producer.consumers.append(consumer)
+        producer.add_player(consumer)
         consumers.append(consumer)
         packet = rtp_packet(1, 0, track.ssrc or 0, 96)
         producer.receive(packet, header(packet), 1.0)

@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import socket
-import string
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
@@ -27,7 +26,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 from trio_sfu.media.negotiation import EXT_ABS_SEND_TIME, EXT_MID
 from trio_sfu.transport.certificate import Certificate
 from trio_sfu.transport.dtls import DtlsEndpoint, DtlsState
-from trio_sfu.transport.ice import check_stun_auth
+from trio_sfu.transport.ice import check_stun_auth, ice_credential
 from trio_sfu.transport.srtp import SrtpSession
 
 ABS_SEND_TIME_ID = 2  # Chromium's ids: abs-send-time 2, mid 4
@@ -37,11 +36,6 @@ VP8_PT = 96
 AST_UNITS = 1 << 18  # abs-send-time: 6.18 fixed-point seconds, 24 bits (wraps every 64 s)
 AST_MASK = 0xFFFFFF
 JANUS_MEDIA_HOST = "127.0.0.2"
-_ICE_CHARS = string.ascii_letters + string.digits + "+/"
-
-
-def ice_credential(length: int) -> str:
-    return "".join(secrets.choice(_ICE_CHARS) for _ in range(length))
 
 
 def abs_send_time(now: float) -> int:

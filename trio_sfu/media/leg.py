@@ -8,6 +8,9 @@ import collections
 import math
 from typing import Protocol
 
+REPORT_INTERVAL = 1.0
+"""Seconds between a leg's RTCP reports (SR to players, RR to publishers), as browsers send theirs."""
+
 
 class RtcpSender(Protocol):
     """The leg's transport, for what the media layer sends on its own (reports, feedback)."""

@@ -13,7 +13,7 @@ import collections
 from collections.abc import Callable
 
 from trio_sfu.media.consumer import Consumer
-from trio_sfu.media.leg import MediaHandler
+from trio_sfu.media.leg import REPORT_INTERVAL, MediaHandler
 from trio_sfu.wire.rtcp import (
     MAX_REPORT_BLOCKS,
     SDES_CNAME,
@@ -29,7 +29,6 @@ from trio_sfu.wire.rtcp import (
     serialize_compound,
 )
 
-REPORT_INTERVAL = 1.0
 # Sender reports remembered for the receiver reports that echo them: a report block refers to the last
 # SR its sender received, a second or two back at most; a few more cover lost and reordered reports.
 SR_HISTORY = 16

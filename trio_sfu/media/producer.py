@@ -137,6 +137,15 @@ class Producer:
         for consumer in self.consumers:
             consumer.forward(packet, header, now)
 
+    def add_player(self, consumer: Consumer) -> None:
+        """Start forwarding this track to `consumer` (its fan-out list has no other door)."""
+        self.consumers.append(consumer)
+
+    def remove_player(self, consumer: Consumer) -> None:
+        """Stop forwarding to `consumer`; a player already gone (the producer ended) is no error."""
+        if consumer in self.consumers:
+            self.consumers.remove(consumer)
+
     def cached(self, sequence: int) -> bytes | None:
         packet = self._cache[sequence % CACHE_SIZE]
         if packet is None or int.from_bytes(packet[2:4], "big") != sequence:

@@ -11,7 +11,7 @@ import collections
 import logging
 import struct
 
-from trio_sfu.media.leg import MediaHandler, RtcpSender
+from trio_sfu.media.leg import REPORT_INTERVAL, MediaHandler, RtcpSender
 from trio_sfu.media.negotiation import EXT_MID, EXT_TRANSPORT_CC, Negotiated
 from trio_sfu.media.producer import Producer
 from trio_sfu.media.twcc import TwccRecorder
@@ -31,7 +31,6 @@ from trio_sfu.wire.rtp import RtpHeader, parse_rtp, read_extension
 
 log = logging.getLogger(__name__)
 
-REPORT_INTERVAL = 1.0
 TWCC_INTERVAL = 0.1
 
 

@@ -18,8 +18,8 @@ import attrs
 import trio
 from aioice import stun
 
-from trio_sfu.server.udp import Address, DatagramEndpoint
-from trio_sfu.wire.datagram import Kind, classify, stun_username
+from trio_sfu.server.udp import DatagramEndpoint
+from trio_sfu.wire.datagram import Address, Kind, classify, stun_username
 
 log = logging.getLogger(__name__)
 

@@ -87,6 +87,7 @@ class Server:
         # Media totals across sessions (packets, bytes, drops by reason), read by /metrics.
         self.stats: collections.Counter[str] = collections.Counter()
         self.connections: set[Connection] = set()
+        self._idle = trio.Event()  # set when the last connection ends during shutdown
         self.limits = Limits(
             LimitSettings(
                 max_sessions=config.max_sessions,
@@ -277,8 +278,6 @@ class Server:
             self.connections.discard(connection)
             if not self.connections:
                 self._idle.set()
-
-    _idle = trio.Event()
 
     async def shutdown(self) -> None:
         """Every session gets `stream.close` (server_shutdown), sockets close, then everything stops."""

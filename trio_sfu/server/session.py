@@ -110,7 +110,7 @@ class Session:
             send, receive = trio.open_memory_channel[bytes](self.BACKLOG)
             consumer = Consumer(self, producer, track, self.transport, ChannelBacklog(send))
             consumer.update_mute(publication.muted[track.kind], trio.current_time())
-            producer.consumers.append(consumer)
+            producer.add_player(consumer)
             self.consumers.append((consumer, receive))
         cname = next((t.cname for t in played if t.cname), "trio_sfu")
         self.transport.handler = PlayerMedia(
@@ -149,8 +149,7 @@ class Session:
             publication.end(self._reason_for_players())
         else:
             for consumer, _ in self.consumers:
-                if consumer in consumer.producer.consumers:
-                    consumer.producer.consumers.remove(consumer)
+                consumer.producer.remove_player(consumer)
 
     def _reason_for_players(self) -> CloseReason:
         if self.closed_by_client:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import secrets
-import string
 import time
 from collections.abc import Callable
 
@@ -20,24 +18,23 @@ import trio
 from trio_sfu.media.leg import MediaHandler
 from trio_sfu.media.negotiation import answer_setup
 from trio_sfu.server.mux import Datagram, MediaMux
-from trio_sfu.server.udp import Address, ConnectedUdp, DatagramEndpoint
+from trio_sfu.server.udp import ConnectedUdp, DatagramEndpoint
 from trio_sfu.signaling.messages import CloseReason
 from trio_sfu.transport.certificate import Certificate
 from trio_sfu.transport.dtls import DtlsEndpoint, DtlsState
-from trio_sfu.transport.ice import CandidateEvicted, CandidateValidated, IceLiteAgent, PairSelected
+from trio_sfu.transport.ice import (
+    CandidateEvicted,
+    CandidateValidated,
+    IceLiteAgent,
+    PairSelected,
+    ice_credential,
+)
 from trio_sfu.transport.srtp import SrtpSession
-from trio_sfu.wire.datagram import Kind
+from trio_sfu.wire.datagram import Address, Kind
 from trio_sfu.wire.rtp import is_rtcp
 from trio_sfu.wire.sdp import Offer
 
 log = logging.getLogger(__name__)
-
-_ICE_CHARS = string.ascii_letters + string.digits + "+/"
-
-
-def ice_credential(length: int) -> str:
-    return "".join(secrets.choice(_ICE_CHARS) for _ in range(length))
-
 
 class Transport:
     # Slots, here and in the other objects the fan-out touches per player and packet: each player's

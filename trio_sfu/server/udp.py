@@ -16,8 +16,7 @@ from typing import Protocol
 import trio
 
 from trio_sfu.config import HostPort
-
-Address = tuple[str, int]
+from trio_sfu.wire.datagram import Address
 
 
 class DatagramEndpoint(Protocol):

@@ -11,7 +11,8 @@ import errno
 
 import trio
 
-from trio_sfu.server.udp import Address, ConnectedUdp
+from trio_sfu.server.udp import ConnectedUdp
+from trio_sfu.wire.datagram import Address
 
 
 class MemoryNetwork:

@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from OpenSSL import crypto
 
-__all__ = ["FINGERPRINT_ALGORITHMS", "Certificate", "PrivateKey", "fingerprint_of_der"]
+__all__ = ["FINGERPRINT_HASHES", "Certificate", "PrivateKey", "fingerprint_of_der"]
 
-FINGERPRINT_ALGORITHMS: dict[str, str] = {
+FINGERPRINT_HASHES: dict[str, str] = {
     "sha-1": "sha1",
     "sha-256": "sha256",
     "sha-384": "sha384",
@@ -31,9 +31,9 @@ PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 def fingerprint_of_der(der: bytes, algorithm: str) -> str:
     """Format a fingerprint as SDP writes it ("AB:CD:..."), so it can be compared as a string."""
-    name = FINGERPRINT_ALGORITHMS.get(algorithm.lower())
+    name = FINGERPRINT_HASHES.get(algorithm.lower())
     if name is None:
-        supported = ", ".join(FINGERPRINT_ALGORITHMS)
+        supported = ", ".join(FINGERPRINT_HASHES)
         raise ValueError(f"unsupported fingerprint algorithm {algorithm!r} (use {supported})")
     return hashlib.new(name, der).digest().hex(":").upper()
 

@@ -30,7 +30,7 @@ import attrs
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
-from trio_sfu.transport.certificate import FINGERPRINT_ALGORITHMS, Certificate, fingerprint_of_der
+from trio_sfu.transport.certificate import FINGERPRINT_HASHES, Certificate, fingerprint_of_der
 
 __all__ = ["DtlsEndpoint", "DtlsState", "SrtpKeys", "SrtpProfile"]
 
@@ -298,7 +298,7 @@ class DtlsEndpoint:
         self._started_at = now
         self.state = DtlsState.HANDSHAKING
         if not self._expected:
-            names = ", ".join(FINGERPRINT_ALGORITHMS)
+            names = ", ".join(FINGERPRINT_HASHES)
             self._fail(f"no certificate fingerprint with a supported hash function ({names}) in the SDP")
             return []
         if self.server:

@@ -15,13 +15,15 @@ import binascii
 import collections
 import hmac
 import ipaddress
+import secrets
+import string
 import struct
 from typing import Final
 
 import attrs
 from aioice import stun
 
-Address = tuple[str, int]
+from trio_sfu.wire.datagram import Address
 
 _MESSAGE_INTEGRITY: Final = 0x0008
 _FINGERPRINT: Final = 0x8028
@@ -248,3 +250,11 @@ class IceLiteAgent:
             del self._validated[oldest]
             events.append(CandidateEvicted(oldest))
         return events
+
+
+_ICE_CHARS = string.ascii_letters + string.digits + "+/"
+
+
+def ice_credential(length: int) -> str:
+    """A random ufrag or password (RFC 8839 ice-char), from the system's secure source."""
+    return "".join(secrets.choice(_ICE_CHARS) for _ in range(length))

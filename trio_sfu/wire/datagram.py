@@ -7,6 +7,9 @@ import enum
 
 from aioice import stun
 
+Address = tuple[str, int]
+"""(host, port) of a datagram's source or destination."""
+
 
 class Kind(enum.Enum):
     STUN = "stun"

@@ -20,7 +20,7 @@ MAX_CODECS = 128
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 SETUP_ROLES = ("actpass", "active", "passive", "holdconn")
 # Digest length in bytes of each fingerprint algorithm the server can verify.
-FINGERPRINT_ALGORITHMS = {"sha-1": 20, "sha-256": 32, "sha-384": 48, "sha-512": 64}
+FINGERPRINT_DIGEST_SIZES = {"sha-1": 20, "sha-256": 32, "sha-384": 48, "sha-512": 64}
 # Payload types with a static RFC 3551 assignment: they may appear in m= without an a=rtpmap.
 STATIC_PAYLOAD_TYPES = frozenset(
     (0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 25, 26, 28, 31, 32, 33, 34)
@@ -274,7 +274,7 @@ class _Media(_Scope):
 def _parse_fingerprint(value: str, lineno: int) -> tuple[str, str] | None:
     fields = _fields(value, 2, "a=fingerprint", lineno)
     algorithm = fields[0].lower()
-    size = FINGERPRINT_ALGORITHMS.get(algorithm)
+    size = FINGERPRINT_DIGEST_SIZES.get(algorithm)
     if size is None:
         return None  # an algorithm the server cannot check is simply not usable
     digest = fields[1]
