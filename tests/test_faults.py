@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -12,36 +10,12 @@ import trio
 from trio_sfu.config import Config
 
 from .aiortc_peers import AsyncioThread, Player, Publisher
-from .conftest import Client, Harness, eventually, running_server
-from .test_media_aiortc import session, valid_counters, wait_for
-from .udp_relay import UdpRelay
+from .conftest import Harness, eventually, running_server
+from .support.aiortc_sessions import relayed, session, valid_counters, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 SHORT = Config(liveness_timeout=3.0, dtls_handshake_timeout=3.0)
-
-
-@asynccontextmanager
-async def relayed(
-    sfu: Harness, aio: AsyncioThread, peer: Publisher | Player, uid: str, seed: int = 1
-) -> AsyncIterator[tuple[Client, UdpRelay]]:
-    """A session whose media goes through a relay the test can pause, filter, make lossy or inject from."""
-    relay = UdpRelay(sfu.server.candidates[0], seed=seed)
-    await relay.bind()
-    try:
-        async with trio.open_nursery() as nursery, sfu.client(uid=uid) as client:
-            nursery.start_soon(relay.run)
-            assert (await client.connect())["err"] == 0
-            reply = await client.offer("cam", await aio.call(peer.offer), isinstance(peer, Publisher))
-            assert reply["err"] == 0, reply
-            await aio.call(peer.answer, relay.rewrite_answer(reply["data"]["sdp"]))
-            try:
-                yield client, relay
-            finally:
-                await aio.call(peer.close)
-                nursery.cancel_scope.cancel()
-    finally:
-        relay.close()
 
 
 def sessions(sfu: Harness) -> list[str]:

@@ -17,7 +17,7 @@ from trio_websocket import ConnectionClosed
 
 from .aiortc_peers import AsyncioThread, Player, Publisher
 from .conftest import eventually, fixture_sdp, running_server, task_names
-from .test_media_aiortc import assert_video_matches, session, valid_counters, wait_for
+from .support.aiortc_sessions import assert_video_matches, session, valid_counters, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

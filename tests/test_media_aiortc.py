@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -16,58 +13,10 @@ from trio_sfu.server.metrics import make_registry, render
 from trio_sfu.server.udp import TRUESIZE_FACTOR
 
 from .aiortc_peers import TONE_HZ, AsyncioThread, Player, Publisher
-from .conftest import Client, Harness, running_server
+from .conftest import running_server
+from .support.aiortc_sessions import assert_video_matches, session, valid_counters, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll until `condition` holds; returns the time it took."""
-    start = time.monotonic()
-    with trio.move_on_after(timeout):
-        while not condition():
-            await trio.sleep(0.05)
-        return time.monotonic() - start
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def valid_counters(player: Player, since: float = 0.0) -> list[int]:
-    return [c for t, c, _, _ in player.frames if t >= since and c is not None]
-
-
-def assert_video_matches(player: Player, publisher: Publisher, since: float = 0.0) -> None:
-    """Decoded frames show counters the publisher sent, in order, and no corrupt frame."""
-    frames = [f for f in player.frames if f[0] >= since]
-    assert frames, "no frames decoded"
-    counters = [c for _, c, _, _ in frames]
-    assert None not in counters, f"{counters.count(None)} of {len(counters)} frames unreadable"
-    sent = {c for _, c in publisher.video.sent}
-    assert set(counters) <= sent
-    steps = [(b - a) % 256 for a, b in itertools.pairwise(counters)]
-    assert all(0 < step < 64 for step in steps), steps
-    assert {(w, h) for _, _, w, h in frames} == {(320, 240)}
-
-
-@asynccontextmanager
-async def session(
-    sfu: Harness,
-    aio: AsyncioThread,
-    peer: Publisher | Player,
-    uid: str,
-    stream: str = "cam",
-    munge: Callable[[str], str] = lambda sdp: sdp,
-) -> AsyncIterator[Client]:
-    async with sfu.client(uid=uid) as client:
-        assert (await client.connect())["err"] == 0
-        peer.offered_at = time.monotonic()
-        offer = munge(await aio.call(peer.offer))
-        reply = await client.offer(stream, offer, isinstance(peer, Publisher))
-        assert reply["err"] == 0, reply
-        await aio.call(peer.answer, reply["data"]["sdp"])
-        try:
-            yield client
-        finally:
-            await aio.call(peer.close)
 
 
 def dtls_passive(sdp: str) -> str:

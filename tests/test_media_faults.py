@@ -11,22 +11,18 @@ import pytest
 import trio
 from aioice import stun
 
-from trio_sfu.server.session import Session
-
 from .aiortc_peers import AsyncioThread, Player, Publisher
-from .conftest import Harness, eventually, running_server
-from .test_faults import relayed
-from .test_media_aiortc import assert_video_matches, session, valid_counters, wait_for
+from .conftest import eventually, running_server
+from .support.aiortc_sessions import (
+    assert_video_matches,
+    player_session,
+    relayed,
+    session,
+    valid_counters,
+    wait_for,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def player_session(sfu: Harness, uid: str = "relayed") -> Session:
-    for connection in sfu.server.connections:
-        for candidate in connection.sessions.values():
-            if not candidate.publish and candidate.header.uid == uid:
-                return candidate
-    raise AssertionError("no player session")
 
 
 async def test_bad_udp_leaves_the_session_alone(aio: AsyncioThread) -> None:

@@ -15,7 +15,7 @@ from trio_sfu.config import Config
 
 from .aiortc_peers import AsyncioThread, Player, Publisher
 from .conftest import running_server
-from .test_media_aiortc import assert_video_matches, session, valid_counters, wait_for
+from .support.aiortc_sessions import assert_video_matches, session, valid_counters, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

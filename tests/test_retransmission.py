@@ -29,10 +29,8 @@ from trio_sfu.wire.rtcp import Nack, ReceiverReport, ReportBlock, SenderReport, 
 
 from .aiortc_peers import AsyncioThread, Player, Publisher
 from .conftest import Harness, running_server
-from .test_faults import relayed
-from .test_media_aiortc import assert_video_matches, valid_counters, wait_for
-from .test_media_faults import player_session
-from .test_media_model import CHROMIUM_VIDEO_SSRC, Setup, header, payload_of
+from .support.aiortc_sessions import assert_video_matches, player_session, relayed, valid_counters, wait_for
+from .support.media_model import CHROMIUM_VIDEO_SSRC, Setup, header, payload_of
 
 NARROW_SHARE = 0.4  # the narrow player's link, as a share of the stream's rate
 MILD_LOSS = 0.03  # the other player's random loss

@@ -18,8 +18,7 @@ from trio_sfu import metrics
 
 from .aiortc_peers import AsyncioThread, Player, Publisher
 from .conftest import running_server
-from .test_faults import relayed
-from .test_media_aiortc import assert_video_matches, session, valid_counters, wait_for
+from .support.aiortc_sessions import assert_video_matches, relayed, session, valid_counters, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 FLOOD = Path(__file__).with_name("udp_flood.py")
