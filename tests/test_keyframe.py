@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trio_sfu import keyframe
+from trio_sfu.wire import keyframe
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from trio_sfu import metrics
+from trio_sfu.server import metrics
 
 from .aiortc_peers import AsyncioThread, Player, Publisher
 from .conftest import running_server
