@@ -15,7 +15,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from trio_sfu.media.negotiation import answer_play, answer_publish
-from trio_sfu.server.session import Session
+from trio_sfu.server.session import EndedBy, Ending, Session
 from trio_sfu.signaling.auth import AuthError, Grant
 from trio_sfu.signaling.messages import (
     Ack,
@@ -71,6 +71,8 @@ class Connection:
             try:
                 await self._read()
             finally:
+                for session in list(self.sessions.values()):
+                    session.connection_gone()  # how they ended, for their players and the log
                 nursery.cancel_scope.cancel()
 
     # ---- outgoing ----
@@ -290,9 +292,7 @@ class Connection:
                 session.header.app,
                 session.header.stream,
                 session.direction,
-                session.end_reason.value
-                if session.end_reason
-                else ("client_closed" if session.closed_by_client else "connection_closed"),
+                (session.ending or Ending(EndedBy.CONNECTION)).label,  # cancelled from above
             )
 
     def _mute(self, session: Session, data: MuteData) -> dict[str, Any]:

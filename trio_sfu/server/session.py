@@ -6,10 +6,12 @@ for any reason — is one cancel, and its `finally` is the single place that unr
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import trio
 
 from trio_sfu.media.consumer import Consumer
@@ -23,6 +25,27 @@ from trio_sfu.signaling.messages import CloseReason, Header
 log = logging.getLogger(__name__)
 
 KINDS = ("audio", "video")
+
+
+class EndedBy(enum.Enum):
+    CLIENT = "client"  # stream.close from its own client
+    SERVER = "server"  # the server ended it and told the client why (a stream.close request)
+    CONNECTION = "connection"  # its WebSocket went away: nobody is left to tell
+
+
+@attrs.frozen
+class Ending:
+    """How a session ended: decided once, by whoever ended it first."""
+
+    by: EndedBy
+    reason: CloseReason | None = None  # what the client was told (SERVER only)
+
+    @property
+    def label(self) -> str:
+        """For logs: the reason the client was given, or who closed it."""
+        if self.reason is not None:
+            return self.reason.value
+        return "client_closed" if self.by is EndedBy.CLIENT else "connection_closed"
 
 
 class ChannelBacklog:
@@ -73,10 +96,9 @@ class Session:
         self.publication: Publication | None = None
         self.publisher_media: PublisherMedia | None = None
         self.consumers: list[tuple[Consumer, trio.MemoryReceiveChannel[bytes]]] = []
-        self.end_reason: CloseReason | None = None
-        self.closed_by_client = False
+        self.ending: Ending | None = None  # set once, by whoever ends the session first
         self._scope = trio.CancelScope()
-        self.done = trio.Event()
+        self.done = trio.Event()  # set when its tasks are gone and it has left the router
         transport.on_failed = self._transport_failed
 
     @property
@@ -152,9 +174,10 @@ class Session:
                 consumer.producer.remove_player(consumer)
 
     def _reason_for_players(self) -> CloseReason:
-        if self.closed_by_client:
+        ending = self.ending
+        if ending is not None and ending.by is EndedBy.CLIENT:
             return CloseReason.PUBLISHER_CLOSED
-        if self.end_reason is CloseReason.SERVER_SHUTDOWN:
+        if ending is not None and ending.reason is CloseReason.SERVER_SHUTDOWN:
             return CloseReason.SERVER_SHUTDOWN
         return CloseReason.PUBLISHER_GONE
 
@@ -169,18 +192,26 @@ class Session:
         )
         self.end(reason)
 
+    def _ending(self, ending: Ending) -> bool:
+        """Record how the session ends and cancel it; False if it was already ending."""
+        if self.ending is not None or self.done.is_set():
+            return False
+        self.ending = ending
+        self._scope.cancel()
+        return True
+
     def end(self, reason: CloseReason) -> None:
         """The server ends this session and tells its client why (PROTOCOL.md decision 5)."""
-        if self._scope.cancel_called or self.done.is_set():
-            return
-        self.end_reason = reason
-        self._scope.cancel()
-        self._notify(self, "stream.close", {"reason": reason.value})
+        if self._ending(Ending(EndedBy.SERVER, reason)):
+            self._notify(self, "stream.close", {"reason": reason.value})
 
     async def close_by_client(self) -> None:
-        self.closed_by_client = True
-        self._scope.cancel()
+        self._ending(Ending(EndedBy.CLIENT))
         await self.done.wait()
+
+    def connection_gone(self) -> None:
+        """Its WebSocket went away (the connection's nursery is cancelling it anyway)."""
+        self._ending(Ending(EndedBy.CONNECTION))
 
     def set_muted(self, *, audio: bool | None, video: bool | None) -> bool:
         """Apply a mute request to forwarding; True if anything changed."""
