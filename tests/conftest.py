@@ -195,8 +195,8 @@ async def settle() -> None:
 
 @pytest.fixture
 def aio() -> Iterator[Any]:
-    """An asyncio loop in a thread for aiortc peers (tests/aiortc_peers.py)."""
-    from .aiortc_peers import AsyncioThread
+    """An asyncio loop in a thread for aiortc peers (tests/peers/aiortc_peers.py)."""
+    from .peers.aiortc_peers import AsyncioThread
 
     thread = AsyncioThread()
     yield thread
@@ -206,7 +206,7 @@ def aio() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def browser_aio() -> Iterator[Any]:
     """The asyncio thread Playwright's Chromium lives on, kept for a module (Chromium starts in ~1 s)."""
-    from .aiortc_peers import AsyncioThread
+    from .peers.aiortc_peers import AsyncioThread
 
     thread = AsyncioThread()
     yield thread
@@ -216,7 +216,7 @@ def browser_aio() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def chromium(browser_aio: Any) -> Iterator[Any]:
     """Headless Chromium (Debian's) for a module's tests; each test opens its own contexts."""
-    from .browser_peers import Browser, require_browser
+    from .peers.browser_peers import Browser, require_browser
 
     require_browser()
     browser = Browser(browser_aio)

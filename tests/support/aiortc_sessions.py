@@ -12,9 +12,9 @@ import trio
 
 from trio_sfu.server.session import Session
 
-from ..aiortc_peers import AsyncioThread, Player, Publisher
 from ..conftest import Client, Harness
-from ..udp_relay import UdpRelay
+from ..peers.aiortc_peers import AsyncioThread, Player, Publisher
+from ..peers.udp_relay import UdpRelay
 
 
 async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:

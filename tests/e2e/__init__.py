@@ -1,0 +1,1 @@
+"""Tests: the e2e tier (tests/README.md)."""

@@ -1,0 +1,269 @@
+"""FFmpeg's WHIP muxer (FFmpeg 8 inside PyAV) as a real publisher; aiortc plays and decodes what it sent.
+
+FFmpeg is a WebRTC client nobody here wrote, with quirks of its own (DESIGN.md, "Facts about real
+peers"): it offers `a=setup:passive`, so the server must be the DTLS client; H264 PT 106 with RTX 105
+and `ssrc-group:FID`, Opus 111 (stereo 48 kHz only), `a=ssrc` lines and no candidates; it sends STUN to
+the first host candidate of the answer. The server does not speak WHIP, so tests/peers/whip_front.py puts a
+small WHIP endpoint in front of its signaling WebSocket. The publisher runs in its own process
+(`python -m tests.peers.whip_front`): PyAV's `mux` holds the GIL while the muxer blocks on the handshake.
+
+PyAV's FFmpeg is built with GnuTLS, whose self-generated DTLS certificate is ECDSA on P-224. The
+server's OpenSSL (4.0, from `cryptography`) has no P-224 group at all, so it refuses that certificate
+("DTLS error: wrong curve", alert 47 illegal_parameter) and FFmpeg gives up ("DTLS session failed").
+FFmpeg publishes only with a P-256 certificate passed as the muxer's `cert_file`/`key_file`.
+
+The fixture tests/fixtures/sdp/ffmpeg_whip_offer.sdp is an offer the muxer really POSTed (PyAV 18.1).
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from trio_websocket import open_websocket_url
+
+from trio_sfu.config import Config, HostPort
+from trio_sfu.media.negotiation import LocalTransport, answer_publish
+from trio_sfu.server.server import Server
+from trio_sfu.wire.sdp import parse_offer
+
+from ..conftest import Client, fixture_sdp, outside_private_namespace
+from ..peers.aiortc_peers import TONE_HZ, AsyncioThread, Player
+from ..peers.whip_front import FPS, HEIGHT, WIDTH, WhipFront
+
+ROOT = Path(__file__).parents[2]
+LOOPBACK = HostPort("127.0.0.1", 0)
+
+
+@functools.cache
+def skip_reason() -> str | None:
+    """Why the FFmpeg publisher cannot run here, or None."""
+    try:
+        import av
+    except ImportError:
+        return "PyAV is missing: pip install 'av>=18' (its wheels carry FFmpeg 8 with the WHIP muxer)"
+    if "whip" not in av.formats_available:
+        return f"PyAV {av.__version__}'s FFmpeg has no WHIP muxer: pip install 'av>=18'"
+    missing = [codec for codec in ("libx264", "libopus") if codec not in av.codecs_available]
+    if missing:
+        return f"PyAV's FFmpeg lacks {', '.join(missing)}: install PyAV's PyPI wheel (pip install 'av>=18')"
+    outside = outside_private_namespace("FFmpeg", "tests/e2e/test_ffmpeg_whip.py")
+    if outside is not None:
+        return outside
+    return None
+
+
+needs_ffmpeg = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+# --------------------------------------------------------------------------- the captured offer
+
+
+def test_captured_offer_is_answered_active() -> None:
+    """The muxer's offer says a=setup:passive: the answer must make the server the DTLS client, and
+    accept both sections with the muxer's payload types (Opus 111, H264 106 with RTX 105)."""
+    offer = parse_offer(fixture_sdp("ffmpeg_whip_offer"))
+    assert {section.setup for section in offer.media} == {"passive"}
+    local = LocalTransport("sfu1", "sfupasswordsfupassword", ":".join(["AB"] * 32), (("127.0.0.1", 40000),))
+    negotiated = answer_publish(offer, local)
+    lines = negotiated.answer.splitlines()
+    setups = [line for line in lines if line.startswith("a=setup:")]
+    assert setups and set(setups) == {"a=setup:active"}, setups
+    assert "a=candidate:1 1 udp 2130706431 127.0.0.1 40000 typ host" in lines
+    tracks = {track.kind: track for track in negotiated.tracks}
+    assert (tracks["audio"].codec.name.lower(), tracks["audio"].codec.payload_type) == ("opus", 111)
+    video = tracks["video"]
+    assert (video.codec.name, video.codec.payload_type, video.rtx_payload_type) == ("H264", 106, 105)
+    assert video.ssrc is not None and video.rtx_ssrc == video.ssrc + 1
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+
+def p256_certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed ECDSA P-256 certificate and key (PEM) the server's OpenSSL accepts."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ffmpeg-whip-test")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=7))
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
+class FfmpegPublisher:
+    """The WHIP muxer in a child process (tests/peers/whip_front.py run as a script); JSON lines on stdout."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.events: list[dict[str, Any]] = []
+        self._buffer = b""
+
+    async def next_event(self, timeout: float = 15) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        with trio.fail_after(timeout):
+            while b"\n" not in self._buffer:
+                data = await self.process.stdout.receive_some(4096)
+                if not data:
+                    code = self.process.returncode
+                    raise EOFError(f"the publisher ended (exit {code}); events {self.events}")
+                self._buffer += data
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        event: dict[str, Any] = json.loads(line)
+        self.events.append(event)
+        return event
+
+    async def stop(self) -> list[dict[str, Any]]:
+        """Close its stdin: it flushes, closes the container (the muxer sends DELETE) and exits."""
+        assert self.process.stdin is not None
+        await self.process.stdin.aclose()
+        try:
+            while True:
+                await self.next_event()
+        except EOFError:
+            pass
+        with trio.fail_after(10):
+            await self.process.wait()
+        return self.events
+
+
+@asynccontextmanager
+async def ffmpeg_publisher(
+    url: str, *args: str, stderr: Any = subprocess.DEVNULL
+) -> AsyncIterator[FfmpegPublisher]:
+    command = [sys.executable, "-m", "tests.peers.whip_front", url, *args]
+    async with trio.open_nursery() as nursery:
+        process: trio.Process = await nursery.start(
+            functools.partial(
+                trio.run_process, command, cwd=ROOT, check=False,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+            )
+        )
+        try:
+            yield FfmpegPublisher(process)
+        finally:
+            if process.returncode is None:
+                process.kill()
+
+
+@asynccontextmanager
+async def serving_with_front() -> AsyncIterator[tuple[Server, WhipFront]]:
+    """The real server on loopback (signaling and media on free ports) and a WHIP front to it."""
+    config = Config(signal=LOOPBACK, http=LOOPBACK, media=(LOOPBACK,))
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(Server(config).serve)
+        host, port = server.signal_addresses[0]
+        front = WhipFront(f"ws://{host}:{port}/ws")
+        await nursery.start(front.serve)
+        yield server, front
+        nursery.cancel_scope.cancel()
+
+
+async def wait_for(condition: Any, timeout: float, what: str) -> None:
+    with trio.move_on_after(timeout):
+        while not condition():
+            await trio.sleep(0.05)
+        return
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@needs_ffmpeg
+async def test_ffmpeg_publishes_aiortc_plays(aio: AsyncioThread, tmp_path: Path) -> None:
+    """FFmpeg publishes H264 + Opus over WHIP with the server as DTLS client; an aiortc player decodes
+    320x240 pictures whose counters FFmpeg encoded, in order, and the 440 Hz tone; DELETE closes."""
+    cert_file, key_file = p256_certificate(tmp_path)
+    async with serving_with_front() as (server, front):
+        args = ("--cert-file", str(cert_file), "--key-file", str(key_file))
+        async with ffmpeg_publisher(front.url("live", "cam"), *args) as publisher:
+            live = await publisher.next_event()
+            assert live["event"] == "live", (live, front.errors)
+            (session,) = front.sessions.values()
+            assert "a=setup:active" in session.answer.splitlines()
+            player = Player(video_codec="video/H264")
+            host, port = server.signal_addresses[0]
+            async with open_websocket_url(f"ws://{host}:{port}/ws") as ws, trio.open_nursery() as nursery:
+                client = Client(ws, uid="aiortc-player")
+                nursery.start_soon(client.pump)
+                assert (await client.connect())["err"] == 0
+                player.offered_at = time.monotonic()
+                reply = await client.offer("cam", await aio.call(player.offer), publish=False)
+                assert reply["err"] == 0, reply
+                await aio.call(player.answer, reply["data"]["sdp"])
+                try:
+                    await wait_for(
+                        lambda: len(player.frames) >= 2 * FPS and len(player.audio_samples) >= 100, 15,
+                        f"{2 * FPS} video and 100 audio frames decoded by aiortc",
+                    )
+                    frequency = player.dominant_frequency()
+                    events = await publisher.stop()
+                    with trio.fail_after(5):
+                        closed = await client.next_server_request()
+                finally:
+                    await aio.call(player.close)
+                nursery.cancel_scope.cancel()
+
+    assert player.codecs == {"video": "video/H264", "audio": "audio/opus"}
+    assert {(width, height) for _, _, width, height in player.frames} == {(WIDTH, HEIGHT)}
+    read = [counter for _, counter, _, _ in player.frames]
+    counters = [counter for counter in read if counter is not None]
+    assert counters == read, read  # every decoded picture shows readable bars
+    stopping = next(event for event in events if event["event"] == "stopping")
+    assert set(counters) <= set(range(min(stopping["video_frames"], 256))), counters
+    assert counters == sorted(counters) and len(set(counters)) >= 2 * FPS * 0.9, counters
+    assert abs(frequency - TONE_HZ) < 10, frequency
+    # The muxer's DELETE reached the front, which closed the publication: the player is told.
+    assert events[-1]["event"] == "closed", events
+    # (FFmpeg sends DTLS close_notify just before its DELETE: the session may be gone by then, 404.)
+    assert session.deleted.is_set() and session.closed_reply is not None
+    assert session.closed_reply["err"] in (0, 404), session.closed_reply
+    assert closed["method"] == "stream.close", closed
+    assert closed["data"]["reason"] in ("publisher_closed", "publisher_gone"), closed
+    first = player.frames[0][0] - player.offered_at
+    print(f"\nFFmpeg WHIP set-up {live['setup_ms']} ms; aiortc first frame {first * 1000:.0f} ms after its "
+          f"offer; counters {counters[0]}..{counters[-1]}, tone {frequency:.0f} Hz; player told "
+          f"{closed['data']['reason']}; keyframe requests {server.stats['keyframe_requests']}")
+
+
+@needs_ffmpeg
+async def test_ffmpeg_default_certificate_is_refused(caplog: pytest.LogCaptureFixture) -> None:
+    """FFmpeg's own certificate (GnuTLS: ECDSA P-224) fails the handshake: the server's OpenSSL has no
+    P-224 group. The session ends as transport_failed, the muxer reports the DTLS failure, and the
+    server's log line tells the operator what FFmpeg needs instead."""
+    async with serving_with_front() as (_, front):
+        async with ffmpeg_publisher(front.url("live", "cam"), "--no-audio") as publisher:
+            event = await publisher.next_event()
+            with trio.fail_after(10):
+                await publisher.process.wait()
+        assert event["event"] == "error" and "DTLS session failed" in event["error"], event
+        (session,) = front.sessions.values()
+        await wait_for(lambda: session.server_requests, 5, "the server's stream.close to the front")
+        (closed,) = session.server_requests
+        assert closed["method"] == "stream.close" and closed["data"]["reason"] == "transport_failed", closed
+    ended = [r.getMessage() for r in caplog.records if "event=transport_ended" in r.getMessage()]
+    assert ended and "wrong curve" in ended[0] and "P-256" in ended[0] and "cert_file" in ended[0], ended

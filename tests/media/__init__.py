@@ -1,0 +1,1 @@
+"""Tests: the media tier (tests/README.md)."""

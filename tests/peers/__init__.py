@@ -1,0 +1,1 @@
+"""Real WebRTC peers and network tools the tests drive (tests/README.md)."""

@@ -1,0 +1,1 @@
+"""Tests: the robustness tier (tests/README.md)."""

@@ -1,0 +1,1 @@
+"""Tests: the server tier (tests/README.md)."""

@@ -1,0 +1,1 @@
+"""Tests: the signaling tier (tests/README.md)."""

@@ -1,0 +1,1 @@
+"""Tests: the transport tier (tests/README.md)."""

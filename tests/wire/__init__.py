@@ -1,0 +1,1 @@
+"""Tests: the wire tier (tests/README.md)."""
