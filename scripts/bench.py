@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         probes = args.probes
 
     loaded = media.load_or_generate(args.media, regenerate=args.regenerate_media)
+
     def command(text: str) -> list[str]:
         return python_command() if text == "default" else shlex.split(text)
 

@@ -31,8 +31,6 @@ pytestmark = [
 ]
 
 
-
-
 async def pages(browser: Browser, url: str, count: int) -> list[DemoPage]:
     """`count` demo pages, each in its own browser context (like separate machines)."""
     return [await browser.open(await browser.new_context(), url) for _ in range(count)]

@@ -95,7 +95,6 @@ def test_captured_offer_is_answered_active() -> None:
 # --------------------------------------------------------------------------- end to end
 
 
-
 def p256_certificate(folder: Path) -> tuple[Path, Path]:
     """A self-signed ECDSA P-256 certificate and key (PEM) the server's OpenSSL accepts."""
     key = ec.generate_private_key(ec.SECP256R1())

@@ -53,8 +53,6 @@ async def firefox(firefox_process: FirefoxProcess) -> AsyncIterator[Firefox]:
         yield session
 
 
-
-
 def page_url(url: str, bundle: str | None) -> str:
     return f"{url}?bundle={bundle}" if bundle else url
 

@@ -83,7 +83,6 @@ LOOPBACK = HostPort("127.0.0.1", 0)
 Report = dict[str, Any]
 
 
-
 @asynccontextmanager
 async def serving(**settings: Any) -> AsyncIterator[Server]:
     """The real server on loopback: signaling and media on free ports."""

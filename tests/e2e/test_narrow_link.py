@@ -45,8 +45,6 @@ MIN_FPS_SHARE = 0.8  # an unconstrained player decodes at least this share of th
 RECOVERY_SECONDS = 10.0  # for the narrow player to decode again once its link is wide (a keyframe away)
 
 
-
-
 async def tc(*args: str) -> trio.CompletedProcess[bytes]:
     """Run `tc` (its failure is the caller's to judge: a skip when shaping, nothing when removing)."""
     return await trio.run_process(["tc", *args], capture_stdout=True, capture_stderr=True, check=False)

@@ -378,6 +378,7 @@ def test_random_loss_reorder_and_duplication(certificates: tuple[Certificate, Ce
             return datagrams
 
         client, server = make_pair(certificates, mtu=rng.choice([256, 300, 600, 1200]))
+
         def drop(sender: str, index: int, data: bytes, rng: random.Random = rng) -> bool:
             return rng.random() < 0.4
 

@@ -36,6 +36,7 @@ from trio_sfu.wire.sdp import Offer
 
 log = logging.getLogger(__name__)
 
+
 class Transport:
     # Slots, here and in the other objects the fan-out touches per player and packet: each player's
     # state is cold in the cache when a packet arrives, and slots take fewer cache lines than a dict.

@@ -135,7 +135,6 @@ class MediaSection:
         return self.direction in ("sendrecv", "recvonly")
 
 
-
 @attrs.frozen
 class Offer:
     """A validated offer; the transport fields are those of the bundled transport."""
