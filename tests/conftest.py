@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -13,12 +12,13 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from trio_websocket import WebSocketConnection, wrap_client_stream
+from trio_websocket import wrap_client_stream
 
 from trio_sfu.config import Config, HostPort
 from trio_sfu.server.server import Server
 from trio_sfu.server.udp import DatagramEndpoint, UdpEndpoint
 from trio_sfu.testing.network import MemoryNetwork
+from trio_sfu.testing.signaling import SignalingClient
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -52,72 +52,8 @@ def outside_private_namespace(peer: str, test_file: str) -> str | None:
     )
 
 
-class Client:
-    """A protocol client: `request` waits for the matching ack; server requests queue apart."""
-
-    def __init__(self, ws: WebSocketConnection, app: str = "live", uid: str = "alice") -> None:
-        self.ws = ws
-        self.app = app
-        self.uid = uid
-        self._replies_send, self._replies = trio.open_memory_channel[dict[str, Any]](100)
-        self._requests_send, self.server_requests = trio.open_memory_channel[dict[str, Any]](100)
-
-    async def pump(self) -> None:
-        """Read frames until the socket closes, sorting acks from server-initiated requests."""
-        from trio_websocket import ConnectionClosed
-
-        try:
-            while True:
-                message = json.loads(await self.ws.get_message())
-                if message.get("method") == "ack":
-                    await self._replies_send.send(message)
-                else:
-                    await self._requests_send.send(message)
-        except ConnectionClosed:
-            pass
-        finally:
-            self._replies_send.close()
-            self._requests_send.close()
-
-    async def send_raw(self, frame: str | bytes) -> dict[str, Any]:
-        await self.ws.send_message(frame)
-        return await self._replies.receive()
-
-    async def request(
-        self, method: str, stream: str = "cam", data: dict[str, Any] | None = None, **header: Any
-    ) -> dict[str, Any]:
-        message = {
-            "version": "1.0",
-            "method": method,
-            "app": header.get("app", self.app),
-            "uid": header.get("uid", self.uid),
-            "stream": stream,
-            "data": data if data is not None else {},
-        }
-        return await self.send_raw(json.dumps(message))
-
-    async def connect(self, token: str = "") -> dict[str, Any]:
-        return await self.request("stream.connect", data={"token": token})
-
-    async def offer(self, stream: str, sdp: str, publish: bool) -> dict[str, Any]:
-        return await self.request("stream.offer", stream, {"publish": publish, "sdp": sdp})
-
-    async def next_server_request(self) -> dict[str, Any]:
-        return await self.server_requests.receive()
-
-    async def ack(self, request: dict[str, Any]) -> None:
-        reply = {
-            "version": "1.0",
-            "err": 0,
-            "err_msg": "success",
-            "method": "ack",
-            "on_result": request["method"] + "d",
-            "app": request["app"],
-            "uid": request["uid"],
-            "stream": request["stream"],
-            "data": {},
-        }
-        await self.ws.send_message(json.dumps(reply))
+# The protocol client of the tests (and of the benchmark's legs).
+Client = SignalingClient
 
 
 class Harness:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import os
 import secrets
 import socket
@@ -21,9 +20,10 @@ from typing import Any
 import attrs
 import trio
 from aioice import stun
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+from trio_websocket import WebSocketConnection, open_websocket_url
 
 from trio_sfu.media.negotiation import EXT_ABS_SEND_TIME, EXT_MID
+from trio_sfu.testing.signaling import SignalingClient
 from trio_sfu.transport.certificate import Certificate
 from trio_sfu.transport.dtls import DtlsEndpoint, DtlsState
 from trio_sfu.transport.ice import check_stun_auth, ice_credential
@@ -212,50 +212,33 @@ class SignalingError(Exception):
     pass
 
 
-class Signaling:
-    """JSON requests over one WebSocket, one at a time; server-initiated requests are acked and kept."""
+class Signaling(SignalingClient):
+    """One leg's signaling: the tests' protocol client, acking what the server asks and raising on a
+    failed request (the Janus client in janus.py offers the same negotiate/closed_by_server)."""
 
     def __init__(self, ws: WebSocketConnection, *, app: str, stream: str, uid: str) -> None:
-        self.ws = ws
-        self.header = {"version": "1.0", "app": app, "uid": uid, "stream": stream}
-        self._acks_send, self._acks = trio.open_memory_channel[dict[str, Any]](16)
-        self.server_requests: list[dict[str, Any]] = []
+        super().__init__(ws, app, uid, auto_ack=True)
+        self.stream = stream
         self.closed_by_server: str | None = None
-        self.on_server_request: Any = None
         self.offer_sent_at = 0.0
+        self.on_server_request = self._note
 
-    async def pump(self) -> None:
-        try:
-            while True:
-                message = json.loads(await self.ws.get_message())
-                if message.get("method") == "ack":
-                    await self._acks_send.send(message)
-                    continue
-                self.server_requests.append(message)
-                if message.get("method") == "stream.close":
-                    self.closed_by_server = str(message.get("data", {}).get("reason", "?"))
-                reply = {**self.header, "err": 0, "err_msg": "success", "method": "ack",
-                         "on_result": str(message.get("method", "")) + "d", "data": {}}
-                await self.ws.send_message(json.dumps(reply))
-                if self.on_server_request is not None:
-                    self.on_server_request(message)
-        except ConnectionClosed:
-            pass
-        finally:
-            self._acks_send.close()
+    def _note(self, message: dict[str, Any]) -> None:
+        if message.get("method") == "stream.close":
+            self.closed_by_server = str(message.get("data", {}).get("reason", "?"))
 
     async def negotiate(self, local: LocalParams, *, publish: bool, token: str) -> Answer:
         """stream.connect, then our offer; the server's answer."""
-        await self.request("stream.connect", {"token": token})
+        await self.call("stream.connect", {"token": token})
         self.offer_sent_at = time.monotonic()
         offer = build_offer(local, publish=publish)
-        reply = await self.request("stream.offer", {"publish": publish, "sdp": offer})
+        reply = await self.call("stream.offer", {"publish": publish, "sdp": offer})
         return parse_answer(reply["data"]["sdp"])
 
-    async def request(self, method: str, data: dict[str, Any]) -> dict[str, Any]:
-        await self.ws.send_message(json.dumps({**self.header, "method": method, "data": data}))
+    async def call(self, method: str, data: dict[str, Any]) -> dict[str, Any]:
+        """A request for this leg's stream; SignalingError unless it succeeded."""
         try:
-            reply = await self._acks.receive()
+            reply = await self.request(method, self.stream, data)
         except trio.EndOfChannel:
             raise SignalingError(f"{method}: the server closed the WebSocket") from None
         if reply.get("err") != 0:

@@ -55,7 +55,7 @@ async def full_cycle(url: str, certificate: Certificate, stream: str, publish: b
             on_transport=lambda transport: readers.start_soon(read_into, transport),
         ) as leg:
             assert leg.transport.srtp is not None
-            await leg.signaling.request("stream.close", {})
+            await leg.signaling.call("stream.close", {})
         readers.cancel_scope.cancel()
 
 
