@@ -242,7 +242,8 @@ async def test_ffmpeg_publishes_aiortc_plays(aio: AsyncioThread, tmp_path: Path)
     assert session.deleted.is_set() and session.closed_reply is not None
     assert session.closed_reply["err"] in (0, 404), session.closed_reply
     assert closed["method"] == "stream.close", closed
-    assert closed["data"]["reason"] in ("publisher_closed", "publisher_gone"), closed
+    # FFmpeg closes DTLS before its DELETE; either way its players hear that it closed on purpose.
+    assert closed["data"]["reason"] == "publisher_closed", closed
     first = player.frames[0][0] - player.offered_at
     print(f"\nFFmpeg WHIP set-up {live['setup_ms']} ms; aiortc first frame {first * 1000:.0f} ms after its "
           f"offer; counters {counters[0]}..{counters[-1]}, tone {frequency:.0f} Hz; player told "

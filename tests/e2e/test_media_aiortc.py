@@ -126,6 +126,26 @@ async def test_one_publisher_two_players_mute_unmute_close(aio: AsyncioThread) -
             assert notice["data"] == {"reason": "publisher_closed"}
 
 
+async def test_a_publisher_closing_its_peer_connection_is_a_deliberate_close(aio: AsyncioThread) -> None:
+    """The publisher's media stack ends DTLS with close_notify (aiortc's close(), FFmpeg before its WHIP
+    DELETE) without a stream.close: its players hear publisher_closed, not publisher_gone, and the
+    publisher's own signaling is told its session ended."""
+    publisher, player = Publisher(), Player()
+    async with (
+        running_server(udp=True) as sfu,
+        session(sfu, aio, publisher, "pub") as pub,
+        session(sfu, aio, player, "p1") as p1,
+    ):
+        await wait_for(lambda: len(valid_counters(player)) >= 10, 20, "10 decoded frames")
+        await aio.call(publisher.close)
+        with trio.fail_after(5):
+            notice = await p1.next_server_request()
+        assert (notice["method"], notice["data"]) == ("stream.close", {"reason": "publisher_closed"})
+        with trio.fail_after(5):
+            own = await pub.next_server_request()
+        assert (own["method"], own["data"]) == ("stream.close", {"reason": "transport_failed"})
+
+
 @pytest.mark.parametrize("codec", ["video/VP8", "video/H264"])
 async def test_each_video_codec_end_to_end(aio: AsyncioThread, codec: str) -> None:
     publisher, player = Publisher(video_codec=codec), Player()

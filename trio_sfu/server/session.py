@@ -31,6 +31,7 @@ class EndedBy(enum.Enum):
     CLIENT = "client"  # stream.close from its own client
     SERVER = "server"  # the server ended it and told the client why (a stream.close request)
     CONNECTION = "connection"  # its WebSocket went away: nobody is left to tell
+    PEER = "peer"  # the client's media stack closed DTLS (close_notify): it left on purpose
 
 
 @attrs.frozen
@@ -43,6 +44,8 @@ class Ending:
     @property
     def label(self) -> str:
         """For logs: the reason the client was given, or who closed it."""
+        if self.by is EndedBy.PEER:
+            return "peer_closed_dtls"
         if self.reason is not None:
             return self.reason.value
         return "client_closed" if self.by is EndedBy.CLIENT else "connection_closed"
@@ -175,7 +178,7 @@ class Session:
 
     def _reason_for_players(self) -> CloseReason:
         ending = self.ending
-        if ending is not None and ending.by is EndedBy.CLIENT:
+        if ending is not None and ending.by in (EndedBy.CLIENT, EndedBy.PEER):
             return CloseReason.PUBLISHER_CLOSED
         if ending is not None and ending.reason is CloseReason.SERVER_SHUTDOWN:
             return CloseReason.SERVER_SHUTDOWN
@@ -190,6 +193,12 @@ class Session:
             reason.value,
             why,
         )
+        if self.transport.closed_by_peer:
+            # Like stream.close, but from the media stack (FFmpeg's WHIP client does it before its
+            # DELETE): players hear publisher_closed; the client, if still listening, transport_failed.
+            if self._ending(Ending(EndedBy.PEER, reason)):
+                self._notify(self, "stream.close", {"reason": reason.value})
+            return
         self.end(reason)
 
     def _ending(self, ending: Ending) -> bool:

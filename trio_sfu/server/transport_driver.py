@@ -51,6 +51,7 @@ class Transport:
         "_next_tick",
         "_nursery",
         "_timer",
+        "closed_by_peer",
         "connected",
         "counters",
         "dtls",
@@ -100,6 +101,7 @@ class Transport:
         self._timer: trio.CancelScope | None = None
         self._next_tick = 0.0
         self._failed = False
+        self.closed_by_peer = False  # the peer ended DTLS itself (close_notify): it is leaving
 
     # ---- receive path (runs on the mux task) ----
 
@@ -179,6 +181,7 @@ class Transport:
             self.stats["dtls_failures"] += 1
             self._fail(CloseReason.TRANSPORT_FAILED, self.dtls.failure or "DTLS failed")
         elif self.dtls.state is DtlsState.CLOSED and self.srtp is not None:
+            self.closed_by_peer = True
             self._fail(CloseReason.TRANSPORT_FAILED, "the peer closed DTLS", expected=True)
         self._reschedule()
 
