@@ -229,11 +229,11 @@ class HttpFrontend:
         return serve
 
     def _healthz(self) -> Response:
-        server = self.server
-        status = "shutting_down" if server.shutting_down else "ok"
+        snap = self.server.snapshot()
+        status = "shutting_down" if snap.shutting_down else "ok"
         return _json(
-            {"status": status, "sessions": server.session_count, "streams": len(server.router)},
-            503 if server.shutting_down else 200,
+            {"status": status, "sessions": snap.sessions, "streams": snap.streams_published},
+            503 if snap.shutting_down else 200,
         )
 
     def _metrics(self) -> Response:

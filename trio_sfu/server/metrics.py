@@ -8,6 +8,7 @@ process; the global registry would mix them up).
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -44,36 +45,24 @@ class ServerCollector(Collector):
         self.server = server
 
     def collect(self) -> Iterator[Metric]:
-        server = self.server
-        stats = server.stats
+        snap = self.server.snapshot()
+        stats = collections.Counter(snap.stats)
 
         sessions = GaugeMetricFamily(
             "trio_sfu_sessions", "Sessions (one stream and direction on one WebSocket)", labels=["kind"]
         )
-        counts = {"publish": 0, "play": 0}
-        for connection in list(server.connections):
-            for session in list(connection.sessions.values()):
-                counts["publish" if session.publish else "play"] += 1
-        for kind, value in counts.items():
-            sessions.add_metric([kind], value)
+        sessions.add_metric(["publish"], snap.publishers)
+        sessions.add_metric(["play"], snap.players)
         yield sessions
 
         streams = GaugeMetricFamily(
             "trio_sfu_streams", "Streams by kind: published, and being played", labels=["kind"]
         )
-        streams.add_metric(["publish"], len(server.router))
-        played = {
-            (session.header.app, session.header.stream)
-            for connection in list(server.connections)
-            for session in list(connection.sessions.values())
-            if not session.publish
-        }
-        streams.add_metric(["play"], len(played))
+        streams.add_metric(["publish"], snap.streams_published)
+        streams.add_metric(["play"], snap.streams_played)
         yield streams
 
-        yield GaugeMetricFamily(
-            "trio_sfu_connections", "Open signaling WebSockets", value=len(server.connections)
-        )
+        yield GaugeMetricFamily("trio_sfu_connections", "Open signaling WebSockets", value=snap.connections)
 
         for name, help_text in (
             ("rtp_packets", "RTP packets received and sent"),
@@ -89,7 +78,7 @@ class ServerCollector(Collector):
             "trio_sfu_datagrams_received", "Datagrams on the media port by kind (RFC 7983)", labels=["kind"]
         )
         for kind in ("stun", "dtls", "rtp", "unknown"):
-            datagrams.add_metric([kind], server.mux.received[kind])
+            datagrams.add_metric([kind], snap.datagrams.get(kind, 0))
         yield datagrams
 
         drops = CounterMetricFamily(
@@ -98,7 +87,7 @@ class ServerCollector(Collector):
         for key, reason in STATS_DROPS.items():
             drops.add_metric([reason], stats[key])
         for key, reason in MUX_DROPS.items():
-            drops.add_metric([reason], server.mux.dropped[key])
+            drops.add_metric([reason], snap.mux_drops.get(key, 0))
         yield drops
 
         yield CounterMetricFamily(
@@ -117,12 +106,12 @@ class ServerCollector(Collector):
         )
         yield CounterMetricFamily(
             "trio_sfu_signaling_bad_requests", "Signaling frames that could not be parsed",
-            value=server.counters["bad_request"],
+            value=snap.bad_requests,
         )
         http = CounterMetricFamily(
             "trio_sfu_http_responses", "HTTP responses by status code", labels=["code"]
         )
-        for code, value in sorted(server.http_responses.items()):
+        for code, value in sorted(snap.http_responses.items()):
             http.add_metric([str(code)], value)
         yield http
 

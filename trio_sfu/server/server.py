@@ -16,6 +16,7 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from functools import partial
 
+import attrs
 import trio
 from trio_websocket import (
     WebSocketConnection,
@@ -42,6 +43,27 @@ from trio_sfu.wire.sdp import Offer
 log = logging.getLogger(__name__)
 
 install_websocket_failure()  # 1007 on a non-UTF-8 text frame, not an abrupt TCP close
+
+
+@attrs.frozen
+class StatsSnapshot:
+    """The server's figures at one moment: sessions and streams by kind, and its counters."""
+
+    publishers: int
+    players: int
+    streams_published: int
+    streams_played: int
+    connections: int
+    shutting_down: bool
+    stats: dict[str, int]  # the transports' and media's server-wide counters (see metrics.STATS_DROPS)
+    datagrams: dict[str, int]  # by RFC 7983 kind, on the media ports
+    mux_drops: dict[str, int]
+    bad_requests: int
+    http_responses: dict[int, int]
+
+    @property
+    def sessions(self) -> int:
+        return self.publishers + self.players
 
 
 def announced_addresses(config: Config, endpoint: HostPort) -> list[str]:
@@ -114,6 +136,23 @@ class Server:
     @property
     def session_count(self) -> int:
         return self.limits.sessions
+
+    def snapshot(self) -> StatsSnapshot:
+        """What /metrics and /healthz report, read in one place (copies: the caller may keep them)."""
+        sessions = [s for connection in list(self.connections) for s in list(connection.sessions.values())]
+        return StatsSnapshot(
+            publishers=sum(1 for s in sessions if s.publish),
+            players=sum(1 for s in sessions if not s.publish),
+            streams_published=len(self.router),
+            streams_played=len({s.key for s in sessions if not s.publish}),
+            connections=len(self.connections),
+            shutting_down=self.shutting_down,
+            stats=dict(self.stats),
+            datagrams=dict(self.mux.received),
+            mux_drops=dict(self.mux.dropped),
+            bad_requests=self.counters["bad_request"],
+            http_responses=dict(self.http_responses),
+        )
 
     def check_new_session(self, connection: Connection, players: int | None) -> None:
         """`players`: the stream's player count for a play offer, None for a publish."""
