@@ -17,7 +17,6 @@ The fixture tests/fixtures/sdp/ffmpeg_whip_offer.sdp is an offer the muxer reall
 
 from __future__ import annotations
 
-import datetime
 import functools
 import json
 import subprocess
@@ -30,23 +29,20 @@ from typing import Any
 
 import pytest
 import trio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from trio_websocket import open_websocket_url
 
-from trio_sfu.config import Config, HostPort
 from trio_sfu.media.negotiation import LocalTransport, answer_publish
 from trio_sfu.server.server import Server
+from trio_sfu.transport.certificate import Certificate
 from trio_sfu.wire.sdp import parse_offer
 
 from ..conftest import Client, fixture_sdp, outside_private_namespace
 from ..peers.aiortc_peers import TONE_HZ, AsyncioThread, Player
+from ..peers.browser_peers import serving
 from ..peers.whip_front import FPS, HEIGHT, WIDTH, WhipFront
+from ..support.aiortc_sessions import wait_for
 
 ROOT = Path(__file__).parents[2]
-LOOPBACK = HostPort("127.0.0.1", 0)
 
 
 @functools.cache
@@ -96,23 +92,11 @@ def test_captured_offer_is_answered_active() -> None:
 
 
 def p256_certificate(folder: Path) -> tuple[Path, Path]:
-    """A self-signed ECDSA P-256 certificate and key (PEM) the server's OpenSSL accepts."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ffmpeg-whip-test")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=7))
-        .sign(key, hashes.SHA256())
-    )
+    """The server's own kind of certificate (ECDSA P-256) as PEM files for the muxer's options."""
+    certificate = Certificate.generate("ffmpeg-whip-test")
     cert_file, key_file = folder / "cert.pem", folder / "key.pem"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    cert_file.write_bytes(certificate.certificate_pem)
+    key_file.write_bytes(certificate.private_key_pem)
     return cert_file, key_file
 
 
@@ -174,22 +158,12 @@ async def ffmpeg_publisher(
 @asynccontextmanager
 async def serving_with_front() -> AsyncIterator[tuple[Server, WhipFront]]:
     """The real server on loopback (signaling and media on free ports) and a WHIP front to it."""
-    config = Config(signal=LOOPBACK, http=LOOPBACK, media=(LOOPBACK,))
-    async with trio.open_nursery() as nursery:
-        server: Server = await nursery.start(Server(config).serve)
+    async with serving() as (server, _), trio.open_nursery() as nursery:
         host, port = server.signal_addresses[0]
         front = WhipFront(f"ws://{host}:{port}/ws")
         await nursery.start(front.serve)
         yield server, front
         nursery.cancel_scope.cancel()
-
-
-async def wait_for(condition: Any, timeout: float, what: str) -> None:
-    with trio.move_on_after(timeout):
-        while not condition():
-            await trio.sleep(0.05)
-        return
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @needs_ffmpeg

@@ -27,14 +27,13 @@ from typing import Any
 
 import pytest
 import trio
-from trio_websocket import open_websocket_url
 
-from trio_sfu.config import Config, HostPort
 from trio_sfu.server.server import Server
 
-from ..conftest import Client, outside_private_namespace
+from ..conftest import outside_private_namespace
 from ..peers.aiortc_peers import TONE_HZ, AsyncioThread, Player, Publisher
-from ..peers.browser_peers import aiortc_session
+from ..peers.browser_peers import aiortc_session, serving, signaling
+from ..support.aiortc_sessions import wait_for
 
 GST_PYTHON = "/usr/bin/python3"
 PEER_SCRIPT = Path(__file__).parents[1] / "peers" / "gst_peer.py"
@@ -79,32 +78,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
 
-LOOPBACK = HostPort("127.0.0.1", 0)
 Report = dict[str, Any]
-
-
-@asynccontextmanager
-async def serving(**settings: Any) -> AsyncIterator[Server]:
-    """The real server on loopback: signaling and media on free ports."""
-    config = Config(signal=LOOPBACK, http=LOOPBACK, media=(LOOPBACK,), **settings)
-    async with trio.open_nursery() as nursery:
-        server: Server = await nursery.start(Server(config).serve)
-        yield server
-        nursery.cancel_scope.cancel()
-
-
-@asynccontextmanager
-async def signaling(server: Server, uid: str) -> AsyncIterator[Client]:
-    """A protocol client over a real WebSocket to the server's listener, connected (open mode)."""
-    host, port = server.signal_addresses[0]
-    async with open_websocket_url(f"ws://{host}:{port}/ws") as ws, trio.open_nursery() as nursery:
-        client = Client(ws, uid=uid)
-        nursery.start_soon(client.pump)
-        try:
-            assert (await client.connect())["err"] == 0
-            yield client
-        finally:
-            nursery.cancel_scope.cancel()
 
 
 class GstPeer:
@@ -206,14 +180,6 @@ async def gst_session(
         yield peer
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    with trio.move_on_after(timeout):
-        while not condition():
-            await trio.sleep(0.05)
-        return
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def assert_counters_advance(counters: list[int | None]) -> None:
     """Decoded pictures are the counter pattern, readable, in sending order and moving on."""
     assert counters, "no frames decoded"
@@ -252,7 +218,7 @@ async def assert_gst_player_decodes(player: GstPeer, codec: str, audio: bool = T
 async def test_webrtcbin_publishes_vp8_opus_max_bundle_aiortc_plays(aio: AsyncioThread) -> None:
     """max-bundle: the audio section is bundle-only with port 0, yet both kinds must be served."""
     options = ("--bundle", "max-bundle")
-    async with serving() as server, gst_session(server, "publish", *options, uid="gst") as publisher:
+    async with serving() as (server, _), gst_session(server, "publish", *options, uid="gst") as publisher:
         offer = publisher.offer_sdp or ""
         assert "a=bundle-only" in offer and "\r\nm=audio 0 " in offer, offer
         player = Player()
@@ -276,7 +242,10 @@ async def test_webrtcbin_publishes_h264(aio: AsyncioThread, player_kind: str, of
     refused with the difference spelled out, one offering baseline plays."""
     publish = ("--bundle", "max-bundle", "--video", "h264")
     preferences = ("--codec-preferences",) if offer_from == "preferences" else ()
-    async with serving() as server, gst_session(server, "publish", *publish, *preferences, uid="gst") as pub:
+    async with (
+        serving() as (server, _),
+        gst_session(server, "publish", *publish, *preferences, uid="gst") as pub,
+    ):
         assert ("profile-level-id" in (pub.offer_sdp or "")) == (offer_from == "encoder")
         if player_kind == "aiortc":
             player = Player(video_codec="video/H264")
@@ -302,7 +271,7 @@ async def test_webrtcbin_publishes_h264(aio: AsyncioThread, player_kind: str, of
 async def test_webrtcbin_plays_aiortc_vp8_max_bundle(aio: AsyncioThread) -> None:
     publisher = Publisher()
     async with (
-        serving() as server,
+        serving() as (server, _),
         aiortc_session(server, aio, publisher, "aiortc-publisher"),
         gst_session(server, "play", "--bundle", "max-bundle", uid="gst-player") as player,
     ):
@@ -315,7 +284,7 @@ async def test_webrtcbin_plays_aiortc_vp8_max_bundle(aio: AsyncioThread) -> None
 async def test_max_compat_webrtcbin_to_webrtcbin() -> None:
     """max-compat bundles with real ports on every section (and candidates only on the first)."""
     async with (
-        serving() as server,
+        serving() as (server, _),
         gst_session(server, "publish", "--bundle", "max-compat", uid="gst") as publisher,
         gst_session(server, "play", "--bundle", "max-compat", uid="gst-player") as player,
     ):
@@ -326,7 +295,7 @@ async def test_max_compat_webrtcbin_to_webrtcbin() -> None:
 
 async def test_no_bundle_audio_and_video_refused_with_hint() -> None:
     """webrtcbin's default policy offers two transports; the server serves one and says what to set."""
-    async with serving() as server, gst_peer("publish", "--bundle", "none") as peer:
+    async with serving() as (server, _), gst_peer("publish", "--bundle", "none") as peer:
         offer = await peer.offer()
         assert "a=group:BUNDLE" not in offer and offer.count("\nm=") == 2
         async with signaling(server, "gst") as client:
@@ -339,7 +308,7 @@ async def test_no_bundle_single_section_is_served() -> None:
     """A video-only offer needs no BUNDLE group: webrtcbin's default policy publishes and plays."""
     options = ("--bundle", "none", "--no-audio")
     async with (
-        serving() as server,
+        serving() as (server, _),
         gst_session(server, "publish", *options, uid="gst") as publisher,
         gst_session(server, "play", *options, uid="gst-player") as player,
     ):

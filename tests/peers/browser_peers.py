@@ -253,15 +253,25 @@ def packets(stats: dict[str, Any], kind: str) -> int:
 
 
 @asynccontextmanager
-async def aiortc_session(
-    server: Server, aio: AsyncioThread, peer: Publisher | Player, uid: str, stream: str = "cam"
-) -> AsyncIterator[Client]:
-    """An aiortc peer signaling over a real WebSocket to the server's listener."""
+async def signaling(server: Server, uid: str) -> AsyncIterator[Client]:
+    """A protocol client over a real WebSocket to the server's listener, connected (open mode)."""
     host, port = server.signal_addresses[0]
     async with open_websocket_url(f"ws://{host}:{port}/ws") as ws, trio.open_nursery() as nursery:
         client = Client(ws, uid=uid)
         nursery.start_soon(client.pump)
-        assert (await client.connect())["err"] == 0
+        try:
+            assert (await client.connect())["err"] == 0
+            yield client
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def aiortc_session(
+    server: Server, aio: AsyncioThread, peer: Publisher | Player, uid: str, stream: str = "cam"
+) -> AsyncIterator[Client]:
+    """An aiortc peer signaling over a real WebSocket to the server's listener."""
+    async with signaling(server, uid) as client:
         peer.offered_at = time.monotonic()
         reply = await client.offer(stream, await aio.call(peer.offer), isinstance(peer, Publisher))
         assert reply["err"] == 0, reply
@@ -270,7 +280,6 @@ async def aiortc_session(
             yield client
         finally:
             await aio.call(peer.close)
-            nursery.cancel_scope.cancel()
 
 
 async def check_mute_unmute_close(a: DemoPageBase, pub: int, b: DemoPageBase, plays: list[int]) -> None:
