@@ -28,7 +28,7 @@ from trio_sfu.media.negotiation import EXT_ABS_SEND_TIME, EXT_MID, NegotiatedTra
 from trio_sfu.media.producer import Producer
 from trio_sfu.server.mux import MediaMux
 from trio_sfu.server.session import ChannelBacklog
-from trio_sfu.server.transport_driver import Transport
+from trio_sfu.server.transport_driver import TransportDriver
 from trio_sfu.server.udp import UdpEndpoint
 from trio_sfu.transport.certificate import Certificate
 from trio_sfu.transport.dtls import SrtpKeys, SrtpProfile
@@ -42,13 +42,13 @@ CERTIFICATE = Certificate.generate()
 
 def connected_transport(
     endpoint: UdpEndpoint, peer: tuple[str, int], connected: bool, stats: Any
-) -> Transport:
-    """A real Transport in the state a finished ICE + DTLS handshake leaves it: SRTP keys, the
+) -> TransportDriver:
+    """A real TransportDriver in the state a finished ICE + DTLS handshake leaves it: SRTP keys, the
     selected peer and (unless --sendto) the peer's own connected socket."""
     offer = parse_offer((FIXTURES / "aiortc_offer_play.sdp").read_text())
-    transport = Transport(MediaMux(), offer, CERTIFICATE, stats=stats)
+    transport = TransportDriver(MediaMux(), offer, CERTIFICATE, stats=stats)
     keys = SrtpKeys(SrtpProfile.AEAD_AES_128_GCM, os.urandom(28), os.urandom(28))
-    transport.srtp = SrtpSession(keys)
+    transport._srtp = transport.peer.srtp = SrtpSession(keys)
     transport._media_peer = (endpoint, peer)
     transport._connected = endpoint.connect(peer) if connected else None
     return transport

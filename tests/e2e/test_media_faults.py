@@ -41,15 +41,15 @@ async def test_bad_udp_leaves_the_session_alone(aio: AsyncioThread) -> None:
         await stranger.bind(("127.0.0.1", 0))
         # The right username (both ufrags travel in clear text), the wrong password.
         forged = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
-        forged.attributes["USERNAME"] = f"{ufrag}:{transport.remote.ice_ufrag}"
+        forged.attributes["USERNAME"] = f"{ufrag}:{transport.peer.ice.remote_ufrag}"
         forged.add_message_integrity(b"not-the-password-at-all")
         forged.add_fingerprint()
         no_integrity = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
-        no_integrity.attributes["USERNAME"] = f"{ufrag}:{transport.remote.ice_ufrag}"
+        no_integrity.attributes["USERNAME"] = f"{ufrag}:{transport.peer.ice.remote_ufrag}"
         attack_start = time.monotonic()
         before = dict(sfu.server.mux.dropped)
-        assert transport.srtp is not None
-        auth_failures_before = sum(transport.srtp.counters.values())
+        assert transport.peer.srtp is not None
+        auth_failures_before = sum(transport.peer.srtp.counters.values())
         for _ in range(20):
             for datagram in [
                 os.urandom(200),
@@ -75,10 +75,9 @@ async def test_bad_udp_leaves_the_session_alone(aio: AsyncioThread) -> None:
         dropped = {k: v - before.get(k, 0) for k, v in sfu.server.mux.dropped.items()}
         assert dropped.get("unknown_source", 0) >= 20 * 3  # DTLS, RTP and app data from a stranger
         assert dropped.get("malformed_stun", 0) >= 20
-        assert transport.ice is not None
-        assert transport.ice.counters["bad_integrity"] >= 20
-        assert transport.ice.counters["no_integrity"] >= 20
-        assert sum(transport.srtp.counters.values()) - auth_failures_before >= 40
+        assert transport.peer.ice.counters["bad_integrity"] >= 20
+        assert transport.peer.ice.counters["no_integrity"] >= 20
+        assert sum(transport.peer.srtp.counters.values()) - auth_failures_before >= 40
 
 
 async def test_player_loss_is_repaired_from_the_cache(aio: AsyncioThread) -> None:

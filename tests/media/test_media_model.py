@@ -29,7 +29,7 @@ from trio_sfu.media.player import PlayerMedia
 from trio_sfu.media.producer import CACHE_SIZE, KEYFRAME_INTERVAL, ClockMapping, Producer, ReceptionStats
 from trio_sfu.media.publisher import PublisherMedia
 from trio_sfu.server.session import ChannelBacklog
-from trio_sfu.server.transport_driver import Transport
+from trio_sfu.server.transport_driver import TransportDriver
 from trio_sfu.wire.rtcp import (
     Fir,
     Nack,
@@ -514,7 +514,7 @@ def publisher_media(
 ) -> tuple[PublisherMedia, FakeTransport]:
     transport = FakeTransport()
     media = PublisherMedia(
-        cast(Transport, transport), publish(fixture, text), ssrc=SERVER_SSRC, max_bitrate=max_bitrate
+        cast(TransportDriver, transport), publish(fixture, text), ssrc=SERVER_SSRC, max_bitrate=max_bitrate
     )
     return media, transport
 

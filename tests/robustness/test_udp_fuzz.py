@@ -85,8 +85,8 @@ async def flood_beside_a_session(aio: AsyncioThread, count: int, rate: int) -> d
         pub_transport = next(
             s.transport for c in server.connections for s in c.sessions.values() if s.publish
         )
-        assert pub_transport.srtp is not None
-        replay_drops = sum(pub_transport.srtp.counters.values())
+        assert pub_transport.peer.srtp is not None
+        replay_drops = sum(pub_transport.peer.srtp.counters.values())
         assert replay_drops >= replays * 0.9
         return {
             "sent": report["sent"],
@@ -100,7 +100,7 @@ async def flood_beside_a_session(aio: AsyncioThread, count: int, rate: int) -> d
                 k: v
                 for c in server.connections
                 for s in c.sessions.values()
-                for k, v in (s.transport.ice.counters.items() if s.transport.ice else [])
+                for k, v in (s.transport.peer.ice.counters.items())
             },
             "fps_before": round(baseline_fps, 1),
             "fps_during": round(flood_fps, 1),

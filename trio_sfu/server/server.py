@@ -31,7 +31,7 @@ from trio_sfu.media.router import Router
 from trio_sfu.server.connection import Connection
 from trio_sfu.server.http import HttpFrontend
 from trio_sfu.server.mux import MediaMux
-from trio_sfu.server.transport_driver import Transport
+from trio_sfu.server.transport_driver import TransportDriver
 from trio_sfu.server.udp import DatagramEndpoint, UdpEndpoint
 from trio_sfu.server.websocket_failure import install as install_websocket_failure
 from trio_sfu.signaling.auth import TokenVerifier
@@ -162,8 +162,8 @@ class Server:
             socket_sessions=len(connection.sessions), address=connection.address, players=players
         )
 
-    def new_transport(self, offer: Offer) -> Transport:
-        return Transport(
+    def new_transport(self, offer: Offer) -> TransportDriver:
+        return TransportDriver(
             self.mux,
             offer,
             self.certificate,
@@ -172,7 +172,7 @@ class Server:
             stats=self.stats,
         )
 
-    def local_transport(self, transport: Transport) -> LocalTransport:
+    def local_transport(self, transport: TransportDriver) -> LocalTransport:
         return LocalTransport(
             ice_ufrag=transport.local_ufrag,
             ice_pwd=transport.local_pwd,

@@ -19,8 +19,9 @@ from trio_sfu.media.negotiation import Negotiated
 from trio_sfu.media.player import PlayerMedia
 from trio_sfu.media.publisher import PublisherMedia
 from trio_sfu.media.router import Publication, Router
-from trio_sfu.server.transport_driver import Transport
+from trio_sfu.server.transport_driver import TransportDriver, TransportEnded
 from trio_sfu.signaling.messages import CloseReason, Header
+from trio_sfu.transport.peer import Failure, PeerClosed
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class Session:
         header: Header,
         publish: bool,
         negotiated: Negotiated,
-        transport: Transport,
+        transport: TransportDriver,
         router: Router,
         notify: Callable[[Session, str, dict[str, Any]], None],
         ssrc: int,
@@ -102,7 +103,7 @@ class Session:
         self.ending: Ending | None = None  # set once, by whoever ends the session first
         self._scope = trio.CancelScope()
         self.done = trio.Event()  # set when its tasks are gone and it has left the router
-        transport.on_failed = self._transport_failed
+        transport.on_ended = self._transport_ended
 
     @property
     def key(self) -> tuple[str, str]:
@@ -184,21 +185,29 @@ class Session:
             return CloseReason.SERVER_SHUTDOWN
         return CloseReason.PUBLISHER_GONE
 
-    def _transport_failed(self, reason: CloseReason, why: str) -> None:
+    def _transport_ended(self, event: TransportEnded) -> None:
+        if isinstance(event, PeerClosed):
+            # Like stream.close, but from the media stack (FFmpeg's WHIP client does it before its
+            # DELETE): players hear publisher_closed; the client, if still listening, transport_failed.
+            log.info(
+                "event=session_transport_ended app=%s stream=%s direction=%s reason=peer_closed_dtls",
+                self.header.app,
+                self.header.stream,
+                self.direction,
+            )
+            if self._ending(Ending(EndedBy.PEER, CloseReason.TRANSPORT_FAILED)):
+                self._notify(self, "stream.close", {"reason": CloseReason.TRANSPORT_FAILED.value})
+            return
+        expired = event.failure is Failure.CONSENT_EXPIRED
+        reason = CloseReason.TIMEOUT if expired else CloseReason.TRANSPORT_FAILED
         log.info(
             "event=session_transport_ended app=%s stream=%s direction=%s reason=%s detail=%r",
             self.header.app,
             self.header.stream,
             self.direction,
             reason.value,
-            why,
+            event.detail,
         )
-        if self.transport.closed_by_peer:
-            # Like stream.close, but from the media stack (FFmpeg's WHIP client does it before its
-            # DELETE): players hear publisher_closed; the client, if still listening, transport_failed.
-            if self._ending(Ending(EndedBy.PEER, reason)):
-                self._notify(self, "stream.close", {"reason": reason.value})
-            return
         self.end(reason)
 
     def _ending(self, ending: Ending) -> bool:

@@ -1,9 +1,10 @@
-"""A peer's media transport: ICE-lite, then DTLS, then SRTP, on the shared media port.
+"""The Trio side of a peer's transport: sockets, the clock and the mux routes for a `PeerTransport`.
 
 Datagrams are handled synchronously on the mux's receive task (`deliver`), so a media packet goes from
-the socket to the players' sockets without a task switch. The transport's own task (`run`) owns the
-session's route in the mux for exactly as long as it runs, and sleeps until the next deadline of its
-sans-IO objects: a DTLS retransmission, consent expiry, or the next RTCP report.
+the socket to the players' sockets without a task switch. The driver's own task (`run`) owns the
+session's route in the mux for exactly as long as it runs, and sleeps until the next deadline: the
+transport's (a DTLS retransmission, consent expiry) or the media's next RTCP report. Every decision
+about ICE, DTLS and SRTP is the sans-IO transport's; this module only moves bytes and time.
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ from trio_sfu.media.leg import MediaHandler
 from trio_sfu.media.negotiation import answer_setup
 from trio_sfu.server.mux import Datagram, MediaMux
 from trio_sfu.server.udp import ConnectedUdp, DatagramEndpoint
-from trio_sfu.signaling.messages import CloseReason
 from trio_sfu.transport.certificate import Certificate
-from trio_sfu.transport.dtls import DtlsEndpoint, DtlsState
-from trio_sfu.transport.ice import (
+from trio_sfu.transport.ice import ice_credential
+from trio_sfu.transport.peer import (
     CandidateEvicted,
     CandidateValidated,
-    IceLiteAgent,
+    Connected,
+    Failed,
+    Failure,
     PairSelected,
-    ice_credential,
+    PeerClosed,
+    PeerTransport,
 )
 from trio_sfu.transport.srtp import SrtpSession
 from trio_sfu.wire.datagram import Address, Kind
@@ -36,34 +39,29 @@ from trio_sfu.wire.sdp import Offer
 
 log = logging.getLogger(__name__)
 
+TransportEnded = Failed | PeerClosed
 
-class Transport:
+
+class TransportDriver:
     # Slots, here and in the other objects the fan-out touches per player and packet: each player's
     # state is cold in the cache when a packet arrives, and slots take fewer cache lines than a dict.
     __slots__ = (
-        "_certificate",
         "_connected",
-        "_consent_timeout",
-        "_dtls_peer",
-        "_failed",
-        "_handshake_timeout",
+        "_endpoints",
         "_media_peer",
         "_next_tick",
         "_nursery",
+        "_srtp",
         "_timer",
-        "closed_by_peer",
         "connected",
         "counters",
-        "dtls",
         "handler",
-        "ice",
         "local_pwd",
         "local_ufrag",
         "mux",
+        "on_ended",
         "on_established",
-        "on_failed",
-        "remote",
-        "srtp",
+        "peer",
         "stats",
     )
 
@@ -78,20 +76,26 @@ class Transport:
         stats: collections.Counter[str] | None = None,
     ) -> None:
         self.mux = mux
-        self.remote = remote
         self.local_ufrag = ice_credential(8)
         self.local_pwd = ice_credential(24)
-        self._certificate = certificate
-        self._consent_timeout = consent_timeout
-        self._handshake_timeout = handshake_timeout
+        self.peer = PeerTransport(
+            local_ufrag=self.local_ufrag,
+            local_pwd=self.local_pwd,
+            remote_ufrag=remote.ice_ufrag,
+            remote_pwd=remote.ice_pwd,
+            remote_fingerprints=remote.fingerprints,
+            certificate=certificate,
+            dtls_server=answer_setup(remote) == "passive",
+            now=trio.current_time(),
+            consent_timeout=consent_timeout,
+            handshake_timeout=handshake_timeout,
+        )
         self.handler = MediaHandler()
-        self.on_failed: Callable[[CloseReason, str], None] = lambda reason, why: None
+        self.on_ended: Callable[[TransportEnded], None] = lambda event: None
         self.on_established: Callable[[], None] = lambda: None
-        self.ice: IceLiteAgent | None = None
-        self.dtls: DtlsEndpoint | None = None
-        self.srtp: SrtpSession | None = None
-        self._dtls_peer: tuple[DatagramEndpoint, Address] | None = None
+        self._endpoints: dict[Address, DatagramEndpoint] = {}  # the socket each validated address uses
         self._media_peer: tuple[DatagramEndpoint, Address] | None = None
+        self._srtp: SrtpSession | None = None  # the transport's, once keyed: one lookup less per packet
         self._connected: ConnectedUdp | None = None
         self._nursery: trio.Nursery | None = None
         self.connected = trio.Event()
@@ -99,21 +103,23 @@ class Transport:
         # Server-wide totals for /metrics, shared by every transport (one dict update per packet).
         self.stats: collections.Counter[str] = collections.Counter() if stats is None else stats
         self._timer: trio.CancelScope | None = None
-        self._next_tick = 0.0
-        self._failed = False
-        self.closed_by_peer = False  # the peer ended DTLS itself (close_notify): it is leaving
+        self._next_tick = float("inf")  # the media's next RTCP round, once connected
 
     # ---- receive path (runs on the mux task) ----
 
     def deliver(self, datagram: Datagram) -> bool:
-        if self.ice is None or self._failed:
+        peer = self.peer
+        if peer.ended:
             return False
         now = trio.current_time()
         try:
             if datagram.kind is Kind.STUN:
-                self._on_stun(datagram, now)
+                assert datagram.stun is not None
+                peer.receive_stun(datagram.stun, datagram.data, datagram.source, now)
+                self._after_input(now, datagram.endpoint)
             elif datagram.kind is Kind.DTLS:
-                self._on_dtls(datagram, now)
+                peer.receive_dtls(datagram.data, datagram.source, now)
+                self._after_input(now, datagram.endpoint)
             else:
                 self._on_srtp(datagram, now)
         except Exception:
@@ -122,71 +128,8 @@ class Transport:
             log.exception("event=datagram_error kind=%s", datagram.kind.value)
         return True
 
-    def _on_stun(self, datagram: Datagram, now: float) -> None:
-        assert self.ice is not None and datagram.stun is not None
-        response, events = self.ice.handle_stun(datagram.stun, datagram.data, datagram.source, now)
-        if response is not None:
-            datagram.endpoint.send(response.data, response.address)
-        for event in events:
-            if isinstance(event, CandidateValidated):
-                self.mux.route_address(event.address, self)
-                self._start_dtls_client(datagram.endpoint, event.address, now)
-            elif isinstance(event, PairSelected):
-                self._use_media_peer(datagram.endpoint, event.address)
-                if (
-                    self._dtls_peer is not None
-                    and self.dtls is not None
-                    and self.dtls.state is DtlsState.CONNECTED
-                ):
-                    self._dtls_peer = self._media_peer
-            elif isinstance(event, CandidateEvicted):
-                self.mux.unroute_address(event.address, self)
-        self._reschedule()
-
-    def _start_dtls_client(self, endpoint: DatagramEndpoint, address: Address, now: float) -> None:
-        """As the DTLS client (the offer said a=setup:passive), say ClientHello to the first address ICE
-        validates: until then there is nobody to say it to."""
-        dtls = self.dtls
-        if dtls is None or dtls.server or self._dtls_peer is not None:
-            return
-        self._dtls_peer = (endpoint, address)
-        for out in dtls.resend_flight(now):
-            endpoint.send(out, address)
-
-    def _on_dtls(self, datagram: Datagram, now: float) -> None:
-        assert self.ice is not None and self.dtls is not None
-        if not self.ice.is_validated(datagram.source):
-            self.counters["dtls_unvalidated"] += 1
-            return
-        if self._dtls_peer is None or self.dtls.state is not DtlsState.CONNECTED:
-            self._dtls_peer = (datagram.endpoint, datagram.source)
-        for out in self.dtls.receive(datagram.data, now):
-            datagram.endpoint.send(out, datagram.source)
-        self._after_dtls(now)
-
-    def _after_dtls(self, now: float) -> None:
-        assert self.dtls is not None
-        if self.dtls.state is DtlsState.CONNECTED and self.srtp is None:
-            assert self.dtls.keys is not None
-            self.srtp = SrtpSession(self.dtls.keys)
-            peer = self._media_peer or self._dtls_peer
-            if peer is not None:
-                self._use_media_peer(*peer)
-            self.connected.set()
-            self.stats["dtls_handshakes"] += 1
-            self.on_established()
-            log.info("event=dtls_connected profile=%s", self.dtls.keys.profile.name)
-            self.handler.on_connected(now)
-        elif self.dtls.state is DtlsState.FAILED:
-            self.stats["dtls_failures"] += 1
-            self._fail(CloseReason.TRANSPORT_FAILED, self.dtls.failure or "DTLS failed")
-        elif self.dtls.state is DtlsState.CLOSED and self.srtp is not None:
-            self.closed_by_peer = True
-            self._fail(CloseReason.TRANSPORT_FAILED, "the peer closed DTLS", expected=True)
-        self._reschedule()
-
     def _on_srtp(self, datagram: Datagram, now: float) -> None:
-        srtp = self.srtp
+        srtp = self._srtp
         if srtp is None:
             self.counters["srtp_before_dtls"] += 1
             return
@@ -198,8 +141,7 @@ class Transport:
                 stats["drop_srtcp_auth"] += 1
                 return
             stats["rtcp_packets_in"] += 1
-            assert self.ice is not None
-            self.ice.media_received(datagram.source, now)
+            self.peer.media_received(datagram.source, now)
             self.handler.on_rtcp(plain, now)
         else:
             plain = srtp.unprotect_rtp(data)
@@ -208,14 +150,55 @@ class Transport:
                 return
             stats["rtp_packets_in"] += 1
             stats["rtp_bytes_in"] += len(data)
-            assert self.ice is not None
-            self.ice.media_received(datagram.source, now)
+            self.peer.media_received(datagram.source, now)
             self.handler.on_rtp(plain, now)
+
+    def _after_input(self, now: float, endpoint: DatagramEndpoint | None = None) -> None:
+        """Act on what the transport decided: routes, the media peer, the session; then send."""
+        peer = self.peer
+        while (event := peer.next_event()) is not None:
+            if isinstance(event, CandidateValidated):
+                if endpoint is not None:
+                    self._endpoints[event.address] = endpoint
+                self.mux.route_address(event.address, self)
+            elif isinstance(event, CandidateEvicted):
+                self._endpoints.pop(event.address, None)
+                self.mux.unroute_address(event.address, self)
+            elif isinstance(event, PairSelected):
+                self._follow_media_address()
+            elif isinstance(event, Connected):
+                self._connected_now(event, now)
+            else:
+                self._ended(event)
+        for data, address in peer.datagrams_to_send():
+            target = self._endpoints.get(address, endpoint)
+            if target is not None:
+                target.send(data, address)
+        self._reschedule()
+
+    def _connected_now(self, event: Connected, now: float) -> None:
+        self._srtp = self.peer.srtp
+        self._follow_media_address()
+        self.connected.set()
+        self.stats["dtls_handshakes"] += 1
+        self.on_established()
+        log.info("event=dtls_connected profile=%s", event.profile.name)
+        self.handler.on_connected(now)
+        self._next_tick = now
+
+    def _ended(self, event: TransportEnded) -> None:
+        if isinstance(event, PeerClosed):
+            log.info("event=transport_ended reason=peer_closed_dtls")
+        else:
+            if event.failure is Failure.DTLS:
+                self.stats["dtls_failures"] += 1
+            log.warning("event=transport_ended reason=%s detail=%r", event.failure.value, event.detail)
+        self.on_ended(event)
 
     # ---- send path ----
 
     def send_rtp(self, packet: bytes) -> bool | None:
-        srtp, peer = self.srtp, self._media_peer
+        srtp, peer = self._srtp, self._media_peer
         if srtp is None or peer is None:
             return None
         try:
@@ -227,7 +210,7 @@ class Transport:
     def send_rtp_as(self, packet: bytes, sequence: int, timestamp: int, ssrc: int) -> bool | None:
         """`send_rtp` of `packet` with its sequence number, timestamp and SSRC replaced (the fan-out's
         path: see `SrtpSession.protect_rtp_as`)."""
-        srtp, peer = self.srtp, self._media_peer
+        srtp, peer = self._srtp, self._media_peer
         if srtp is None or peer is None:
             return None
         try:
@@ -254,7 +237,7 @@ class Transport:
         return connected.send(protected) if connected is not None else peer[0].send(protected, peer[1])
 
     def send_rtcp(self, packet: bytes) -> bool | None:
-        srtp, peer = self.srtp, self._media_peer
+        srtp, peer = self._srtp, self._media_peer
         if srtp is None or peer is None:
             return None
         try:
@@ -273,75 +256,66 @@ class Transport:
         else:
             await trio.sleep(0.01)
 
-    # ---- the transport's task ----
-
-    def _fail(self, reason: CloseReason, why: str, *, expected: bool = False) -> None:
-        if self._failed:
-            return
-        self._failed = True
-        log.log(
-            logging.INFO if expected else logging.WARNING,
-            "event=transport_ended reason=%s detail=%r",
-            reason.value,
-            why,
-        )
-        self.on_failed(reason, why)
+    # ---- the driver's task ----
 
     def _deadline(self) -> float:
-        assert self.ice is not None and self.dtls is not None
-        deadline = min(self.ice.consent_deadline(), self._next_tick)
-        dtls_deadline = self.dtls.next_deadline()
-        if dtls_deadline is not None:
-            deadline = min(deadline, dtls_deadline)
-        return deadline
+        deadline = self.peer.get_timer()
+        return self._next_tick if deadline is None else min(deadline, self._next_tick)
 
     def _reschedule(self) -> None:
         if self._timer is not None:
             self._timer.deadline = self._deadline()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        now = trio.current_time()
-        self.ice = IceLiteAgent(
-            self.local_ufrag,
-            self.local_pwd,
-            self.remote.ice_ufrag,
-            self.remote.ice_pwd,
-            consent_timeout=self._consent_timeout,
-            now=now,
-        )
-        self.dtls = DtlsEndpoint(
-            self._certificate,
-            server=answer_setup(self.remote) == "passive",
-            remote_fingerprints=self.remote.fingerprints,
-            handshake_timeout=self._handshake_timeout,
-        )
-        self.dtls.start(now)
         with self.mux.route_ufrag(self.local_ufrag, self):
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 task_status.started()
                 try:
-                    while not self._failed:
+                    self._after_input(trio.current_time())  # e.g. no usable fingerprint: failed already
+                    while not self.peer.ended:
                         with trio.CancelScope(deadline=self._deadline()) as self._timer:
                             await trio.sleep_forever()
                         self._timer = None
                         self._on_timer(trio.current_time())
-                    # Failed: the session is being cancelled; wait for it here, still routed, so
+                    # Ended: the session is being cancelled; wait for it here, still routed, so
                     # nothing arrives for a half-torn-down transport.
                     await trio.sleep_forever()
                 finally:
                     self._drop_connected()
 
+    def _on_timer(self, now: float) -> None:
+        self.peer.handle_timer(now)
+        self._after_input(now)
+        if self.peer.ended or now < self._next_tick:
+            return
+        self._next_tick = now + 0.1
+        connected = self._connected
+        if connected is not None:
+            dropped = connected.new_drops()
+            if dropped:
+                self.stats["drop_input_overflow"] += dropped
+        try:
+            self._next_tick = self.handler.tick(now, time.time())
+        except Exception:
+            # Like deliver(): a bug costs one round of reports, never the session or server.
+            self.counters["internal_error"] += 1
+            log.exception("event=tick_error")
+
     # ---- the peer's own socket (fast path) ----
 
-    def _use_media_peer(self, endpoint: DatagramEndpoint, address: Address) -> None:
-        """Send media to `address`; once DTLS is up, through a socket connected to it."""
+    def _follow_media_address(self) -> None:
+        """Send media where the transport says; once DTLS is up, through a socket connected there."""
+        address = self.peer.media_address
+        endpoint = self._endpoints.get(address) if address is not None else None
+        if address is None or endpoint is None:
+            return
         self._media_peer = (endpoint, address)
         connected = self._connected
         if connected is not None and connected.remote == address:
             return
         self._drop_connected()
-        if self.srtp is None or self._nursery is None:
+        if self._srtp is None or self._nursery is None:
             return
         try:
             connected = endpoint.connect(address)
@@ -365,27 +339,3 @@ class Transport:
         if connected is not None:
             connected.reader_scope.cancel()
             connected.close()
-
-    def _on_timer(self, now: float) -> None:
-        assert self.ice is not None and self.dtls is not None
-        for out in self.dtls.handle_timeout(now):
-            if self._dtls_peer is not None:
-                self._dtls_peer[0].send(out, self._dtls_peer[1])
-        self._after_dtls(now)
-        if self.ice.consent_expired(now):
-            self._fail(CloseReason.TIMEOUT, f"no ICE consent or media for {self._consent_timeout:g} s")
-            return
-        if now >= self._next_tick:
-            self._next_tick = now + 0.1
-            connected = self._connected
-            if connected is not None:
-                dropped = connected.new_drops()
-                if dropped:
-                    self.stats["drop_input_overflow"] += dropped
-            if self.srtp is not None:
-                try:
-                    self._next_tick = self.handler.tick(now, time.time())
-                except Exception:
-                    # Like deliver(): a bug costs one round of reports, never the session or server.
-                    self.counters["internal_error"] += 1
-                    log.exception("event=tick_error")
