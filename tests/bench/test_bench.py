@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from trio_sfu.testing.offer import LocalParams, build_offer, parse_answer
 from trio_sfu.wire.sdp import parse_offer
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchlib.media import DEFAULT_PATH, Media, packetize  # noqa: E402
-from benchlib.proto import LocalParams, build_offer, parse_answer  # noqa: E402
 from benchlib.run import percentile  # noqa: E402
 from benchlib.subscriber import FINE_WIDTH, is_vp8_keyframe_start  # noqa: E402
 
