@@ -1,0 +1,200 @@
+"""The sans-IO client peer on a Trio task: a datagram endpoint and the Trio clock.
+
+With `trio_sfu.testing.network.MemoryNetwork` and `trio.testing.MockClock` a whole server and its
+clients run without a socket or a real second passing, so a test can assert that a 30 s consent
+timeout ends a session at 30 s. `open_client` adds the signaling: stream.connect, an offer, the
+answer, ICE, DTLS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from trio_sfu.testing.client_peer import ClientEvent, ClientPeer
+from trio_sfu.testing.offer import LocalParams, build_offer, parse_answer
+from trio_sfu.testing.signaling import SignalingClient
+from trio_sfu.transport.certificate import Certificate
+from trio_sfu.transport.peer import Connected
+from trio_sfu.wire.datagram import Address
+from trio_sfu.wire.rtp import is_rtcp
+
+
+class Endpoint(Protocol):
+    """What the client needs of a datagram socket (MemoryEndpoint and the server's UdpEndpoint)."""
+
+    @property
+    def local_address(self) -> Address: ...
+
+    async def receive(self) -> tuple[bytes, Address]: ...
+
+    def send(self, data: bytes | memoryview, address: Address) -> bool: ...
+
+
+@attrs.define
+class Received:
+    """Media the client decrypted, with the Trio time it arrived."""
+
+    rtp: list[tuple[float, bytes]] = attrs.field(factory=list)
+    rtcp: list[tuple[float, bytes]] = attrs.field(factory=list)
+    srtp_failures: int = 0
+
+
+class ClientTransport:
+    """Runs a `ClientPeer` over `endpoint` until cancelled; `events` keeps what the peer reported."""
+
+    def __init__(self, peer: ClientPeer, endpoint: Endpoint) -> None:
+        self.peer = peer
+        self.endpoint = endpoint
+        self.received = Received()
+        self.events: list[ClientEvent] = []
+        self.connected = trio.Event()
+        self.ended = trio.Event()
+        self.silent = False  # True: send nothing at all (a client whose network went away)
+        self._changed = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read)
+            task_status.started()
+            while True:
+                self._after_input()
+                timer = self.peer.get_timer()
+                self._changed = trio.Event()
+                with trio.move_on_at(float("inf") if timer is None else timer):
+                    await self._changed.wait()
+                now = trio.current_time()
+                if timer is not None and now >= timer:
+                    self.peer.handle_timer(now)
+
+    async def _read(self) -> None:
+        while True:
+            data, source = await self.endpoint.receive()
+            now = trio.current_time()
+            if data and 128 <= data[0] <= 191:
+                self._on_media(data, now)
+            else:
+                self.peer.receive(data, source, now)
+                self._after_input()
+                self._changed.set()
+
+    def _on_media(self, data: bytes, now: float) -> None:
+        srtp = self.peer.srtp
+        if srtp is None:
+            return
+        if is_rtcp(data):
+            plain = srtp.unprotect_rtcp(data)
+            if plain is not None:
+                self.received.rtcp.append((now, plain))
+        else:
+            plain = srtp.unprotect_rtp(data)
+            if plain is not None:
+                self.received.rtp.append((now, plain))
+        if plain is None:
+            self.received.srtp_failures += 1
+
+    def _after_input(self) -> None:
+        while (event := self.peer.next_event()) is not None:
+            self.events.append(event)
+            if isinstance(event, Connected):
+                self.connected.set()
+            else:
+                self.ended.set()
+        for data, address in self.peer.datagrams_to_send():
+            if not self.silent:
+                self.endpoint.send(data, address)
+
+    def send_rtp(self, packet: bytes) -> None:
+        srtp = self.peer.srtp
+        if srtp is not None and not self.silent:
+            self.endpoint.send(srtp.protect_rtp(packet), self.peer.remote_address)
+
+    def close(self) -> None:
+        """Close DTLS (close_notify), as aiortc's close() does."""
+        self.peer.close()
+        self._after_input()
+
+
+def rtp_packet(payload_type: int, sequence: int, timestamp: int, ssrc: int, payload: bytes) -> bytes:
+    return struct.pack("!BBHII", 0x80, payload_type & 0x7F, sequence & 0xFFFF, timestamp, ssrc) + payload
+
+
+@attrs.define
+class Client:
+    """One session's client: its signaling and its media transport."""
+
+    signaling: SignalingClient
+    transport: ClientTransport
+    local: LocalParams
+    answer: Any  # trio_sfu.testing.offer.Answer
+    stream: str
+
+
+_CERTIFICATE: list[Certificate] = []
+
+
+def _certificate() -> Certificate:
+    if not _CERTIFICATE:
+        _CERTIFICATE.append(Certificate.generate("client"))
+    return _CERTIFICATE[0]
+
+
+@contextlib.asynccontextmanager
+async def open_client(
+    signaling: SignalingClient,
+    endpoint: Endpoint,
+    *,
+    publish: bool,
+    stream: str = "cam",
+    token: str = "",
+    connect: bool = True,
+    wait_connected: bool = True,
+    **peer_options: Any,
+) -> AsyncIterator[Client]:
+    """Offer over `signaling`, then run ICE and DTLS over `endpoint` for as long as the block runs.
+
+    `connect=False` skips stream.connect (for a second session on the same WebSocket);
+    `wait_connected=False` returns as soon as the transport runs (for tests of failed handshakes).
+    """
+    certificate = _certificate()
+    local = LocalParams.new(certificate, endpoint.local_address[1], endpoint.local_address[0])
+    if connect:
+        reply = await signaling.request("stream.connect", stream, {"token": token})
+        if reply.get("err") != 0:
+            raise RuntimeError(f"stream.connect: {reply}")
+    reply = await signaling.request(
+        "stream.offer", stream, {"publish": publish, "sdp": build_offer(local, publish=publish)}
+    )
+    if reply.get("err") != 0:
+        raise RuntimeError(f"stream.offer: {reply}")
+    answer = parse_answer(reply["data"]["sdp"])
+    peer = ClientPeer(
+        local_ufrag=local.ice_ufrag,
+        local_pwd=local.ice_pwd,
+        remote_ufrag=answer.ice_ufrag,
+        remote_pwd=answer.ice_pwd,
+        remote_fingerprints=answer.fingerprints,
+        certificate=certificate,
+        remote_address=answer.address,
+        now=trio.current_time(),
+        **peer_options,
+    )
+    transport = ClientTransport(peer, endpoint)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        if wait_connected:
+            with trio.fail_after(30):
+                while not transport.connected.is_set():
+                    if transport.ended.is_set():
+                        raise RuntimeError(f"the client's transport ended: {transport.events}")
+                    with trio.move_on_after(0.05):
+                        await transport.connected.wait()
+        try:
+            yield Client(signaling, transport, local, answer, stream)
+        finally:
+            nursery.cancel_scope.cancel()
