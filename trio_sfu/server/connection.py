@@ -7,16 +7,19 @@ nursery and with it every session the socket carried.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from trio_sfu.media.negotiation import answer_play, answer_publish
+from trio_sfu.config import Config
 from trio_sfu.server.session import EndedBy, Ending, Session
-from trio_sfu.signaling.auth import AuthError, Grant
+from trio_sfu.signaling.auth import AuthError, Grant, TokenVerifier
+from trio_sfu.signaling.limits import Limits
 from trio_sfu.signaling.messages import (
     Ack,
     CloseData,
@@ -24,6 +27,7 @@ from trio_sfu.signaling.messages import (
     ConnectData,
     ErrorCode,
     FrameError,
+    Header,
     MuteData,
     OfferData,
     Reply,
@@ -34,20 +38,43 @@ from trio_sfu.signaling.messages import (
     error_reply,
     parse_frame,
 )
-from trio_sfu.wire.sdp import SdpError, parse_offer
-
-if TYPE_CHECKING:
-    from trio_sfu.server.server import Server
 
 log = logging.getLogger(__name__)
 
 _ping_payloads = itertools.count()
 
 
+class ConnectionHost(Protocol):
+    """What a connection needs of the server: the settings, limits and verifier every connection
+    shares, and a place to open and end sessions (the server owns the router, mux and certificate)."""
+
+    config: Config
+    limits: Limits
+    verifier: TokenVerifier
+    counters: collections.Counter[str]
+
+    def wall_clock(self) -> float: ...
+
+    def open_session(
+        self,
+        header: Header,
+        *,
+        publish: bool,
+        sdp: str,
+        notify: Callable[[Session, str, dict[str, Any]], None],
+        socket_sessions: int,
+        address: str,
+    ) -> Session: ...
+
+    def session_ended(self, session: Session, address: str) -> None: ...
+
+
 class Connection:
     OUTBOX = 256
 
-    def __init__(self, server: Server, ws: WebSocketConnection, remote: str, address: str = "") -> None:
+    def __init__(
+        self, server: ConnectionHost, ws: WebSocketConnection, remote: str, address: str = ""
+    ) -> None:
         self.server = server
         self.ws = ws
         self.remote = remote
@@ -222,7 +249,6 @@ class Connection:
 
     async def _offer(self, request: Request, data: OfferData, grant: Grant) -> dict[str, Any]:
         header = request.header
-        key = (header.app, header.stream)
         try:
             (grant.check_publish if data.publish else grant.check_play)(header.stream)
         except AuthError as exc:
@@ -234,39 +260,15 @@ class Connection:
                 f"this connection already has a {existing.direction} session for stream "
                 f"{header.stream!r}; close it first",
             )
-        publication = None
-        if data.publish:
-            self.server.router.check_free(key)
-        else:
-            publication = self.server.router.lookup(key)
-            if publication is None:
-                raise SignalingError(ErrorCode.NOT_FOUND, f"stream {header.stream!r} is not being published")
-        self.server.check_new_session(self, players=None if publication is None else len(publication.players))
-        try:
-            offer = parse_offer(data.sdp)
-            transport = self.server.new_transport(offer)
-            local = self.server.local_transport(transport)
-            if publication is None:
-                negotiated = answer_publish(offer, local)
-            else:
-                negotiated = answer_play(offer, local, publication.negotiated_tracks, self.server.new_ssrc)
-        except SdpError as exc:
-            raise SignalingError(ErrorCode.UNSUPPORTED_MEDIA, f"SDP unusable: {exc}") from None
-        session = Session(
-            header=header,
+        session = self.server.open_session(
+            header,
             publish=data.publish,
-            negotiated=negotiated,
-            transport=transport,
-            router=self.server.router,
+            sdp=data.sdp,
             notify=self.notify,
-            ssrc=self.server.new_ssrc(),
-            max_bitrate=self.server.config.max_publisher_bitrate,
+            socket_sessions=len(self.sessions),
+            address=self.address,
         )
-        session.attach(publication)
         self.sessions[header.stream] = session
-        limits = self.server.limits
-        limits.session_started(self.address)
-        transport.on_established = limits.handshake_done
         assert self._nursery is not None
         self._nursery.start_soon(self._run_session, session, name=repr(session))
         log.info(
@@ -276,15 +278,13 @@ class Connection:
             session.direction,
             self.remote,
         )
-        return {"publish": data.publish, "sdp": negotiated.answer}
+        return {"publish": data.publish, "sdp": session.negotiated.answer}
 
     async def _run_session(self, session: Session) -> None:
         try:
             await session.run()
         finally:
-            self.server.limits.session_ended(
-                self.address, handshake_pending=not session.transport.connected.is_set()
-            )
+            self.server.session_ended(session, self.address)
             if self.sessions.get(session.header.stream) is session:
                 del self.sessions[session.header.stream]
             log.info(

@@ -15,6 +15,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 import attrs
 import trio
@@ -26,19 +27,20 @@ from trio_websocket import (
 )
 
 from trio_sfu.config import Config, ConfigError, HostPort
-from trio_sfu.media.negotiation import LocalTransport
+from trio_sfu.media.negotiation import LocalTransport, answer_play, answer_publish
 from trio_sfu.media.router import Router
 from trio_sfu.server.connection import Connection
 from trio_sfu.server.http import HttpFrontend
 from trio_sfu.server.mux import MediaMux
+from trio_sfu.server.session import Session
 from trio_sfu.server.transport_driver import TransportDriver
 from trio_sfu.server.udp import DatagramEndpoint, UdpEndpoint
 from trio_sfu.server.websocket_failure import install as install_websocket_failure
 from trio_sfu.signaling.auth import TokenVerifier
 from trio_sfu.signaling.limits import Limits, LimitSettings
-from trio_sfu.signaling.messages import ErrorCode, SignalingError
+from trio_sfu.signaling.messages import ErrorCode, Header, SignalingError
 from trio_sfu.transport.certificate import Certificate
-from trio_sfu.wire.sdp import Offer
+from trio_sfu.wire.sdp import SdpError, parse_offer
 
 log = logging.getLogger(__name__)
 
@@ -154,31 +156,72 @@ class Server:
             http_responses=dict(self.http_responses),
         )
 
-    def check_new_session(self, connection: Connection, players: int | None) -> None:
-        """`players`: the stream's player count for a play offer, None for a publish."""
+    def open_session(
+        self,
+        header: Header,
+        *,
+        publish: bool,
+        sdp: str,
+        notify: Callable[[Session, str, dict[str, Any]], None],
+        socket_sessions: int,
+        address: str,
+    ) -> Session:
+        """Check the limits, answer the offer and join the router: a session ready to run (its client
+        gets the answer before any media can flow). SignalingError says what the client must change."""
+        key = (header.app, header.stream)
+        publication = None
+        if publish:
+            self.router.check_free(key)
+        else:
+            publication = self.router.lookup(key)
+            if publication is None:
+                raise SignalingError(ErrorCode.NOT_FOUND, f"stream {header.stream!r} is not being published")
         if self.shutting_down:
             raise SignalingError(ErrorCode.UNAVAILABLE, "the server is shutting down")
         self.limits.check_new_session(
-            socket_sessions=len(connection.sessions), address=connection.address, players=players
+            socket_sessions=socket_sessions,
+            address=address,
+            players=None if publication is None else len(publication.players),
         )
+        try:
+            offer = parse_offer(sdp)
+            transport = TransportDriver(
+                self.mux,
+                offer,
+                self.certificate,
+                consent_timeout=self.config.liveness_timeout,
+                handshake_timeout=self.config.dtls_handshake_timeout,
+                stats=self.stats,
+            )
+            local = LocalTransport(
+                ice_ufrag=transport.local_ufrag,
+                ice_pwd=transport.local_pwd,
+                fingerprint_sha256=self.fingerprint,
+                candidates=self.candidates,
+            )
+            if publication is None:
+                negotiated = answer_publish(offer, local)
+            else:
+                negotiated = answer_play(offer, local, publication.negotiated_tracks, self.new_ssrc)
+        except SdpError as exc:
+            raise SignalingError(ErrorCode.UNSUPPORTED_MEDIA, f"SDP unusable: {exc}") from None
+        session = Session(
+            header=header,
+            publish=publish,
+            negotiated=negotiated,
+            transport=transport,
+            router=self.router,
+            notify=notify,
+            ssrc=self.new_ssrc(),
+            max_bitrate=self.config.max_publisher_bitrate,
+        )
+        session.attach(publication)
+        self.limits.session_started(address)
+        transport.on_established = self.limits.handshake_done
+        return session
 
-    def new_transport(self, offer: Offer) -> TransportDriver:
-        return TransportDriver(
-            self.mux,
-            offer,
-            self.certificate,
-            consent_timeout=self.config.liveness_timeout,
-            handshake_timeout=self.config.dtls_handshake_timeout,
-            stats=self.stats,
-        )
-
-    def local_transport(self, transport: TransportDriver) -> LocalTransport:
-        return LocalTransport(
-            ice_ufrag=transport.local_ufrag,
-            ice_pwd=transport.local_pwd,
-            fingerprint_sha256=self.fingerprint,
-            candidates=self.candidates,
-        )
+    def session_ended(self, session: Session, address: str) -> None:
+        self.limits.session_ended(address, handshake_pending=not session.transport.connected.is_set())
 
     def new_ssrc(self) -> int:
         while True:
