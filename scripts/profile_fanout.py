@@ -13,12 +13,10 @@ real SRTP keys and send on a real UDP socket to a sink socket that is never read
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -26,6 +24,7 @@ from trio_sfu.config import HostPort
 from trio_sfu.media.consumer import Consumer
 from trio_sfu.media.negotiation import EXT_ABS_SEND_TIME, EXT_MID, NegotiatedTrack
 from trio_sfu.media.producer import Producer
+from trio_sfu.media.totals import Totals
 from trio_sfu.server.mux import MediaMux
 from trio_sfu.server.session import ChannelBacklog
 from trio_sfu.server.transport_driver import TransportDriver
@@ -41,12 +40,12 @@ CERTIFICATE = Certificate.generate()
 
 
 def connected_transport(
-    endpoint: UdpEndpoint, peer: tuple[str, int], connected: bool, stats: Any
+    endpoint: UdpEndpoint, peer: tuple[str, int], connected: bool, totals: Totals
 ) -> TransportDriver:
     """A real TransportDriver in the state a finished ICE + DTLS handshake leaves it: SRTP keys, the
     selected peer and (unless --sendto) the peer's own connected socket."""
     offer = parse_offer((FIXTURES / "aiortc_offer_play.sdp").read_text())
-    transport = TransportDriver(MediaMux(), offer, CERTIFICATE, stats=stats)
+    transport = TransportDriver(MediaMux(), offer, CERTIFICATE, totals=totals)
     keys = SrtpKeys(SrtpProfile.AEAD_AES_128_GCM, os.urandom(28), os.urandom(28))
     transport._srtp = transport.peer.srtp = SrtpSession(keys)
     transport._media_peer = (endpoint, peer)
@@ -112,10 +111,10 @@ async def main() -> None:
     sink_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     peer = sink_socket.getsockname()
     producer = Producer(vp8_track(1234, 96, (1, 3)), Link())
-    stats: Any = collections.Counter()
+    totals = Totals()
     for index in range(args.players):
         send, _ = trio.open_memory_channel[bytes](128)
-        sink = connected_transport(endpoint, peer, not args.sendto, stats)
+        sink = connected_transport(endpoint, peer, not args.sendto, totals)
         consumer = Consumer(None, producer, vp8_track(5000 + index, 97, (4, 2)), sink, ChannelBacklog(send))
         producer.add_player(consumer)
     stream = packets(args.packets)

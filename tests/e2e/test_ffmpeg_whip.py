@@ -221,7 +221,7 @@ async def test_ffmpeg_publishes_aiortc_plays(aio: AsyncioThread, tmp_path: Path)
     first = player.frames[0][0] - player.offered_at
     print(f"\nFFmpeg WHIP set-up {live['setup_ms']} ms; aiortc first frame {first * 1000:.0f} ms after its "
           f"offer; counters {counters[0]}..{counters[-1]}, tone {frequency:.0f} Hz; player told "
-          f"{closed['data']['reason']}; keyframe requests {server.stats['keyframe_requests']}")
+          f"{closed['data']['reason']}; keyframe requests {server.totals.keyframe_requests}")
 
 
 @needs_ffmpeg

@@ -40,7 +40,7 @@ async def test_server_as_dtls_client_for_publisher_and_player(aio: AsyncioThread
         for peer in (publisher, player):
             assert peer.pc is not None
             assert peer.pc.getTransceivers()[0].sender.transport._role == "server"
-        assert sfu.server.stats["dtls_handshakes"] == 2
+        assert sfu.server.totals.dtls_handshakes == 2
 
 
 async def test_publisher_socket_holds_at_most_max_input_delay(aio: AsyncioThread) -> None:

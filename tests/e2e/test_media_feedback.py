@@ -58,7 +58,7 @@ async def test_remb_raises_the_publisher_encoder_bitrate(
             f"{took * 1000:.0f} ms later (server REMB {config.max_publisher_bitrate} bit/s)"
         )
         assert first in (AIORTC_VP8_DEFAULT, expected)
-        assert sfu.server.stats["rtcp_packets_out"] > 0
+        assert sfu.server.totals.rtcp_packets_out > 0
         await trio.sleep(1.5)  # later REMBs keep it there
         assert video_encoder_bitrate(publisher) == expected
 
@@ -85,7 +85,7 @@ async def test_late_player_gets_a_keyframe_at_once(aio: AsyncioThread) -> None:
     ):
         await trio.sleep(4)  # past aiortc's first keyframes: its next one is 3000 frames away
         assert len(publisher.video.sent) > 60
-        requests_before = sfu.server.stats["keyframe_requests"]
+        requests_before = sfu.server.totals.keyframe_requests
         assert (await client.connect())["err"] == 0
         player.offered_at = time.monotonic()
         offer = await aio.call(player.offer)
@@ -100,7 +100,7 @@ async def test_late_player_gets_a_keyframe_at_once(aio: AsyncioThread) -> None:
             assert first_frame < 1.5
             await wait_for(lambda: len(valid_counters(player)) >= 15, 5, "15 frames at the late player")
             assert_video_matches(player, publisher)
-            assert sfu.server.stats["keyframe_requests"] > requests_before
+            assert sfu.server.totals.keyframe_requests > requests_before
         finally:
             await aio.call(player.close)
 

@@ -154,9 +154,9 @@ async def test_a_narrow_chromium_player_gets_no_retransmission_flood(chromium: B
         ramp: list[float] = []
 
         async def stream_rate() -> float:
-            before, started = server.stats["rtp_bytes_in"], trio.current_time()
+            before, started = server.totals.rtp_bytes_in, trio.current_time()
             await trio.sleep(1)  # a rate is bytes over an interval: nothing to wait for
-            ramp.append((server.stats["rtp_bytes_in"] - before) * 8 / (trio.current_time() - started))
+            ramp.append((server.totals.rtp_bytes_in - before) * 8 / (trio.current_time() - started))
             return ramp[-1]
 
         rate = await wait_until(stream_rate, lambda r: r >= MIN_STREAM_RATE, 25, "the stream to ramp up")
@@ -170,10 +170,10 @@ async def test_a_narrow_chromium_player_gets_no_retransmission_flood(chromium: B
             # Only the narrow player plays: all the RTP the server sends goes toward it.
             limited = await Sample.take(pages)
             counters = consumer_counters(server, "narrow")
-            bytes_in, bytes_out = server.stats["rtp_bytes_in"], server.stats["rtp_bytes_out"]
+            bytes_in, bytes_out = server.totals.rtp_bytes_in, server.totals.rtp_bytes_out
             await trio.sleep(MEASURE_SECONDS)  # a rate is bytes over an interval: nothing to wait for
-            published = server.stats["rtp_bytes_in"] - bytes_in
-            sent = server.stats["rtp_bytes_out"] - bytes_out
+            published = server.totals.rtp_bytes_in - bytes_in
+            sent = server.totals.rtp_bytes_out - bytes_out
             measured = await Sample.take(pages)
             seconds = measured.at - limited.at
             narrow_counters = consumer_counters(server, "narrow") - counters
@@ -227,7 +227,7 @@ async def test_a_narrow_chromium_player_gets_no_retransmission_flood(chromium: B
         assert dropped > 0, shown  # the link really was too narrow: the player had packets to NACK
         assert ratio < MAX_SEND_RATIO, f"sent x{ratio:.2f} the stream toward the narrow player"
         assert narrow_counters["nack_budget_exceeded"] > 0, narrow_counters  # the budget held it there
-        assert server.stats["drop_nack_budget_exceeded"] == budget + late_drops  # all of them the narrow's
+        assert server.totals.drop_nack_budget_exceeded == budget + late_drops  # all of them the narrow's
         assert beside.packets["narrow"] > measured.packets["narrow"], "no media reached the narrow player"
         assert wide_ports is not None and wide_ports[0] != ports[0], (wide_ports, ports)
         assert beside.since(joined, "wide") >= MIN_FPS_SHARE * beside.since(joined, "publisher")

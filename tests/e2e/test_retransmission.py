@@ -165,7 +165,7 @@ def test_the_budget_caps_retransmitted_bytes() -> None:
     assert burst - PACKET < sum(map(len, answered)) <= burst
     exceeded = stream.consumer.counters["nack_budget_exceeded"]
     assert exceeded == PACKET_RATE - len(answered)
-    assert stream.s.sink.stats["drop_nack_budget_exceeded"] == exceeded  # the server-wide counter
+    assert stream.s.sink.totals.drop_nack_budget_exceeded == exceeded  # the server-wide counter
     # Then it NACKs everything of the last second every 20 ms, for 3 s: the retransmitted bytes
     # follow the budget, not the NACKs.
     retransmitted = 0

@@ -738,7 +738,7 @@ def test_keyframe_requests_and_nacks_reach_the_publisher_as_rtcp() -> None:
     transport.rtcp.clear()
     media.send_nack(video, [12, 10, 12, 11])
     assert transport.rtcp_packets() == [Nack(SERVER_SSRC, CHROMIUM_VIDEO_SSRC, (10, 11, 12))]
-    assert transport.stats["keyframe_requests"] == 2 and transport.stats["nacks_to_publisher"] == 1
+    assert transport.totals.keyframe_requests == 2 and transport.totals.nacks_to_publisher == 1
 
 
 def many_audio_sections(count: int) -> str:

@@ -164,13 +164,13 @@ async def churn(cycles: int) -> dict[str, object]:
                 "rss_levelled_mb": round(levelled_rss / 2**20, 1),
                 "rss_end_mb": round(final_rss / 2**20, 1),
                 "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                "dtls_handshakes": server.stats["dtls_handshakes"],
+                "dtls_handshakes": server.totals.dtls_handshakes,
             }
             assert end == baseline, figures
             assert server.session_count == 1 and server.limits.handshakes == 0, figures  # the base
             assert server.mux.sessions_routed == 1 and len(server.router) == 1, figures
             assert final_rss <= levelled_rss * 1.10, figures
-            assert server.stats["dtls_handshakes"] >= cycles * 3 // 5
+            assert server.totals.dtls_handshakes >= cycles * 3 // 5
             base_nursery.cancel_scope.cancel()
         nursery.cancel_scope.cancel()
     return figures

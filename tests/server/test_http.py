@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import open_websocket_url
 
 from trio_sfu.config import Config, ConfigError, HostPort
+from trio_sfu.media.totals import Totals
 from trio_sfu.server.server import Server
 
 from ..conftest import fixture_sdp, running_server
@@ -150,7 +151,7 @@ async def test_metrics_read_the_servers_counters() -> None:
         assert (await publisher.connect())["err"] == 0
         reply = await publisher.offer("cam", fixture_sdp("chromium_offer_publish"), True)
         assert reply["err"] == 0, reply
-        server.stats.update(
+        server.totals = Totals(
             rtp_packets_in=100, rtp_bytes_in=120_000, rtp_packets_out=300, rtp_bytes_out=360_000,
             rtcp_packets_in=7, rtcp_packets_out=9, dtls_handshakes=4, dtls_failures=2,
             keyframe_requests=5, drop_srtp_auth=3, drop_fanout_queue_full=11,
@@ -192,7 +193,7 @@ async def test_metrics_read_the_servers_counters() -> None:
 
 async def test_each_server_has_its_own_registry() -> None:
     async with running_server() as one, running_server() as two:
-        one.server.stats["rtp_packets_in"] = 17
+        one.server.totals.rtp_packets_in = 17
         first = scrape((await get(one.server, "/metrics")).body.decode())
         second = scrape((await get(two.server, "/metrics")).body.decode())
         key = ("trio_sfu_rtp_packets_total", (("direction", "in"),))

@@ -3,7 +3,6 @@ and the publisher link, and RTP packets built by hand (shared by the sans-IO med
 
 from __future__ import annotations
 
-import collections
 import itertools
 import struct
 from collections.abc import Iterable, Sequence
@@ -20,6 +19,7 @@ from trio_sfu.media.negotiation import (
     answer_publish,
 )
 from trio_sfu.media.producer import Producer
+from trio_sfu.media.totals import Totals
 from trio_sfu.server.session import ChannelBacklog
 from trio_sfu.wire.rtcp import (
     RtcpPacket,
@@ -84,7 +84,7 @@ class FakeTransport:
     """The transport sink: takes every RTP and RTCP packet at once and keeps it."""
 
     def __init__(self) -> None:
-        self.stats: collections.Counter[str] = collections.Counter()
+        self.totals = Totals()
         self.rtp: list[bytes] = []
         self.rtcp: list[bytes] = []
 

@@ -16,6 +16,7 @@ from typing import Protocol
 from trio_sfu.media.negotiation import EXT_MID, NegotiatedTrack
 from trio_sfu.media.producer import CACHE_SIZE, Producer
 from trio_sfu.media.rewriter import Rewriter
+from trio_sfu.media.totals import Totals
 from trio_sfu.wire.keyframe import detector
 from trio_sfu.wire.rtcp import SenderReport, ntp_timestamp
 from trio_sfu.wire.rtp import RtpHeader, parse_rtp
@@ -64,7 +65,7 @@ class Backlog(Protocol):
 class PacketSink(Protocol):
     """What a consumer needs of the player's transport."""
 
-    stats: collections.Counter[str]
+    totals: Totals
 
     def send_rtp(self, packet: bytes) -> bool | None:
         """True: sent; False: the socket would block; None: not connected yet (dropped)."""
@@ -103,7 +104,7 @@ class Consumer:
         "rtx_ssrc",
         "sink",
         "ssrc",
-        "stats",
+        "totals",
     )
 
     def __init__(
@@ -159,7 +160,7 @@ class Consumer:
         self._starts_keyframe = starts_keyframe or (lambda payload: True)
         self.awaiting_keyframe = starts_keyframe is not None
         self.counters: collections.Counter[str] = collections.Counter()
-        self.stats = sink.stats
+        self.totals = sink.totals
 
     # ---- the packet path ----
 
@@ -206,7 +207,7 @@ class Consumer:
             self.backlogged += 1
         elif queued is False:
             self.counters["backlog_full"] += 1
-            self.stats["drop_fanout_queue_full"] += 1
+            self.totals.drop_fanout_queue_full += 1
 
     def close(self) -> None:
         """The producer is gone: ending the backlog channel ends the forwarding task."""
@@ -266,7 +267,7 @@ class Consumer:
                 continue
             if not self._within_budget(len(packet) + RTX_OVERHEAD, now):
                 counters["nack_budget_exceeded"] += 1
-                self.stats["drop_nack_budget_exceeded"] += 1
+                self.totals.drop_nack_budget_exceeded += 1
                 continue
             out = self.rewriter.rewrite_retransmission(packet, header)
             if out is None or ((out[2] << 8) | out[3]) != sequence:

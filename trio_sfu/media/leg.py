@@ -4,9 +4,10 @@ and what it needs of that transport (protect and send RTCP). The server's transp
 
 from __future__ import annotations
 
-import collections
 import math
 from typing import Protocol
+
+from trio_sfu.media.totals import Totals
 
 REPORT_INTERVAL = 1.0
 """Seconds between a leg's RTCP reports (SR to players, RR to publishers), as browsers send theirs."""
@@ -15,7 +16,7 @@ REPORT_INTERVAL = 1.0
 class RtcpSender(Protocol):
     """The leg's transport, for what the media layer sends on its own (reports, feedback)."""
 
-    stats: collections.Counter[str]  # server-wide counters (/metrics)
+    totals: Totals  # the server's, for /metrics
 
     def send_rtcp(self, packet: bytes) -> bool | None:
         """Protect and send; True: sent, False: the socket would block, None: not connected yet."""

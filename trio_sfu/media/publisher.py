@@ -158,14 +158,14 @@ class PublisherMedia(MediaHandler):
     # ---- outgoing RTCP ----
 
     def send_keyframe_request(self, producer: Producer) -> None:
-        self.transport.stats["keyframe_requests"] += 1
+        self.transport.totals.keyframe_requests += 1
         if producer.ssrc is not None:
             self.transport.send_rtcp(
                 serialize_compound([Pli(sender_ssrc=self.ssrc, media_ssrc=producer.ssrc)])
             )
 
     def send_nack(self, producer: Producer, sequences: list[int]) -> None:
-        self.transport.stats["nacks_to_publisher"] += 1
+        self.transport.totals.nacks_to_publisher += 1
         if producer.ssrc is not None and sequences:
             nack = Nack(sender_ssrc=self.ssrc, media_ssrc=producer.ssrc, lost=tuple(sorted(set(sequences))))
             self.transport.send_rtcp(serialize_compound([nack]))

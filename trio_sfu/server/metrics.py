@@ -1,14 +1,13 @@
 """Prometheus metrics, read from the server's own counters at scrape time.
 
-The packet path only bumps plain `collections.Counter`s (`Server.stats`, `MediaMux.received` and
-`.dropped`); this collector turns them into metric families when `/metrics` is fetched, so metrics cost
+The packet path only adds to the server's `Totals` and the mux's plain counters (`MediaMux.received`
+and `.dropped`); this collector turns them into metric families when `/metrics` is fetched, so metrics cost
 nothing per packet. Every `Server` gets its own `CollectorRegistry` (tests run many servers in one
 process; the global registry would mix them up).
 """
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -16,19 +15,13 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from trio_sfu.media.totals import Totals
+
 if TYPE_CHECKING:
     from trio_sfu.server.server import Server
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-# Server.stats keys that count dropped packets, and the `reason` label each is exported under.
-STATS_DROPS = {
-    "drop_fanout_queue_full": "fanout_queue_full",
-    "drop_srtp_auth": "srtp_auth",
-    "drop_srtcp_auth": "srtcp_auth",
-    "drop_input_overflow": "input_overflow",
-    "drop_nack_budget_exceeded": "nack_budget_exceeded",
-}
 # MediaMux.dropped keys (datagrams dropped before reaching any session).
 MUX_DROPS = {
     "unknown_source": "unknown_source",
@@ -46,7 +39,7 @@ class ServerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         snap = self.server.snapshot()
-        stats = collections.Counter(snap.stats)
+        totals = snap.totals
 
         sessions = GaugeMetricFamily(
             "trio_sfu_sessions", "Sessions (one stream and direction on one WebSocket)", labels=["kind"]
@@ -70,8 +63,8 @@ class ServerCollector(Collector):
             ("rtcp_packets", "RTCP packets received and sent"),
         ):
             family = CounterMetricFamily(f"trio_sfu_{name}", help_text, labels=["direction"])
-            family.add_metric(["in"], stats[f"{name}_in"])
-            family.add_metric(["out"], stats[f"{name}_out"])
+            family.add_metric(["in"], getattr(totals, f"{name}_in"))
+            family.add_metric(["out"], getattr(totals, f"{name}_out"))
             yield family
 
         datagrams = CounterMetricFamily(
@@ -84,25 +77,25 @@ class ServerCollector(Collector):
         drops = CounterMetricFamily(
             "trio_sfu_dropped_packets", "Packets and datagrams dropped", labels=["reason"]
         )
-        for key, reason in STATS_DROPS.items():
-            drops.add_metric([reason], stats[key])
+        for reason in Totals.drop_reasons():
+            drops.add_metric([reason], getattr(totals, f"drop_{reason}"))
         for key, reason in MUX_DROPS.items():
             drops.add_metric([reason], snap.mux_drops.get(key, 0))
         yield drops
 
         yield CounterMetricFamily(
-            "trio_sfu_dtls_handshakes", "DTLS handshakes completed", value=stats["dtls_handshakes"]
+            "trio_sfu_dtls_handshakes", "DTLS handshakes completed", value=totals.dtls_handshakes
         )
         yield CounterMetricFamily(
-            "trio_sfu_handshake_failures", "DTLS handshakes that failed", value=stats["dtls_failures"]
+            "trio_sfu_handshake_failures", "DTLS handshakes that failed", value=totals.dtls_failures
         )
         yield CounterMetricFamily(
             "trio_sfu_keyframe_requests", "Keyframe requests (PLI) sent to publishers",
-            value=stats["keyframe_requests"],
+            value=totals.keyframe_requests,
         )
         yield CounterMetricFamily(
             "trio_sfu_nacks_to_publisher", "NACKs sent to publishers for packets players lost",
-            value=stats["nacks_to_publisher"],
+            value=totals.nacks_to_publisher,
         )
         yield CounterMetricFamily(
             "trio_sfu_signaling_bad_requests", "Signaling frames that could not be parsed",

@@ -29,6 +29,7 @@ from trio_websocket import (
 from trio_sfu.config import Config, ConfigError, HostPort
 from trio_sfu.media.negotiation import LocalTransport, answer_play, answer_publish
 from trio_sfu.media.router import Router
+from trio_sfu.media.totals import Totals
 from trio_sfu.server.connection import Connection
 from trio_sfu.server.http import HttpFrontend
 from trio_sfu.server.mux import MediaMux
@@ -57,7 +58,7 @@ class StatsSnapshot:
     streams_played: int
     connections: int
     shutting_down: bool
-    stats: dict[str, int]  # the transports' and media's server-wide counters (see metrics.STATS_DROPS)
+    totals: Totals  # packets, handshakes and drops (a copy)
     datagrams: dict[str, int]  # by RFC 7983 kind, on the media ports
     mux_drops: dict[str, int]
     bad_requests: int
@@ -108,8 +109,7 @@ class Server:
         self.router = Router()
         self.mux = MediaMux()
         self.counters: collections.Counter[str] = collections.Counter()
-        # Media totals across sessions (packets, bytes, drops by reason), read by /metrics.
-        self.stats: collections.Counter[str] = collections.Counter()
+        self.totals = Totals()  # packets, handshakes and drops across sessions, read by /metrics
         self.connections: set[Connection] = set()
         self._idle = trio.Event()  # set when the last connection ends during shutdown
         self.limits = Limits(
@@ -149,7 +149,7 @@ class Server:
             streams_played=len({s.key for s in sessions if not s.publish}),
             connections=len(self.connections),
             shutting_down=self.shutting_down,
-            stats=dict(self.stats),
+            totals=self.totals.copy(),
             datagrams=dict(self.mux.received),
             mux_drops=dict(self.mux.dropped),
             bad_requests=self.counters["bad_request"],
@@ -191,7 +191,7 @@ class Server:
                 self.certificate,
                 consent_timeout=self.config.liveness_timeout,
                 handshake_timeout=self.config.dtls_handshake_timeout,
-                stats=self.stats,
+                totals=self.totals,
             )
             local = LocalTransport(
                 ice_ufrag=transport.local_ufrag,

@@ -18,6 +18,7 @@ import trio
 
 from trio_sfu.media.leg import MediaHandler
 from trio_sfu.media.negotiation import answer_setup
+from trio_sfu.media.totals import Totals
 from trio_sfu.server.mux import Datagram, MediaMux
 from trio_sfu.server.udp import ConnectedUdp, DatagramEndpoint
 from trio_sfu.transport.certificate import Certificate
@@ -62,7 +63,7 @@ class TransportDriver:
         "on_ended",
         "on_established",
         "peer",
-        "stats",
+        "totals",
     )
 
     def __init__(
@@ -73,7 +74,7 @@ class TransportDriver:
         *,
         consent_timeout: float = 30.0,
         handshake_timeout: float = 10.0,
-        stats: collections.Counter[str] | None = None,
+        totals: Totals | None = None,
     ) -> None:
         self.mux = mux
         self.local_ufrag = ice_credential(8)
@@ -100,8 +101,7 @@ class TransportDriver:
         self._nursery: trio.Nursery | None = None
         self.connected = trio.Event()
         self.counters: collections.Counter[str] = collections.Counter()
-        # Server-wide totals for /metrics, shared by every transport (one dict update per packet).
-        self.stats: collections.Counter[str] = collections.Counter() if stats is None else stats
+        self.totals = Totals() if totals is None else totals  # the server's, shared by every transport
         self._timer: trio.CancelScope | None = None
         self._next_tick = float("inf")  # the media's next RTCP round, once connected
 
@@ -134,22 +134,22 @@ class TransportDriver:
             self.counters["srtp_before_dtls"] += 1
             return
         data = datagram.data
-        stats = self.stats
+        totals = self.totals
         if is_rtcp(data):
             plain = srtp.unprotect_rtcp(data)
             if plain is None:
-                stats["drop_srtcp_auth"] += 1
+                totals.drop_srtcp_auth += 1
                 return
-            stats["rtcp_packets_in"] += 1
+            totals.rtcp_packets_in += 1
             self.peer.media_received(datagram.source, now)
             self.handler.on_rtcp(plain, now)
         else:
             plain = srtp.unprotect_rtp(data)
             if plain is None:
-                stats["drop_srtp_auth"] += 1
+                totals.drop_srtp_auth += 1
                 return
-            stats["rtp_packets_in"] += 1
-            stats["rtp_bytes_in"] += len(data)
+            totals.rtp_packets_in += 1
+            totals.rtp_bytes_in += len(data)
             self.peer.media_received(datagram.source, now)
             self.handler.on_rtp(plain, now)
 
@@ -180,7 +180,7 @@ class TransportDriver:
         self._srtp = self.peer.srtp
         self._follow_media_address()
         self.connected.set()
-        self.stats["dtls_handshakes"] += 1
+        self.totals.dtls_handshakes += 1
         self.on_established()
         log.info("event=dtls_connected profile=%s", event.profile.name)
         self.handler.on_connected(now)
@@ -191,7 +191,7 @@ class TransportDriver:
             log.info("event=transport_ended reason=peer_closed_dtls")
         else:
             if event.failure is Failure.DTLS:
-                self.stats["dtls_failures"] += 1
+                self.totals.dtls_failures += 1
             log.warning("event=transport_ended reason=%s detail=%r", event.failure.value, event.detail)
         self.on_ended(event)
 
@@ -224,9 +224,9 @@ class TransportDriver:
     ) -> bool:
         if not self._send_protected(protected, peer):
             return False
-        stats = self.stats
-        stats["rtp_packets_out"] += 1
-        stats["rtp_bytes_out"] += len(protected)
+        totals = self.totals
+        totals.rtp_packets_out += 1
+        totals.rtp_bytes_out += len(protected)
         return True
 
     def _send_protected(
@@ -244,7 +244,7 @@ class TransportDriver:
             protected = srtp.protect_rtcp(packet)
         except ValueError:
             return True
-        self.stats["rtcp_packets_out"] += 1
+        self.totals.rtcp_packets_out += 1
         return self._send_protected(protected, peer)
 
     async def wait_writable(self) -> None:
@@ -294,7 +294,7 @@ class TransportDriver:
         if connected is not None:
             dropped = connected.new_drops()
             if dropped:
-                self.stats["drop_input_overflow"] += dropped
+                self.totals.drop_input_overflow += dropped
         try:
             self._next_tick = self.handler.tick(now, time.time())
         except Exception:
