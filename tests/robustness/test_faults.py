@@ -1,4 +1,7 @@
-"""Peers that fail: silent publishers and players, handshakes that never finish, and shutdown."""
+"""Peers that fail: silent publishers and players, handshakes that never finish, and shutdown.
+
+Over real UDP with aiortc peers the timing can only be loose, so it is asserted exactly under MockClock
+in tests/server/test_transport_faults.py."""
 
 from __future__ import annotations
 
@@ -33,11 +36,9 @@ async def test_silent_publisher_times_out_and_players_are_told(aio: AsyncioThrea
     ):
         await wait_for(lambda: len(valid_counters(player)) >= 10, 20, "media")
         relay.paused = True  # no consent checks, no media
-        silent_at = time.monotonic()
         with trio.fail_after(10):
             notice = await pub.next_server_request()
         assert notice["data"] == {"reason": "timeout"}
-        assert 2.5 <= time.monotonic() - silent_at <= 6
         with trio.fail_after(5):
             notice = await p1.next_server_request()
         assert notice["data"] == {"reason": "publisher_gone"}
@@ -78,7 +79,7 @@ async def test_dtls_that_never_finishes_fails_the_session(aio: AsyncioThread) ->
             with trio.fail_after(10):
                 notice = await client.next_server_request()
             assert notice["data"] == {"reason": "transport_failed"}
-            assert sfu.server.stats["dtls_failures"] == 1
+            assert sfu.server.totals.dtls_failures == 1
             assert sfu.server.router.lookup(("live", "cam")) is None
 
 
