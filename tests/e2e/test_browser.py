@@ -95,14 +95,18 @@ async def test_congestion_feedback_raises_publisher_estimate(chromium: Browser) 
         started = time.monotonic()
         series: list[tuple[float, float, float]] = []
 
-        async def probe() -> float:
+        async def probe() -> tuple[float, float]:
             stats = await a.stats(pub)
-            estimate = float(stats["availableOutgoingBitrate"] or 0)
-            series.append((time.monotonic() - started, estimate, float(stats["bitrate"] or 0)))
-            return estimate
+            estimate, sending = float(stats["availableOutgoingBitrate"] or 0), float(stats["bitrate"] or 0)
+            series.append((time.monotonic() - started, estimate, sending))
+            return estimate, sending
 
         try:
-            await wait_until(probe, lambda estimate: estimate > 1_000_000, 20, "estimate above 1 Mbit/s")
+            # Once media flows: before that the estimate is only the start value (or our REMB cap), which
+            # Chromium may lower again while its first packets' feedback arrives.
+            await wait_until(
+                probe, lambda sample: sample[0] > 1_000_000 and sample[1] > 0, 20, "estimate above 1 Mbit/s"
+            )
         finally:
             shown = ", ".join(f"{t:.1f}s {e / 1e6:.2f}/{r / 1e6:.2f}" for t, e, r in series)
             print(f"\n(time estimate/sending Mbit/s): {shown}")
@@ -114,7 +118,7 @@ async def test_congestion_feedback_raises_publisher_estimate(chromium: Browser) 
         shown = ", ".join(f"{t:.1f}s {e / 1e6:.2f}/{r / 1e6:.2f}" for t, e, r in series)
         print(f"estimate > 1 Mbit/s after {took:.1f} s; then (time estimate/sending Mbit/s): {shown}")
         assert min(e for t, e, _ in series if t > took) > 1_000_000
-        assert server.stats["rtcp_packets_out"] > 50  # transport-cc every 100 ms, reports every second
+        assert server.totals.rtcp_packets_out > 50  # transport-cc every 100 ms, reports every second
 
 
 async def test_chromium_publishes_aiortc_plays(chromium: Browser, aio: AsyncioThread) -> None:
