@@ -324,13 +324,6 @@ class Rewriter:
         self._bad_sequence = -1
         self._needs_sync = False
 
-    def rewrite(self, packet: bytes, header: RtpHeader, now: float) -> bytes | None:
-        """The packet as this consumer sends it, or None when it must not be sent."""
-        numbered = self.number(header, now)
-        if numbered is None:
-            return None
-        return self.patch(self.header_map.apply(packet, header), *numbered)
-
     def patch(self, mapped: bytes, sequence: int, timestamp: int) -> bytes:
         """A packet from `header_map.apply` with this consumer's sequence number, timestamp and SSRC."""
         buf = bytearray(mapped)
@@ -339,7 +332,8 @@ class Rewriter:
 
     def number(self, header: RtpHeader, now: float) -> tuple[int, int] | None:
         """The output sequence number and timestamp of the packet `header` heads, or None when it
-        must not be sent; advances the state as `rewrite` does, without building the packet."""
+        must not be sent. The fan-out then writes them into each player's SRTP buffer itself (or
+        `patch` does, into a copy of the packet `header_map.apply` made)."""
         if self._muted:
             return None
         sequence = header.sequence
