@@ -31,7 +31,7 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from trio_sfu.media.negotiation import LocalTransport, answer_publish
+from trio_sfu.media.negotiation import TransportParameters, answer_publish
 from trio_sfu.server.server import Server
 from trio_sfu.transport.certificate import Certificate
 from trio_sfu.wire.sdp import parse_offer
@@ -75,7 +75,9 @@ def test_captured_offer_is_answered_active() -> None:
     accept both sections with the muxer's payload types (Opus 111, H264 106 with RTX 105)."""
     offer = parse_offer(fixture_sdp("ffmpeg_whip_offer"))
     assert {section.setup for section in offer.media} == {"passive"}
-    local = LocalTransport("sfu1", "sfupasswordsfupassword", ":".join(["AB"] * 32), (("127.0.0.1", 40000),))
+    local = TransportParameters(
+        "sfu1", "sfupasswordsfupassword", ":".join(["AB"] * 32), (("127.0.0.1", 40000),)
+    )
     negotiated = answer_publish(offer, local)
     lines = negotiated.answer.splitlines()
     setups = [line for line in lines if line.startswith("a=setup:")]

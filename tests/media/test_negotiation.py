@@ -17,9 +17,9 @@ from trio_sfu.media.negotiation import (
     EXT_AUDIO_LEVEL,
     EXT_MID,
     EXT_TRANSPORT_CC,
-    LocalTransport,
     Negotiated,
     NegotiatedTrack,
+    TransportParameters,
     answer_play,
     answer_publish,
     codecs_compatible,
@@ -41,7 +41,7 @@ AIORTC_PUBLISH = fixture("aiortc_offer_publish")
 AIORTC_PLAY = fixture("aiortc_offer_play")
 
 SERVER_FP = ":".join(f"{i:02X}" for i in range(32))
-LOCAL = LocalTransport(
+LOCAL = TransportParameters(
     ice_ufrag="sfu1",
     ice_pwd="sfupasswordsfupassword",
     fingerprint_sha256=SERVER_FP,

@@ -8,7 +8,7 @@ import trio
 import trio.testing
 
 from trio_sfu.config import Config
-from trio_sfu.server.connection import Connection
+from trio_sfu.server.signaling_socket import SignalingSocket
 from trio_sfu.signaling.messages import ServerRequest
 
 from ..conftest import Client, fixture_sdp, running_server, settle, task_names
@@ -151,7 +151,7 @@ async def test_shutdown_notifies_everyone(autojump_clock: trio.testing.MockClock
             assert notice["data"] == {"reason": "server_shutdown"}
             assert client.ws.closed is not None and client.ws.closed.code == 1001
         await settle()
-        assert [n for n in task_names() if "Session" in n or "Connection" in n] == []
+        assert [n for n in task_names() if "Session" in n or "SignalingSocket" in n] == []
 
 
 async def test_notifying_a_client_whose_socket_broke_disturbs_nobody(
@@ -164,7 +164,7 @@ async def test_notifying_a_client_whose_socket_broke_disturbs_nobody(
     async with running_server() as sfu, sfu.client() as pub:
         await publish(pub)
         ws: Any = None  # never used: this connection's tasks are not running
-        connection = Connection(sfu.server, ws, "192.0.2.1:5000", "192.0.2.1")
+        connection = SignalingSocket(sfu.server, ws, "192.0.2.1:5000", "192.0.2.1")
         async with connection._outbox:
             pass  # what the writer's `async with` does when the socket breaks
         request = ServerRequest(method="stream.close", app="live", uid="p1", stream="cam", data={})

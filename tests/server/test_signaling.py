@@ -344,7 +344,7 @@ async def test_hostile_sdp_is_415(sdp: str) -> None:
 
 async def test_a_refused_request_is_logged_with_its_reason(caplog: pytest.LogCaptureFixture) -> None:
     """The operator sees why a client was refused (at info level; the default is warning)."""
-    caplog.set_level(logging.INFO, logger="trio_sfu.server.connection")
+    caplog.set_level(logging.INFO, logger="trio_sfu.server.signaling_socket")
     async with running_server() as sfu, sfu.client() as c:
         assert_reply(await c.connect(), "stream.connected")
         reply = await c.offer("cam", PUBLISH_SDP.replace("a=setup:actpass", "a=setup:holdconn"), True)

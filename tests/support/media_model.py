@@ -12,9 +12,9 @@ import trio
 
 from trio_sfu.media.consumer import Consumer
 from trio_sfu.media.negotiation import (
-    LocalTransport,
     Negotiated,
     NegotiatedTrack,
+    TransportParameters,
     answer_play,
     answer_publish,
 )
@@ -30,7 +30,7 @@ from trio_sfu.wire.sdp import parse_offer
 
 from ..conftest import fixture_sdp
 
-LOCAL = LocalTransport(
+LOCAL = TransportParameters(
     ice_ufrag="sfu1",
     ice_pwd="sfupasswordsfupassword",
     fingerprint_sha256=":".join(["AB"] * 32),

@@ -35,8 +35,9 @@ _HOST_TYPE_PREFERENCE = 126
 
 
 @attrs.frozen
-class LocalTransport:
-    """What the server puts in every answer about itself."""
+class TransportParameters:
+    """Our side of the transport, as every answer states it: ICE credentials, the certificate
+    fingerprint, and the candidates."""
 
     ice_ufrag: str
     ice_pwd: str
@@ -194,13 +195,13 @@ def _extensions(section: MediaSection, allowed: tuple[str, ...]) -> tuple[Header
 # --------------------------------------------------------------------------- answer writing
 
 
-def _origin_id(offer: Offer, local: LocalTransport) -> int:
+def _origin_id(offer: Offer, local: TransportParameters) -> int:
     """Derived rather than random so that an answer is reproducible from its inputs."""
     seed = f"{offer.session_id} {local.ice_ufrag}".encode()
     return int.from_bytes(hashlib.sha256(seed).digest()[:8], "big") >> 2
 
 
-def _session_lines(offer: Offer, local: LocalTransport, mids: list[str], play: bool) -> list[str]:
+def _session_lines(offer: Offer, local: TransportParameters, mids: list[str], play: bool) -> list[str]:
     lines = [
         "v=0",
         f"o=- {_origin_id(offer, local)} 2 IN IP4 127.0.0.1",
@@ -241,7 +242,7 @@ def answer_setup(offer: Offer) -> str:
 
 
 def _transport_lines(
-    section: MediaSection, local: LocalTransport, setup: str
+    section: MediaSection, local: TransportParameters, setup: str
 ) -> tuple[str, list[str]]:
     """The m= port and connection line of the default candidate, and the ICE/DTLS attributes."""
     addresses = [(_ip(ip), port) for ip, port in local.candidates]
@@ -284,7 +285,7 @@ def _codec_lines(codec: Codec, rtx_payload_type: int | None) -> list[str]:
 def _accepted_lines(
     offer: Offer,
     section: MediaSection,
-    local: LocalTransport,
+    local: TransportParameters,
     direction: str,
     track: NegotiatedTrack,
     extra: list[str],
@@ -344,7 +345,7 @@ def _publish_track(section: MediaSection, codec: Codec) -> NegotiatedTrack:
     )
 
 
-def answer_publish(offer: Offer, local: LocalTransport) -> Negotiated:
+def answer_publish(offer: Offer, local: TransportParameters) -> Negotiated:
     """Accept each section the client sends on, with one codec; reject everything else.
 
     A simulcast offer is answered without a=simulcast/a=rid, so the client sends one encoding
@@ -416,7 +417,7 @@ def _play_choice(source: Codec, section: MediaSection) -> Codec | None:
 
 def answer_play(
     offer: Offer,
-    local: LocalTransport,
+    local: TransportParameters,
     published: Sequence[NegotiatedTrack],
     ssrc_source: Callable[[], int],
 ) -> Negotiated:

@@ -27,13 +27,13 @@ from trio_websocket import (
 )
 
 from trio_sfu.config import Config, ConfigError, HostPort
-from trio_sfu.media.negotiation import LocalTransport, answer_play, answer_publish
+from trio_sfu.media.negotiation import TransportParameters, answer_play, answer_publish
 from trio_sfu.media.router import Router
 from trio_sfu.media.totals import Totals
-from trio_sfu.server.connection import Connection
 from trio_sfu.server.http import HttpFrontend
 from trio_sfu.server.mux import MediaMux
 from trio_sfu.server.session import Session
+from trio_sfu.server.signaling_socket import SignalingSocket
 from trio_sfu.server.transport_driver import TransportDriver
 from trio_sfu.server.udp import DatagramEndpoint, UdpEndpoint
 from trio_sfu.server.websocket_failure import install as install_websocket_failure
@@ -110,7 +110,7 @@ class Server:
         self.mux = MediaMux()
         self.counters: collections.Counter[str] = collections.Counter()
         self.totals = Totals()  # packets, handshakes and drops across sessions, read by /metrics
-        self.connections: set[Connection] = set()
+        self.connections: set[SignalingSocket] = set()
         self._idle = trio.Event()  # set when the last connection ends during shutdown
         self.limits = Limits(
             LimitSettings(
@@ -193,7 +193,7 @@ class Server:
                 handshake_timeout=self.config.dtls_handshake_timeout,
                 totals=self.totals,
             )
-            local = LocalTransport(
+            local = TransportParameters(
                 ice_ufrag=transport.local_ufrag,
                 ice_pwd=transport.local_pwd,
                 fingerprint_sha256=self.fingerprint,
@@ -350,9 +350,9 @@ class Server:
     async def handle_connection(self, ws: WebSocketConnection) -> None:
         remote = ws.remote
         if isinstance(remote, str):
-            connection = Connection(self, ws, remote, remote)
+            connection = SignalingSocket(self, ws, remote, remote)
         else:
-            connection = Connection(self, ws, f"{remote.address}:{remote.port}", str(remote.address))
+            connection = SignalingSocket(self, ws, f"{remote.address}:{remote.port}", str(remote.address))
         self.connections.add(connection)
         try:
             await connection.run()

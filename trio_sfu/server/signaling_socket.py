@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 _ping_payloads = itertools.count()
 
 
-class ConnectionHost(Protocol):
+class SignalingHost(Protocol):
     """What a connection needs of the server: the settings, limits and verifier every connection
     shares, and a place to open and end sessions (the server owns the router, mux and certificate)."""
 
@@ -69,11 +69,11 @@ class ConnectionHost(Protocol):
     def session_ended(self, session: Session, address: str) -> None: ...
 
 
-class Connection:
+class SignalingSocket:
     OUTBOX = 256
 
     def __init__(
-        self, server: ConnectionHost, ws: WebSocketConnection, remote: str, address: str = ""
+        self, server: SignalingHost, ws: WebSocketConnection, remote: str, address: str = ""
     ) -> None:
         self.server = server
         self.ws = ws
@@ -88,7 +88,7 @@ class Connection:
         self.closing = False
 
     def __repr__(self) -> str:
-        return f"<Connection {self.remote}>"
+        return f"<SignalingSocket {self.remote}>"
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
