@@ -13,6 +13,8 @@ import collections
 import struct
 from typing import Protocol
 
+import attrs
+
 from trio_sfu.media.negotiation import EXT_MID, NegotiatedTrack
 from trio_sfu.media.producer import CACHE_SIZE, Producer
 from trio_sfu.media.rewriter import Rewriter
@@ -62,6 +64,13 @@ class Backlog(Protocol):
     def close(self) -> None: ...
 
 
+@attrs.define
+class RoundTrip:
+    """A player's round-trip time, from its receiver reports: one per transport, shared by its tracks."""
+
+    seconds: float | None = None
+
+
 class PacketSink(Protocol):
     """What a consumer needs of the player's transport."""
 
@@ -99,7 +108,7 @@ class Consumer:
         "played",
         "producer",
         "rewriter",
-        "rtt",
+        "round_trip",
         "rtx_payload_type",
         "rtx_ssrc",
         "sink",
@@ -149,7 +158,7 @@ class Consumer:
         # resend (12 KB a track that a player on a clean network never needs).
         self._resent_output: array.array[int] | None = None
         self._resent_at: array.array[float] | None = None
-        self.rtt: float | None = None  # the player's round-trip time, from its receiver reports
+        self.round_trip = RoundTrip()  # the player's; PlayerMedia shares one among its tracks
         # The retransmission budget: a token bucket in bytes, full at first.
         self._rtx_tokens = float("inf")
         self._rtx_tokens_at = 0.0
@@ -234,7 +243,8 @@ class Consumer:
         the budget allows: the rest is counted and dropped (the player asks again if it still can)."""
         missing = []
         counters = self.counters
-        interval = max(DEFAULT_RTT if self.rtt is None else self.rtt, MIN_RESEND_INTERVAL)
+        rtt = self.round_trip.seconds
+        interval = max(DEFAULT_RTT if rtt is None else rtt, MIN_RESEND_INTERVAL)
         for sequence in lost:
             source = self._source_of(sequence)
             if source is None:

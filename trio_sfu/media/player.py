@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable
 
-from trio_sfu.media.consumer import Consumer
+from trio_sfu.media.consumer import Consumer, RoundTrip
 from trio_sfu.media.leg import REPORT_INTERVAL, MediaHandler
 from trio_sfu.wire.rtcp import (
     MAX_REPORT_BLOCKS,
@@ -43,7 +43,9 @@ class PlayerMedia(MediaHandler):
         self.cname = cname.encode()
         self._send_rtcp = send_rtcp
         self.counters: collections.Counter[str] = collections.Counter()
-        self.rtt: float | None = None
+        self.round_trip = RoundTrip()  # one transport, one round trip: every track reads this one
+        for consumer in consumers:
+            consumer.round_trip = self.round_trip
         # Middle 32 bits of each recent SR's NTP timestamp -> when it was sent (our clock). The NTP
         # values follow the publisher's clock, not ours, so an echoed LSR is looked up, not subtracted.
         self._sr_sent: dict[int, float] = {}
@@ -82,10 +84,7 @@ class PlayerMedia(MediaHandler):
             sent_at = self._sr_sent.get(block.last_sr) if block.last_sr else None
             if sent_at is None or block.ssrc not in self._by_ssrc:
                 continue
-            rtt = max(0.0, now - sent_at - block.delay_since_last_sr / 65536)
-            self.rtt = rtt
-            for consumer in self.consumers:  # one transport: one round trip for every track
-                consumer.rtt = rtt
+            self.round_trip.seconds = max(0.0, now - sent_at - block.delay_since_last_sr / 65536)
 
     def on_connected(self, now: float) -> None:
         # A new player needs a keyframe to show anything: ask now rather than wait for the next one.
