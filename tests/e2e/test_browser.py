@@ -117,7 +117,9 @@ async def test_congestion_feedback_raises_publisher_estimate(chromium: Browser) 
             await probe()
         shown = ", ".join(f"{t:.1f}s {e / 1e6:.2f}/{r / 1e6:.2f}" for t, e, r in series)
         print(f"estimate > 1 Mbit/s after {took:.1f} s; then (time estimate/sending Mbit/s): {shown}")
-        assert min(e for t, e, _ in series if t > took) > 1_000_000
+        # Chromium's start-up probes can overshoot and its delay-based estimate then correct for a second
+        # (seen: 1.8, then 0.7, then 2.5 Mbit/s): what must hold is the estimate after that.
+        assert min(e for t, e, _ in series if t > took + 2.0) > 1_000_000
         assert server.totals.rtcp_packets_out > 50  # transport-cc every 100 ms, reports every second
 
 
