@@ -346,20 +346,55 @@ def test_publish_rejects_a_section_without_supported_codec() -> None:
     assert "G722" in str(info.value) and "ulpfec" in str(info.value)
 
 
-def test_publish_strips_simulcast() -> None:
+def test_publish_answers_simulcast_with_its_layers() -> None:
     text = CHROMIUM_PUBLISH.replace(
         "a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n",
         "a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n"
         "a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n",
     ).split("a=ssrc-group:FID")[0]
     offer = parse_offer(text)
-    assert offer.media[1].simulcast
+    assert offer.media[1].simulcast and offer.media[1].simulcast_send == ("q", "h", "f")
     negotiated = answer_publish(offer, LOCAL)
-    _, (_, video) = split(negotiated.answer)
-    assert not [ln for ln in video if ln.startswith(("a=rid", "a=simulcast"))]
-    assert "rtp-stream-id" not in negotiated.answer
-    assert negotiated.tracks[1].ssrc is None and negotiated.tracks[1].rtx_ssrc is None
-    assert negotiated.tracks[1].codec.name == "VP8"
+    _, (audio, video) = split(negotiated.answer)
+    assert [ln for ln in video if ln.startswith(("a=rid", "a=simulcast"))] == [
+        "a=rid:q recv",
+        "a=rid:h recv",
+        "a=rid:f recv",
+        "a=simulcast:recv q;h;f",
+    ]
+    assert "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id" in video
+    assert "a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id" in video
+    assert not [ln for ln in audio if "rid" in ln or "simulcast" in ln]
+    track = negotiated.tracks[1]
+    assert track.rids == ("q", "h", "f") and track.ssrc is None and track.rtx_ssrc is None
+    assert track.codec.name == "VP8" and negotiated.tracks[0].rids == ()
+
+
+def test_simulcast_without_the_rid_extension_is_answered_as_one_layer() -> None:
+    """Packets could not say which layer they are: the answer leaves simulcast out, so one comes."""
+    text = CHROMIUM_PUBLISH.replace(
+        "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n", ""
+    ).replace(
+        "a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n",
+        "a=rid:q send\r\na=rid:h send\r\na=simulcast:send q;h\r\n",
+    ).split("a=ssrc-group:FID")[0]
+    negotiated = answer_publish(parse_offer(text), LOCAL)
+    assert "a=simulcast" not in negotiated.answer and "a=rid" not in negotiated.answer
+    assert negotiated.tracks[1].rids == ()
+
+
+@pytest.mark.parametrize(
+    ("fixture", "rids"),
+    [
+        ("chromium_offer_publish_simulcast", ("q", "h", "f")),
+        ("firefox_offer_publish_simulcast", ("h", "m", "l")),
+    ],
+)
+def test_captured_simulcast_offers_are_answered_with_every_layer(fixture: str, rids: tuple[str, ...]) -> None:
+    negotiated = answer_publish(parse_offer((SDP_DIR / f"{fixture}.sdp").read_text()), LOCAL)
+    (video,) = [t for t in negotiated.tracks if t.kind == "video"]
+    assert video.rids == rids and video.ssrc is None  # Firefox's a=ssrc lines do not say which layer
+    assert f"a=simulcast:recv {';'.join(rids)}" in negotiated.answer
 
 
 def test_rejects_data_channel_in_place() -> None:
@@ -427,7 +462,7 @@ def test_play_answer_to_chromium() -> None:
         for line in [*TRANSPORT_LINES, *CANDIDATE_LINES, "a=rtcp-mux", "a=rtcp-rsize"]:
             assert lines.count(line) == 1, line
     assert values(audio, "rtcp-fb") == []
-    assert feedback(video, 96) == ["ccm fir", "nack", "nack pli"]
+    assert feedback(video, 96) == ["goog-remb", "ccm fir", "nack", "nack pli"]  # REMB: its estimate
     assert extmaps(audio) == {1: EXT_AUDIO_LEVEL, 2: EXT_ABS_SEND_TIME, 4: EXT_MID}
     assert extmaps(video) == {2: EXT_ABS_SEND_TIME, 4: EXT_MID}
     assert values(audio, "fmtp") == ["111 minptime=10;useinbandfec=1"]
@@ -437,7 +472,7 @@ def test_play_answer_to_chromium() -> None:
     assert (v.codec.payload_type, v.rtx_payload_type, v.feedback) == (
         96,
         97,
-        ("ccm fir", "nack", "nack pli"),
+        ("goog-remb", "ccm fir", "nack", "nack pli"),
     )
     assert a.cname == v.cname and a.cname
     assert a.msid and v.msid and a.msid.split(" ")[0] == v.msid.split(" ")[0]

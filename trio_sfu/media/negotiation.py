@@ -24,11 +24,14 @@ EXT_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 EXT_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 EXT_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 EXT_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+EXT_RID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+EXT_REPAIRED_RID = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
+SIMULCAST_EXTENSIONS = (EXT_RID, EXT_REPAIRED_RID)  # how packets name their layer (RFC 8852)
 PUBLISH_EXTENSIONS = (EXT_MID, EXT_ABS_SEND_TIME, EXT_TRANSPORT_CC, EXT_AUDIO_LEVEL)
 # The server does not consume a player's transport-cc feedback, so it does not offer the extension.
 PLAY_EXTENSIONS = (EXT_MID, EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL)
 PUBLISH_FEEDBACK = ("nack", "nack pli", "ccm fir", "goog-remb", "transport-cc")
-PLAY_FEEDBACK = ("nack", "nack pli", "ccm fir")
+PLAY_FEEDBACK = ("nack", "nack pli", "ccm fir", "goog-remb")  # REMB: the player's estimate, for simulcast
 
 # RFC 8445 section 5.1.2.1 type preference of a host candidate.
 _HOST_TYPE_PREFERENCE = 126
@@ -59,6 +62,9 @@ class NegotiatedTrack:
     rtx_ssrc: int | None
     cname: str | None
     msid: str | None
+    # Simulcast: the layers' rids in the publisher's order (empty: one RTP stream). Their SSRCs are
+    # learnt from the rid header extension of the first packets.
+    rids: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -311,8 +317,18 @@ def _text(lines: list[str]) -> str:
 # --------------------------------------------------------------------------- publish
 
 
+def _simulcast_rids(section: MediaSection) -> tuple[str, ...]:
+    """The layers to accept: every rid the section sends, if its packets can say which they are."""
+    if section.kind != "video" or not section.simulcast:
+        return ()
+    if not any(ext.uri == EXT_RID for ext in section.header_extensions):
+        return ()  # no way to tell the layers apart: answered without simulcast, one layer comes
+    return section.simulcast_send
+
+
 def _publish_track(section: MediaSection, codec: Codec) -> NegotiatedTrack:
-    extensions = _extensions(section, PUBLISH_EXTENSIONS)
+    rids = _simulcast_rids(section)
+    extensions = _extensions(section, PUBLISH_EXTENSIONS + (SIMULCAST_EXTENSIONS if rids else ()))
     tcc = any(e.uri == EXT_TRANSPORT_CC for e in extensions)
     if section.kind == "video":
         feedback = [f for f in codec.feedback if f in PUBLISH_FEEDBACK]
@@ -325,6 +341,8 @@ def _publish_track(section: MediaSection, codec: Codec) -> NegotiatedTrack:
     fid = next((group for semantics, group in section.ssrc_groups if semantics == "FID"), None)
     ssrc = fid[0] if fid else (section.ssrcs[0].ssrc if section.ssrcs else None)
     rtx_ssrc = fid[1] if fid and rtx_pt is not None else None
+    if rids:
+        ssrc = rtx_ssrc = None  # Firefox lists its layers' SSRCs without saying which layer is which
     info = next((s for s in section.ssrcs if s.ssrc == ssrc), None)
     cname = (
         info.cname
@@ -342,14 +360,23 @@ def _publish_track(section: MediaSection, codec: Codec) -> NegotiatedTrack:
         rtx_ssrc=rtx_ssrc,
         cname=cname,
         msid=section.msid if section.msid is not None else (info.msid if info else None),
+        rids=rids,
     )
+
+
+def _simulcast_lines(track: NegotiatedTrack) -> list[str]:
+    """RFC 8853: receive every layer, in the publisher's order; without these Chromium sends one."""
+    if not track.rids:
+        return []
+    return [*(f"a=rid:{rid} recv" for rid in track.rids), f"a=simulcast:recv {';'.join(track.rids)}"]
 
 
 def answer_publish(offer: Offer, local: TransportParameters) -> Negotiated:
     """Accept each section the client sends on, with one codec; reject everything else.
 
-    A simulcast offer is answered without a=simulcast/a=rid, so the client sends one encoding
-    (its SSRC may then be unknown until packets arrive: `ssrc` is None).
+    A simulcast offer (a=rid send, a=simulcast send, and the rid header extension) is answered with
+    a=rid recv and a=simulcast recv for its layers; the SSRCs of the layers, and of a section without
+    a=ssrc lines, are learnt from the first packets (`ssrc` is None).
     """
     blocks: list[list[str]] = []
     tracks: list[NegotiatedTrack] = []
@@ -369,7 +396,7 @@ def answer_publish(offer: Offer, local: TransportParameters) -> Negotiated:
         tracks.append(track)
         if section.mid is not None:
             accepted_mids.append(section.mid)
-        blocks.append(_accepted_lines(offer, section, local, "recvonly", track, []))
+        blocks.append(_accepted_lines(offer, section, local, "recvonly", track, _simulcast_lines(track)))
     if not tracks:
         if unsupported:
             raise SdpError(

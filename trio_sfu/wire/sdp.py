@@ -16,6 +16,7 @@ MAX_TEXT_BYTES = 64 * 1024
 MAX_LINES = 2000
 MAX_MEDIA = 32
 MAX_CODECS = 128
+MAX_RIDS = 8  # simulcast layers in one section (browsers send at most 3 or 4)
 
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 SETUP_ROLES = ("actpass", "active", "passive", "holdconn")
@@ -36,6 +37,7 @@ _URI = re.compile(r"[!-~]+")
 _ADDRESS = re.compile(r"[A-Za-z0-9.:\-]{1,255}")
 _HEX_PAIRS = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2})*")
 _PROTOCOL = re.compile(r"[A-Za-z0-9/_.\-]+")
+_RID = re.compile(r"[A-Za-z0-9_\-]{1,32}")  # RFC 8851 rid-id (it allows 255 characters; browsers use 1-3)
 
 
 class SdpError(ValueError):
@@ -73,6 +75,15 @@ class HeaderExtension:
 
     id: int
     uri: str
+
+
+@attrs.frozen
+class Rid:
+    """An RFC 8851 a=rid line: one RTP stream the offerer names (a simulcast layer)."""
+
+    id: str
+    direction: str  # "send" or "recv", from the offerer's side
+    restrictions: str  # the rest of the line (pt=, max-width=, ...), kept as written
 
 
 @attrs.frozen
@@ -115,7 +126,8 @@ class MediaSection:
     msid: str | None
     rtcp_mux: bool
     rtcp_rsize: bool
-    simulcast: bool
+    rids: tuple[Rid, ...]
+    simulcast_send: tuple[str, ...]  # RFC 8853: the rids the offerer sends, in its order (paused too)
     bundle_only: bool
     usable: bool
     ice_ufrag: str | None
@@ -123,6 +135,11 @@ class MediaSection:
     fingerprints: tuple[tuple[str, str], ...]
     setup: str | None
     candidates: tuple[Candidate, ...]
+
+    @property
+    def simulcast(self) -> bool:
+        """The offerer sends this section as several RTP streams (layers)."""
+        return len(self.simulcast_send) > 1
 
     @property
     def sends(self) -> bool:
@@ -258,7 +275,8 @@ class _Media(_Scope):
         self.msid: str | None = None
         self.rtcp_mux = False
         self.rtcp_rsize = False
-        self.simulcast = False
+        self.rids: dict[str, Rid] = {}
+        self.simulcast_send: tuple[str, ...] = ()
         self.bundle_only = False
         self.extmap_allow_mixed = False
         self.candidates: list[Candidate] = []
@@ -415,9 +433,45 @@ def _media_attribute(media: _Media, name: str, value: str, lineno: int) -> None:
         media.extmap_allow_mixed = True
     elif name == "rtcp-rsize":
         media.rtcp_rsize = True
-    elif name in ("simulcast", "rid"):
-        media.simulcast = True
+    elif name == "rid":
+        rid = _parse_rid(value, lineno)
+        if len(media.rids) >= MAX_RIDS and rid.id not in media.rids:
+            raise _fail(lineno, f"more than {MAX_RIDS} a=rid lines in one m-section")
+        media.rids.setdefault(rid.id, rid)
+    elif name == "simulcast":
+        media.simulcast_send = _parse_simulcast(value, lineno)
     # Anything else (end-of-candidates, ice-options, rtcp, rtcp-xr, sctp-port, ...) is ignored.
+
+
+def _parse_rid(value: str, lineno: int) -> Rid:
+    fields = value.split(None, 2)
+    if len(fields) < 2 or not _RID.fullmatch(fields[0]) or fields[1] not in ("send", "recv"):
+        raise _fail(
+            lineno, f"a=rid must be '<rid-id> send|recv [restrictions]' (RFC 8851), got {value[:60]!r}"
+        )
+    return Rid(fields[0], fields[1], fields[2] if len(fields) > 2 else "")
+
+
+def _parse_simulcast(value: str, lineno: int) -> tuple[str, ...]:
+    """RFC 8853 `send <list> [recv <list>]` (either order): the first alternative of each send entry,
+    `~` (paused at first) or not. A recv list is for what the offerer receives: nothing we serve."""
+    fields = value.split()
+    directions = fields[0::2]
+    if len(fields) not in (2, 4) or sorted(directions) not in (["send"], ["recv"], ["recv", "send"]):
+        raise _fail(
+            lineno, f"a=simulcast must be 'send <rid;...> [recv <rid;...>]' (RFC 8853), got {value[:60]!r}"
+        )
+    send: list[str] = []
+    for direction, entries in zip(directions, fields[1::2], strict=True):
+        for entry in entries.split(";"):
+            first = entry.split(",")[0].removeprefix("~")
+            if not _RID.fullmatch(first):
+                raise _fail(lineno, f"a=simulcast: {entry[:40]!r} is not a rid-id")
+            if direction == "send" and first not in send:
+                send.append(first)
+    if len(send) > MAX_RIDS:
+        raise _fail(lineno, f"a=simulcast: more than {MAX_RIDS} layers")
+    return tuple(send)
 
 
 def _check_c_line(value: str, lineno: int) -> None:
@@ -519,7 +573,12 @@ def _freeze(media: _Media, session: _Scope) -> MediaSection:
         msid=media.msid,
         rtcp_mux=media.rtcp_mux,
         rtcp_rsize=media.rtcp_rsize,
-        simulcast=media.simulcast,
+        rids=tuple(media.rids.values()),
+        # Only rids the section declares for sending (RFC 8853 section 5.2: others are an error the
+        # offerer cannot mean; we serve the rest rather than refuse the offer).
+        simulcast_send=tuple(
+            r for r in media.simulcast_send if r in media.rids and media.rids[r].direction == "send"
+        ),
         bundle_only=media.bundle_only,
         usable=media.usable,
         ice_ufrag=media.ice_ufrag if media.ice_ufrag is not None else session.ice_ufrag,
