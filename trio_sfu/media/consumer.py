@@ -113,6 +113,8 @@ class Consumer:
         "rtx_ssrc",
         "sink",
         "ssrc",
+        "switched_at",
+        "target",
         "totals",
     )
 
@@ -170,11 +172,21 @@ class Consumer:
         self.awaiting_keyframe = starts_keyframe is not None
         self.counters: collections.Counter[str] = collections.Counter()
         self.totals = sink.totals
+        # Simulcast: the layer this player moves to at that layer's next keyframe (None: staying),
+        # and the first output sequence number of the current layer (older ones were another's).
+        self.target: Producer | None = None
+        self.switched_at: int | None = None
 
     # ---- the packet path ----
 
     def forward(self, packet: bytes, header: RtpHeader, now: float) -> None:
-        if self.awaiting_keyframe:
+        target = self.target
+        if target is not None and header.ssrc == target.ssrc and header.ssrc != self.producer.ssrc:
+            if not self._starts_keyframe(memoryview(packet)[header.header_length :]):
+                target.request_keyframe(now)  # throttled by the producer
+                return
+            self._switch(target)
+        elif self.awaiting_keyframe:
             if not self._starts_keyframe(memoryview(packet)[header.header_length :]):
                 self.counters["waiting_for_keyframe"] += 1
                 self.producer.request_keyframe(now)  # throttled by the producer
@@ -199,6 +211,37 @@ class Consumer:
             if sent is not False:
                 return
         self._queue(rewriter.patch(mapped, sequence, timestamp))
+
+    # ---- simulcast ----
+
+    def select_layer(self, layer: Producer, now: float) -> None:
+        """Play `layer` from its next keyframe on (asked for now); the current one until then. A new
+        choice replaces a pending one, so a target changed again and again never strands the player."""
+        if layer is self.producer:
+            self._drop_target()
+            return
+        if layer is self.target:
+            return
+        self._drop_target()
+        self.target = layer
+        layer.add_player(self)
+        self.counters["layer_targets"] += 1
+        layer.request_keyframe(now)
+
+    def _drop_target(self) -> None:
+        target, self.target = self.target, None
+        if target is not None:
+            target.remove_player(self)
+
+    def _switch(self, layer: Producer) -> None:
+        """At a keyframe of `layer`: leave the current layer. The rewriter splices the new SSRC on
+        (sequence numbers go on by one, timestamps by the time elapsed)."""
+        self.producer.remove_player(self)
+        self.producer = layer
+        self.target = None
+        self.awaiting_keyframe = False
+        self.switched_at = self.rewriter.next_sequence
+        self.counters["layer_switches"] += 1
 
     def _send(self, packet: bytes) -> None:
         if self.backlogged:
@@ -259,6 +302,12 @@ class Consumer:
                 and now - resent_at[slot] < interval
             ):
                 counters["nack_too_soon"] += 1
+                continue
+            switched_at = self.switched_at
+            if switched_at is not None and 0 < (switched_at - sequence) & 0xFFFF < 0x8000:
+                # Sent from the previous layer: the player decodes from the new layer's keyframe on
+                # and needs none of it (and this layer's cache has other packets at those numbers).
+                counters["nack_previous_layer"] += 1
                 continue
             packet = self.producer.cached(source)
             if packet is None:

@@ -5,6 +5,11 @@ cache (the publisher is asked only for what the cache lacks), and sender reports
 NTP/RTP mapping so the player can keep audio and video in sync. The player's receiver reports echo
 those sender reports (LSR/DLSR), which gives its round-trip time: a packet is resent at most once per
 round trip.
+
+A player of a simulcast track is moved between layers: every LAYER_INTERVAL the best active layer
+within its estimate (the REMB its browser sends, lowered on heavy loss) is chosen. Down at once, up
+only after the better layer has fitted for UP_AFTER: an estimate that flaps must not make the player
+ask for a keyframe every quarter second.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Callable
 
 from trio_sfu.media.consumer import Consumer, RoundTrip
 from trio_sfu.media.leg import REPORT_INTERVAL, MediaHandler
+from trio_sfu.media.simulcast import active_layers, choose_layer
 from trio_sfu.wire.rtcp import (
     MAX_REPORT_BLOCKS,
     SDES_CNAME,
@@ -21,6 +27,7 @@ from trio_sfu.wire.rtcp import (
     Nack,
     Pli,
     ReceiverReport,
+    Remb,
     ReportBlock,
     RtcpError,
     Sdes,
@@ -32,6 +39,10 @@ from trio_sfu.wire.rtcp import (
 # Sender reports remembered for the receiver reports that echo them: a report block refers to the last
 # SR its sender received, a second or two back at most; a few more cover lost and reordered reports.
 SR_HISTORY = 16
+LAYER_INTERVAL = 0.25  # seconds between layer choices for simulcast players
+UP_AFTER = 2.0  # seconds a higher layer must keep fitting before the player moves up to it
+ESTIMATE_TTL = 5.0  # an estimate older than this is no estimate (the player stopped sending REMB)
+HEAVY_LOSS = 0.1  # fraction lost in a receiver report above which the estimate is cut
 
 
 class PlayerMedia(MediaHandler):
@@ -46,6 +57,13 @@ class PlayerMedia(MediaHandler):
         self.round_trip = RoundTrip()  # one transport, one round trip: every track reads this one
         for consumer in consumers:
             consumer.round_trip = self.round_trip
+        self._simulcast = [c for c in consumers if len(c.producer.layers) > 1]
+        self.estimate_bps: float | None = None  # the player's own estimate of what reaches it
+        self._estimate_at = -1e9
+        self._up_since: dict[Consumer, float] = {}  # when a higher layer first fitted, per consumer
+        self._next_layer_check = 0.0
+        self._next_report = 0.0
+        self.max_rank: int | None = None  # the player's cap on its layers (0: lowest), if it set one
         # Middle 32 bits of each recent SR's NTP timestamp -> when it was sent (our clock). The NTP
         # values follow the publisher's clock, not ours, so an echoed LSR is looked up, not subtracted.
         self._sr_sent: dict[int, float] = {}
@@ -77,10 +95,20 @@ class PlayerMedia(MediaHandler):
                         consumer.producer.publisher.send_nack(consumer.producer, missing)
             elif isinstance(item, ReceiverReport | SenderReport):
                 self._on_report_blocks(item.reports, now)
+            elif isinstance(item, Remb):
+                self.estimate_bps, self._estimate_at = float(item.bitrate), now
 
     def _on_report_blocks(self, blocks: tuple[ReportBlock, ...], now: float) -> None:
         """RFC 3550 6.4.1: RTT = arrival - LSR - DLSR, with LSR replaced by when we sent that SR."""
         for block in blocks:
+            if (
+                block.fraction_lost > HEAVY_LOSS * 256
+                and block.ssrc in self._by_ssrc
+                and self.estimate_bps is not None
+                and self._by_ssrc[block.ssrc] in self._simulcast
+            ):
+                # Loss says more than a delay-based estimate that has not caught up: take 15 % off.
+                self.estimate_bps *= 0.85
             sent_at = self._sr_sent.get(block.last_sr) if block.last_sr else None
             if sent_at is None or block.ssrc not in self._by_ssrc:
                 continue
@@ -92,6 +120,35 @@ class PlayerMedia(MediaHandler):
             consumer.producer.request_keyframe(now)
 
     def tick(self, now: float, wall: float) -> float:
+        if self._simulcast and now >= self._next_layer_check:
+            self._next_layer_check = now + LAYER_INTERVAL
+            self._choose_layers(now)
+        if now >= self._next_report:
+            self._next_report = now + REPORT_INTERVAL
+            self._send_reports(now, wall)
+        if self._simulcast:
+            return min(self._next_report, self._next_layer_check)
+        return self._next_report
+
+    def _choose_layers(self, now: float) -> None:
+        fresh = self.estimate_bps is not None and now - self._estimate_at < ESTIMATE_TTL
+        budget = self.estimate_bps if fresh else None
+        for consumer in self._simulcast:
+            layers = consumer.producer.layers
+            choice = choose_layer(layers, now, budget_bps=budget, max_rank=self.max_rank)
+            if choice is None:
+                continue  # nothing sends: stay, the current layer may come back
+            ranked = active_layers(layers, now)
+            playing = consumer.target or consumer.producer
+            higher = playing in ranked and ranked.index(choice) > ranked.index(playing)
+            if higher:
+                since = self._up_since.setdefault(consumer, now)
+                if now - since < UP_AFTER:
+                    continue
+            self._up_since.pop(consumer, None)
+            consumer.select_layer(choice, now)
+
+    def _send_reports(self, now: float, wall: float) -> None:
         reports = [r for c in self.consumers if (r := c.sender_report(now, wall)) is not None]
         sent = self._sr_sent
         for report in reports:
@@ -103,4 +160,3 @@ class PlayerMedia(MediaHandler):
             batch = reports[i : i + MAX_REPORT_BLOCKS]
             chunks = tuple((r.ssrc, ((SDES_CNAME, self.cname),)) for r in batch)
             self._send_rtcp(serialize_compound([*batch, Sdes(chunks=chunks)]))
-        return now + REPORT_INTERVAL

@@ -105,12 +105,23 @@ class PublisherLink(Protocol):
 
 
 class Producer:
-    def __init__(self, negotiated: NegotiatedTrack, publisher: PublisherLink) -> None:
+    """One RTP stream from the publisher: a track, or one simulcast layer of a video track.
+
+    The layers of a track share one `layers` list (in the publisher's rid order; a track without
+    simulcast is its own only layer); a player is fed by one layer at a time.
+    """
+
+    def __init__(
+        self, negotiated: NegotiatedTrack, publisher: PublisherLink, *, rid: str | None = None
+    ) -> None:
         self.negotiated = negotiated
         self.publisher = publisher
         self.kind = negotiated.kind
         self.clock_rate = negotiated.codec.clock_rate
         self.ssrc = negotiated.ssrc
+        self.rid = rid
+        self.layers: list[Producer] = [self]
+        self.last_received_at = -1e9  # when a packet last came: a layer the publisher stopped is idle
         self.consumers: list[Consumer] = []
         # Shared by consumers that map alike; a map goes with its last consumer (players choose the
         # extension ids, so a stream of players each with its own would otherwise pile them up).
@@ -132,6 +143,7 @@ class Producer:
         """A decrypted packet from the publisher: remember it, then hand it to every consumer."""
         self.packets += 1
         self.octets += len(packet)
+        self.last_received_at = now
         self.stats.update(header.sequence, header.timestamp, now)
         self._cache[header.sequence % CACHE_SIZE] = packet
         for consumer in self.consumers:
@@ -179,6 +191,11 @@ class Producer:
         if self.keyframe_pending:
             self.request_keyframe(now)
         self.incoming_rate(now)  # keeps the measurement current between players' NACKs
+
+    @property
+    def primary(self) -> bool:
+        """The first layer stands for its track (answers, which producer plays which track)."""
+        return self.layers[0] is self
 
     def end(self) -> None:
         for consumer in self.consumers:

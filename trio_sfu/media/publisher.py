@@ -12,7 +12,7 @@ import logging
 import struct
 
 from trio_sfu.media.leg import REPORT_INTERVAL, MediaHandler, RtcpSender
-from trio_sfu.media.negotiation import EXT_MID, EXT_TRANSPORT_CC, Negotiated
+from trio_sfu.media.negotiation import EXT_MID, EXT_REPAIRED_RID, EXT_RID, EXT_TRANSPORT_CC, Negotiated
 from trio_sfu.media.producer import Producer
 from trio_sfu.media.twcc import TwccRecorder
 from trio_sfu.wire.rtcp import (
@@ -32,6 +32,7 @@ from trio_sfu.wire.rtp import RtpHeader, parse_rtp, read_extension
 log = logging.getLogger(__name__)
 
 TWCC_INTERVAL = 0.1
+SIMULCAST_MIN_BITRATE = 4_000_000  # the REMB cap for a simulcast publisher, whatever max_bitrate says
 
 
 def _extension_id(negotiated: Negotiated, uri: str) -> int | None:
@@ -47,7 +48,17 @@ class PublisherMedia(MediaHandler):
         self.transport = transport
         self.ssrc = ssrc  # the server's own SSRC on this leg, for its RTCP
         self.max_bitrate = max_bitrate
-        self.producers = [Producer(track, self) for track in negotiated.tracks]
+        self.producers: list[Producer] = []  # every layer of every track
+        self._by_rid: dict[tuple[str, str], Producer] = {}  # (mid, rid) of a simulcast layer
+        for track in negotiated.tracks:
+            if not track.rids:
+                self.producers.append(Producer(track, self))
+                continue
+            layers = [Producer(track, self, rid=rid) for rid in track.rids]
+            for layer in layers:
+                layer.layers = layers
+                self._by_rid[(track.mid, layer.rid or "")] = layer
+            self.producers += layers
         self._by_ssrc: dict[int, Producer] = {}
         self._rtx_by_ssrc: dict[int, Producer] = {}
         for producer in self.producers:
@@ -56,7 +67,7 @@ class PublisherMedia(MediaHandler):
                 self._by_ssrc[track.ssrc] = producer
             if track.rtx_ssrc is not None:
                 self._rtx_by_ssrc[track.rtx_ssrc] = producer
-        self._by_mid = {producer.negotiated.mid: producer for producer in self.producers}
+        self._by_mid = {p.negotiated.mid: p for p in self.producers if not p.negotiated.rids}
         # RFC 8843 section 9.2: without mid, a payload type used by one section only names it.
         owners: dict[int, list[Producer]] = {}
         for producer in self.producers:
@@ -66,10 +77,15 @@ class PublisherMedia(MediaHandler):
                     owners.setdefault(pt, []).append(producer)
         self._by_payload_type = {pt: found[0] for pt, found in owners.items() if len(found) == 1}
         self._mid_id = _extension_id(negotiated, EXT_MID)
+        self._rid_id = _extension_id(negotiated, EXT_RID)
+        self._repaired_rid_id = _extension_id(negotiated, EXT_REPAIRED_RID)
         self._twcc_id = _extension_id(negotiated, EXT_TRANSPORT_CC)
         media_ssrc = next((p.ssrc for p in self.producers if p.ssrc is not None), 0)
         self.twcc = TwccRecorder(ssrc, media_ssrc) if self._twcc_id is not None else None
         self.remb = any("goog-remb" in p.negotiated.feedback for p in self.producers)
+        if self._by_rid:
+            # The cap must leave room for every layer at once (Chromium's three: 0.15 + 0.5 + 1.5).
+            self.max_bitrate = max(max_bitrate, SIMULCAST_MIN_BITRATE)
         self._next_report = 0.0
         self.counters: collections.Counter[str] = collections.Counter()
 
@@ -114,9 +130,14 @@ class PublisherMedia(MediaHandler):
             self.counters["unexpected_payload_type"] += 1
 
     def _learn(self, packet: bytes, header: RtpHeader) -> Producer | None:
-        """An SSRC the SDP did not name (simulcast-style offers; GStreamer offers made before media flows
-        have no a=ssrc): match it by its mid extension, else by a payload type only one section uses."""
+        """An SSRC the SDP did not name: a simulcast layer names itself with the rid extension (its
+        retransmissions with repaired-rid); otherwise (GStreamer offers made before media flows have no
+        a=ssrc) match it by its mid extension, else by a payload type only one section uses."""
         producer = None
+        if self._by_rid and header.extension_offset >= 0:
+            layer = self._learn_layer(packet, header)
+            if layer is not None:
+                return layer
         if self._mid_id is not None and header.extension_offset >= 0:
             mid = read_extension(packet, header, self._mid_id)
             producer = self._by_mid.get(mid.decode("ascii", "replace")) if mid else None
@@ -130,6 +151,30 @@ class PublisherMedia(MediaHandler):
             producer.ssrc = header.ssrc
             self._by_ssrc[header.ssrc] = producer
         return producer
+
+    def _learn_layer(self, packet: bytes, header: RtpHeader) -> Producer | None:
+        """Latch SSRC -> layer from the rid (or repaired-rid) extension: Chromium stops sending it once
+        a receiver report acknowledges the SSRC, so the first packets must be enough."""
+        if self._mid_id is None:
+            return None
+        mid = read_extension(packet, header, self._mid_id)
+        mids = {m for m, _ in self._by_rid}
+        if mid is None and len(mids) != 1:
+            return None
+        mid_text = mid.decode("ascii", "replace") if mid is not None else next(iter(mids))
+        for ext_id, rtx in ((self._rid_id, False), (self._repaired_rid_id, True)):
+            rid = read_extension(packet, header, ext_id) if ext_id is not None else None
+            layer = self._by_rid.get((mid_text, rid.decode("ascii", "replace"))) if rid else None
+            if layer is None:
+                continue
+            if rtx or header.payload_type == layer.negotiated.rtx_payload_type:
+                self._rtx_by_ssrc[header.ssrc] = layer
+            elif layer.ssrc is None:
+                layer.ssrc = header.ssrc
+                self._by_ssrc[header.ssrc] = layer
+                log.info("event=simulcast_layer mid=%s rid=%s ssrc=%d", mid_text, layer.rid, header.ssrc)
+            return layer
+        return None
 
     def _unwrap_rtx(self, packet: bytes, header: RtpHeader, producer: Producer) -> bytes | None:
         """RFC 4588: restore the original packet from a retransmission the publisher sent us."""

@@ -305,6 +305,11 @@ class Rewriter:
             self._muted = False
             self._needs_sync = True
 
+    @property
+    def next_sequence(self) -> int:
+        """The output sequence number the next packet will get."""
+        return self._initial_sequence if self.last_sequence < 0 else (self.last_sequence + 1) & 0xFFFF
+
     def _sync(self, sequence: int, timestamp: int, now: float) -> None:
         """Splice the input stream onto the output at `sequence`: the first packet ever gets the initial
         values; later ones continue the sequence and advance the timestamp by the wall-clock gap."""

@@ -20,19 +20,21 @@ StreamKey = tuple[str, str]  # (app, stream)
 class Publication:
     key: StreamKey
     publisher: object
-    producers: list[Producer]
+    producers: list[Producer]  # every RTP stream: each layer of a simulcast track is one
     muted: dict[str, bool] = attrs.field(factory=lambda: {"audio": False, "video": False})
     end_reason: CloseReason | None = None
 
     @property
     def negotiated_tracks(self) -> list[NegotiatedTrack]:
-        return [producer.negotiated for producer in self.producers]
+        return [producer.negotiated for producer in self.producers if producer.primary]
 
     def producers_for(self, played: list[NegotiatedTrack]) -> list[Producer]:
-        """The producer behind each played track: the n-th of a kind plays the n-th of that kind."""
+        """The producer behind each played track: the n-th of a kind plays the n-th of that kind
+        (for a simulcast track, its first layer: the player's consumer picks the layer it plays)."""
         by_kind: dict[str, list[Producer]] = {}
         for producer in self.producers:
-            by_kind.setdefault(producer.kind, []).append(producer)
+            if producer.primary:
+                by_kind.setdefault(producer.kind, []).append(producer)
         taken: dict[str, int] = {}
         result = []
         for track in played:

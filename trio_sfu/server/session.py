@@ -19,6 +19,7 @@ from trio_sfu.media.negotiation import Negotiated
 from trio_sfu.media.player import PlayerMedia
 from trio_sfu.media.publisher import PublisherMedia
 from trio_sfu.media.router import Publication, Router
+from trio_sfu.media.simulcast import choose_layer
 from trio_sfu.server.transport_driver import TransportDriver, TransportEnded
 from trio_sfu.signaling.messages import CloseReason, Header
 from trio_sfu.transport.peer import Failure, PeerClosed
@@ -132,10 +133,13 @@ class Session:
         assert publication is not None
         self.publication = publication
         played = list(self.negotiated.tracks)
+        now = trio.current_time()
         for track, producer in zip(played, publication.producers_for(played), strict=True):
+            # A simulcast track: start on the best layer sending now (its keyframe is asked for at once).
+            producer = choose_layer(producer.layers, now) or producer
             send, receive = trio.open_memory_channel[bytes](self.BACKLOG)
             consumer = Consumer(self, producer, track, self.transport, ChannelBacklog(send))
-            consumer.update_mute(publication.muted[track.kind], trio.current_time())
+            consumer.update_mute(publication.muted[track.kind], now)
             producer.add_player(consumer)
             self.consumers.append((consumer, receive))
         cname = next((t.cname for t in played if t.cname), "trio_sfu")

@@ -1,0 +1,383 @@
+"""Simulcast, sans-IO: layers learnt from the rid extension, a layer per player, switches at keyframes.
+
+Packets are built by hand in Chromium's shape (mid 4, rid 10, repaired-rid 11 in its simulcast offer)
+and driven through the real PublisherMedia, Producer, Consumer and PlayerMedia on a clock the test
+moves; the player's transport is a fake that keeps what it was sent.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import trio
+
+from trio_sfu.media.consumer import Consumer
+from trio_sfu.media.player import LAYER_INTERVAL, UP_AFTER, PlayerMedia
+from trio_sfu.media.producer import Producer
+from trio_sfu.media.publisher import SIMULCAST_MIN_BITRATE, PublisherMedia
+from trio_sfu.media.simulcast import IDLE_AFTER, active_layers, choose_layer
+from trio_sfu.server.session import ChannelBacklog
+from trio_sfu.wire.rtcp import Remb, serialize
+
+from ..support.media_model import (
+    SERVER_SSRC,
+    VP8_DELTA,
+    VP8_KEYFRAME,
+    FakeTransport,
+    header,
+    play,
+    publish,
+    rtp_packet,
+)
+
+MID, RID, RRID = 4, 10, 11  # Chromium's ids in its simulcast offer
+VP8, RTX = 96, 97
+LAYER_SSRCS = {"q": 1111, "h": 2222, "f": 3333}
+LAYER_RTX_SSRCS = {"q": 4111, "h": 4222, "f": 4333}
+WALL = 1_767_225_600.0
+
+
+class Bench:
+    """A Chromium simulcast publisher (q, h, f) and players of its video, on a clock the test moves."""
+
+    def __init__(self) -> None:
+        self.published = publish("chromium_offer_publish_simulcast")
+        self.publisher_sink = FakeTransport()
+        self.publisher = PublisherMedia(
+            self.publisher_sink, self.published, ssrc=SERVER_SSRC, max_bitrate=2_500_000
+        )
+        self.layers = {str(p.rid): p for p in self.publisher.producers if p.kind == "video"}
+        self.sequence = dict.fromkeys(LAYER_SSRCS, 1000)
+        self.now = 10.0
+        self.step = 0  # 20 ms steps of keep_sending
+        self.sinks: list[FakeTransport] = []
+
+    def send(self, rid: str, payload: bytes, *, first: bool = False, size: int = 0) -> None:
+        """One packet of layer `rid`; `first` carries mid and rid as Chromium's first packets do."""
+        sequence = self.sequence[rid]
+        self.sequence[rid] = (sequence + 1) & 0xFFFF
+        extensions = [(MID, b"1"), (RID, rid.encode())] if first else []
+        packet = rtp_packet(
+            sequence,
+            int(self.now * 90000),
+            LAYER_SSRCS[rid],
+            VP8,
+            payload + bytes(size),
+            extensions=extensions,
+        )
+        self.publisher.on_rtp(packet, self.now)
+
+    def start_layers(self, sizes: dict[str, int]) -> None:
+        """Every layer sends for 1.1 s at its size per packet (50 packets/s), so rates are measured."""
+        for rid in LAYER_SSRCS:
+            self.send(rid, VP8_KEYFRAME, first=True)
+        for layer in self.layers.values():
+            layer.tick(self.now)  # the rate window starts (the publisher's tick does it every 0.1 s)
+        for _ in range(55):
+            self.now += 0.02
+            for rid, size in sizes.items():
+                self.send(rid, VP8_DELTA, size=size)
+        for layer in self.layers.values():
+            layer.tick(self.now)
+
+    def player(self, layer: str) -> Consumer:
+        played = play(self.published.tracks)
+        (track,) = [t for t in played.tracks if t.kind == "video"]
+        sink = FakeTransport()
+        self.sinks.append(sink)
+        send, _ = trio.open_memory_channel[bytes](64)
+        consumer = Consumer(None, self.layers[layer], track, sink, ChannelBacklog(send))
+        consumer.awaiting_keyframe = False
+        self.layers[layer].add_player(consumer)
+        return consumer
+
+
+def forwarded(consumer: Consumer) -> list[tuple[int, int, int, bytes]]:
+    """(sequence, timestamp, ssrc, payload start) of what the player was sent."""
+    sink = consumer.sink
+    assert isinstance(sink, FakeTransport)
+    out = []
+    for packet in sink.rtp:
+        parsed = header(packet)
+        out.append((parsed.sequence, parsed.timestamp, parsed.ssrc, packet[parsed.header_length :][:2]))
+    return out
+
+
+def registered(bench: Bench, consumer: Consumer) -> list[str]:
+    return [str(rid) for rid, layer in bench.layers.items() if consumer in layer.consumers]
+
+
+# ---- intake ------------------------------------------------------------------------------------
+
+
+def test_layers_are_learnt_from_the_rid_extension_of_the_first_packets() -> None:
+    bench = Bench()
+    assert list(bench.layers) == ["q", "h", "f"]
+    layers = list(bench.layers.values())
+    assert all(layer.ssrc is None and layer.layers == layers for layer in layers)
+    assert [p.primary for p in bench.layers.values()] == [True, False, False]
+    for rid in ("f", "q", "h"):  # any order
+        bench.send(rid, VP8_KEYFRAME, first=True)
+    assert {rid: layer.ssrc for rid, layer in bench.layers.items()} == LAYER_SSRCS
+    # Chromium then drops mid and rid: the SSRC alone finds the layer.
+    bench.send("h", VP8_DELTA)
+    assert bench.layers["h"].packets == 2 and bench.layers["q"].packets == 1
+    # A retransmission names its layer with repaired-rid.
+    rtx = rtp_packet(
+        1, 0, LAYER_RTX_SSRCS["f"], RTX, b"\x03\xe8" + VP8_DELTA, extensions=[(MID, b"1"), (RRID, b"f")]
+    )
+    bench.publisher.on_rtp(rtx, bench.now)
+    assert bench.publisher._rtx_by_ssrc[LAYER_RTX_SSRCS["f"]] is bench.layers["f"]
+    assert bench.publisher.counters["unknown_ssrc"] == 0
+
+
+def test_an_unknown_rid_is_not_a_layer() -> None:
+    bench = Bench()
+    packet = rtp_packet(1, 0, 999, VP8, VP8_KEYFRAME, extensions=[(MID, b"1"), (RID, b"zz")])
+    bench.publisher.on_rtp(packet, bench.now)
+    assert all(layer.ssrc is None for layer in bench.layers.values())
+
+
+def test_the_remb_cap_leaves_room_for_every_layer() -> None:
+    bench = Bench()
+    bench.start_layers({"q": 40, "h": 400, "f": 1200})
+    bench.publisher._send_reports(bench.now)
+    (remb,) = [p for p in bench.publisher_sink.rtcp_packets() if isinstance(p, Remb)]
+    assert remb.bitrate >= SIMULCAST_MIN_BITRATE * 0.999
+    assert set(remb.ssrcs) >= set(LAYER_SSRCS.values())
+
+
+def test_a_publication_plays_one_track_per_simulcast_track() -> None:
+    from trio_sfu.media.router import Publication
+
+    bench = Bench()
+    publication = Publication(("live", "cam"), None, bench.publisher.producers)
+    assert [t.kind for t in publication.negotiated_tracks] == ["audio", "video"]
+    played = play(bench.published.tracks).tracks
+    assert [p.rid for p in publication.producers_for(list(played))] == [None, "q"]
+
+
+# ---- choosing ----------------------------------------------------------------------------------
+
+
+def test_layers_rank_by_what_they_send_not_by_name() -> None:
+    bench = Bench()
+    # Firefox names them high to low: here "q" sends the most.
+    bench.start_layers({"q": 1200, "h": 400, "f": 40})
+    assert [layer.rid for layer in active_layers(list(bench.layers.values()), bench.now)] == ["f", "h", "q"]
+    layers = list(bench.layers.values())
+    assert choose_layer(layers, bench.now).rid == "q"  # type: ignore[union-attr]
+    assert choose_layer(layers, bench.now, max_rank=0).rid == "f"  # type: ignore[union-attr]
+    assert choose_layer(layers, bench.now, max_rank=1).rid == "h"  # type: ignore[union-attr]
+
+
+def test_the_estimate_picks_the_best_layer_that_fits() -> None:
+    bench = Bench()
+    bench.start_layers({"q": 40, "h": 400, "f": 1200})
+    layers = list(bench.layers.values())
+    rates = {rid: layer.byte_rate * 8 for rid, layer in bench.layers.items()}
+    assert rates["q"] < rates["h"] < rates["f"]
+    assert choose_layer(layers, bench.now, budget_bps=rates["f"] * 1.2).rid == "f"  # type: ignore[union-attr]
+    assert choose_layer(layers, bench.now, budget_bps=rates["f"] * 0.9).rid == "h"  # type: ignore[union-attr]
+    assert choose_layer(layers, bench.now, budget_bps=rates["q"] * 0.5).rid == "q"  # type: ignore[union-attr]
+
+
+def test_a_layer_the_publisher_stopped_is_chosen_by_nobody() -> None:
+    bench = Bench()
+    bench.start_layers({"q": 40, "h": 400, "f": 1200})
+    for _ in range(int(IDLE_AFTER / 0.02) + 2):  # "f" stops (the browser's CPU adaptation)
+        bench.now += 0.02
+        bench.send("q", VP8_DELTA, size=40)
+        bench.send("h", VP8_DELTA, size=400)
+    assert choose_layer(list(bench.layers.values()), bench.now).rid == "h"  # type: ignore[union-attr]
+    bench.now += 1.0
+    assert choose_layer(list(bench.layers.values()), bench.now) is None  # nothing sends
+
+
+# ---- switching ---------------------------------------------------------------------------------
+
+
+def test_a_switch_waits_for_the_target_keyframe_and_keeps_the_stream_continuous() -> None:
+    bench = Bench()
+    bench.start_layers({"q": 40, "h": 400, "f": 1200})
+    consumer = bench.player("q")
+    for _ in range(5):
+        bench.now += 0.02
+        bench.send("q", VP8_DELTA)
+        bench.send("f", VP8_DELTA)
+    keyframe_requests = bench.layers["f"].keyframe_requests
+    consumer.select_layer(bench.layers["f"], bench.now)
+    assert consumer.target is bench.layers["f"] and registered(bench, consumer) == ["q", "f"]
+    assert bench.layers["f"].keyframe_requests == keyframe_requests + 1
+    for _ in range(5):  # the target's delta frames are not forwarded; the current layer's are
+        bench.now += 0.02
+        bench.send("q", VP8_DELTA)
+        bench.send("f", VP8_DELTA)
+    bench.now += 0.02
+    bench.send("f", VP8_KEYFRAME)
+    bench.send("q", VP8_DELTA)  # the old layer after the switch: not forwarded
+    for _ in range(5):
+        bench.now += 0.02
+        bench.send("f", VP8_DELTA)
+        bench.send("q", VP8_DELTA)
+    out = forwarded(consumer)
+    assert consumer.producer is bench.layers["f"] and consumer.target is None
+    assert registered(bench, consumer) == ["f"] and consumer.counters["layer_switches"] == 1
+    # 10 packets of q, then the keyframe of f and 5 more: one SSRC, no sequence gap, time moving on.
+    assert [payload for *_, payload in out] == [VP8_DELTA[:2]] * 10 + [VP8_KEYFRAME[:2]] + [VP8_DELTA[:2]] * 5
+    sequences = [s for s, *_ in out]
+    assert sequences == [(sequences[0] + i) & 0xFFFF for i in range(len(out))]
+    assert {ssrc for _, _, ssrc, _ in out} == {consumer.ssrc}
+    timestamps = [t for _, t, _, _ in out]
+    assert all(0 < (b - a) & 0xFFFFFFFF < 90000 for a, b in itertools.pairwise(timestamps))
+
+
+def test_fifty_rapid_target_changes_leave_no_player_stuck() -> None:
+    """mediasoup issue 990: a target changed again and again before a keyframe froze players."""
+    bench = Bench()
+    bench.start_layers({"q": 40, "h": 400, "f": 1200})
+    consumer = bench.player("h")
+    order = ["q", "f", "h", "f", "q"] * 10
+    for rid in order:
+        consumer.select_layer(bench.layers[rid], bench.now)
+        bench.now += 0.01
+        for layer in ("q", "h", "f"):
+            bench.send(layer, VP8_DELTA)
+    assert consumer.producer is bench.layers["h"]  # no keyframe yet: still on h, still fed
+    assert consumer.target is bench.layers["q"] and registered(bench, consumer) == ["q", "h"]
+    sent = len(forwarded(consumer))
+    assert sent == 50  # every h packet went on meanwhile
+    bench.send("f", VP8_KEYFRAME)  # a keyframe of a layer that is no longer the target: ignored
+    bench.send("q", VP8_KEYFRAME)
+    assert consumer.producer is bench.layers["q"] and registered(bench, consumer) == ["q"]
+    # Keyframe requests stayed throttled per layer (at most one per 0.5 s each, over 0.5 s).
+    assert all(layer.keyframe_requests <= 2 for layer in bench.layers.values())
+
+
+def test_reordered_and_padding_packets_around_a_switch() -> None:
+    bench = Bench()
+    bench.start_layers({"q": 40, "h": 400, "f": 1200})
+    consumer = bench.player("q")
+    consumer.select_layer(bench.layers["h"], bench.now)
+    bench.send("h", b"")  # padding only: not a keyframe, nothing forwarded
+    bench.send("h", VP8_KEYFRAME)
+    late_q = bench.sequence["q"] - 3  # a q packet reordered behind the switch
+    late = rtp_packet(late_q, int(bench.now * 90000), LAYER_SSRCS["q"], VP8, VP8_DELTA)
+    bench.publisher.on_rtp(late, bench.now)
+    bench.send("h", VP8_DELTA)
+    out = forwarded(consumer)
+    assert [p for *_, p in out] == [VP8_KEYFRAME[:2], VP8_DELTA[:2]]
+
+
+def test_nacks_for_the_previous_layer_are_not_answered_from_the_new_one() -> None:
+    bench = Bench()
+    bench.start_layers({"q": 40, "h": 400, "f": 1200})
+    consumer = bench.player("q")
+    for _ in range(3):
+        bench.send("q", VP8_DELTA)
+    before_switch = forwarded(consumer)[-1][0]
+    consumer.select_layer(bench.layers["f"], bench.now)
+    bench.send("f", VP8_KEYFRAME)
+    bench.send("f", VP8_DELTA)
+    after_switch = forwarded(consumer)[-1][0]
+    sink = consumer.sink
+    assert isinstance(sink, FakeTransport)
+    sent = len(sink.rtp)
+    assert consumer.retransmit((before_switch,), bench.now + 0.1) == []
+    assert consumer.counters["nack_previous_layer"] == 1 and len(sink.rtp) == sent
+    consumer.retransmit((after_switch,), bench.now + 0.1)
+    assert consumer.counters["nack_answered"] == 1
+
+
+# ---- the player's estimate ---------------------------------------------------------------------
+
+
+def player_media(bench: Bench, consumer: Consumer) -> tuple[PlayerMedia, list[bytes]]:
+    sent: list[bytes] = []
+    return PlayerMedia([consumer], cname="c", send_rtcp=sent.append), sent
+
+
+def keep_sending(bench: Bench, seconds: float, media: PlayerMedia) -> None:
+    """All layers send (a keyframe every second, so switches can happen); the player ticks."""
+    sizes = {"q": 40, "h": 400, "f": 1200}
+    end = bench.now + seconds
+    while bench.now < end:
+        bench.now += 0.02
+        bench.step += 1
+        for rid, size in sizes.items():
+            bench.send(rid, VP8_KEYFRAME if bench.step % 50 == 0 else VP8_DELTA, size=size)
+        if bench.step % int(LAYER_INTERVAL / 0.02) == 0:
+            media.tick(bench.now, WALL)
+            for layer in bench.layers.values():
+                layer.tick(bench.now)
+
+
+def test_a_player_goes_down_at_once_and_up_only_after_sustained_headroom() -> None:
+    bench = Bench()
+    bench.start_layers({"q": 40, "h": 400, "f": 1200})
+    consumer = bench.player("f")
+    media, _ = player_media(bench, consumer)
+    rates = {rid: layer.byte_rate * 8 for rid, layer in bench.layers.items()}
+
+    def remb(bitrate: float) -> None:
+        media.on_rtcp(serialize(Remb(sender_ssrc=1, bitrate=int(bitrate), ssrcs=(consumer.ssrc,))), bench.now)
+
+    remb(rates["h"] * 1.3)  # room for h, not f
+    keep_sending(bench, 1.2, media)
+    assert consumer.producer is bench.layers["h"]
+    remb(rates["f"] * 1.5)  # room again: not at once
+    keep_sending(bench, UP_AFTER - 0.6, media)
+    assert consumer.producer is bench.layers["h"]
+    for _ in range(7):  # UP_AFTER, then up to a keyframe interval (1 s here) for f's keyframe
+        remb(rates["f"] * 1.5)
+        keep_sending(bench, 0.5, media)
+    assert consumer.producer is bench.layers["f"]
+    assert consumer.counters["layer_switches"] == 2
+
+
+def test_a_player_cap_holds_whatever_the_estimate() -> None:
+    bench = Bench()
+    bench.start_layers({"q": 40, "h": 400, "f": 1200})
+    consumer = bench.player("f")
+    media, _ = player_media(bench, consumer)
+    media.max_rank = 0
+    keep_sending(bench, 1.2, media)
+    assert consumer.producer is bench.layers["q"]
+
+
+def test_a_stopped_layer_moves_its_players_within_a_second() -> None:
+    bench = Bench()
+    bench.start_layers({"q": 40, "h": 400, "f": 1200})
+    consumer = bench.player("f")
+    media, _ = player_media(bench, consumer)
+    started = bench.now
+    step = 0
+    while consumer.producer is bench.layers["f"] and bench.now - started < 3:
+        bench.now += 0.02
+        step += 1
+        bench.send("q", VP8_KEYFRAME if step % 10 == 0 else VP8_DELTA, size=40)
+        bench.send("h", VP8_KEYFRAME if step % 10 == 0 else VP8_DELTA, size=400)
+        if step % int(LAYER_INTERVAL / 0.02) == 0:
+            media.tick(bench.now, WALL)
+            for layer in bench.layers.values():
+                layer.tick(bench.now)
+    assert consumer.producer is bench.layers["h"]
+    assert bench.now - started <= IDLE_AFTER + LAYER_INTERVAL + 0.2 + 0.05
+
+
+@pytest.mark.parametrize("layer", ["q", "h", "f"])
+def test_players_on_any_layer_get_sender_reports_of_their_layer(layer: str) -> None:
+    bench = Bench()
+    bench.start_layers({"q": 40, "h": 400, "f": 1200})
+    consumer = bench.player(layer)
+    bench.send(layer, VP8_DELTA)
+    report = consumer.sender_report(bench.now, WALL)
+    assert report is not None and report.ssrc == consumer.ssrc
+
+
+def test_producers_of_one_track_share_their_layers() -> None:
+    bench = Bench()
+    layers = list(bench.layers.values())
+    assert all(isinstance(p, Producer) and p.layers is layers[0].layers for p in layers)
+    assert len(layers[0].layers) == 3
