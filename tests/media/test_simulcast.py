@@ -172,6 +172,19 @@ def test_layers_rank_by_what_they_send_not_by_name() -> None:
     assert choose_layer(layers, bench.now, max_rank=1).rid == "h"  # type: ignore[union-attr]
 
 
+def test_picture_size_from_keyframes_ranks_before_bitrate() -> None:
+    """Firefox was seen spending more on its smallest layer than on its largest."""
+    bench = Bench()
+    sizes = {"q": (320, 180), "h": (640, 360), "f": (1280, 720)}
+    for rid, (width, height) in sizes.items():
+        frame = b"\x10\x02\x00\x9d\x01\x2a" + width.to_bytes(2, "little") + height.to_bytes(2, "little")
+        bench.send(rid, b"\x10" + frame, first=True)
+    pixels = {rid: layer.pixels for rid, layer in bench.layers.items()}
+    assert pixels == {"q": 57600, "h": 230400, "f": 921600}
+    bench.start_layers({"q": 1500, "h": 300, "f": 600})  # bitrates upside down
+    assert [layer.rid for layer in active_layers(list(bench.layers.values()), bench.now)] == ["q", "h", "f"]
+
+
 def test_the_estimate_picks_the_best_layer_that_fits() -> None:
     bench = Bench()
     bench.start_layers({"q": 40, "h": 400, "f": 1200})

@@ -52,3 +52,15 @@ def test_detector_by_codec_name() -> None:
     assert keyframe.detector("VP8") is keyframe.vp8
     assert keyframe.detector("h264") is keyframe.h264
     assert keyframe.detector("opus") is None
+
+
+def test_vp8_keyframe_size_from_the_frame_header() -> None:
+    # Descriptor (X, I with a 15-bit picture id, S), frame tag (P clear), start code, 1280 x 720.
+    header = b"\x90\x80\x81\x23" + b"\x10\x02\x00" + b"\x9d\x01\x2a" + (1280).to_bytes(2, "little")
+    with_scale_bits = header + (720 | 0x4000).to_bytes(2, "little")  # the top 2 bits are scaling
+    assert keyframe.vp8_keyframe_size(with_scale_bits) == (1280, 720)
+    assert keyframe.vp8_keyframe_size(b"\x10" + b"\x10\x02\x00\x9d\x01\x2a\x40\x01\xb4\x00") == (320, 180)
+    assert keyframe.vp8_keyframe_size(b"\x10" + b"\x11\x02\x00\x9d\x01\x2a\x40\x01\xb4\x00") is None  # delta
+    assert keyframe.vp8_keyframe_size(b"\x00" + b"\x10\x02\x00\x9d\x01\x2a\x40\x01\xb4\x00") is None  # not S
+    assert keyframe.vp8_keyframe_size(b"\x10" + b"\x10\x02\x00\x9d\x01\x2b\x40\x01\xb4\x00") is None  # code
+    assert keyframe.vp8_keyframe_size(b"\x10\x10\x02\x00\x9d\x01\x2a\x40") is None  # cut short

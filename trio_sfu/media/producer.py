@@ -15,6 +15,7 @@ import attrs
 
 from trio_sfu.media.negotiation import NegotiatedTrack
 from trio_sfu.media.rewriter import HeaderMap
+from trio_sfu.wire.keyframe import vp8_keyframe_size
 from trio_sfu.wire.rtcp import ReportBlock, SenderReport
 from trio_sfu.wire.rtp import RtpHeader
 
@@ -121,6 +122,11 @@ class Producer:
         self.ssrc = negotiated.ssrc
         self.rid = rid
         self.layers: list[Producer] = [self]
+        # A layer's picture size, from its keyframes where the codec says it (VP8): what ranks layers
+        # first (bitrates mislead: an encoder may spend more on a small layer than on a large one).
+        self.pixels = 0
+        vp8 = negotiated.codec.name.lower() == "vp8"
+        self._keyframe_size = vp8_keyframe_size if rid is not None and vp8 else None
         self.last_received_at = -1e9  # when a packet last came: a layer the publisher stopped is idle
         self.consumers: list[Consumer] = []
         # Shared by consumers that map alike; a map goes with its last consumer (players choose the
@@ -144,6 +150,10 @@ class Producer:
         self.packets += 1
         self.octets += len(packet)
         self.last_received_at = now
+        if self._keyframe_size is not None:
+            size = self._keyframe_size(memoryview(packet)[header.header_length :])
+            if size is not None:
+                self.pixels = size[0] * size[1]
         self.stats.update(header.sequence, header.timestamp, now)
         self._cache[header.sequence % CACHE_SIZE] = packet
         for consumer in self.consumers:

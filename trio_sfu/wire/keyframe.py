@@ -15,24 +15,43 @@ Payload: TypeAlias = bytes | memoryview
 
 def vp8(payload: Payload) -> bool:
     """RFC 7741: start of partition 0 (S=1, PID=0), then the VP8 frame header's P bit clear."""
+    offset = _vp8_frame_offset(payload)
+    return offset is not None and not payload[offset] & 0x01
+
+
+def vp8_keyframe_size(payload: Payload) -> tuple[int, int] | None:
+    """Width and height from the first packet of a VP8 keyframe (RFC 6386 section 9.1: a 3-byte frame
+    tag, the start code 9d 01 2a, then 14-bit width and height, little-endian), else None."""
+    offset = _vp8_frame_offset(payload)
+    if offset is None or payload[offset] & 0x01 or len(payload) < offset + 10:
+        return None
+    if bytes(payload[offset + 3 : offset + 6]) != b"\x9d\x01\x2a":
+        return None
+    width = (payload[offset + 6] | payload[offset + 7] << 8) & 0x3FFF
+    height = (payload[offset + 8] | payload[offset + 9] << 8) & 0x3FFF
+    return (width, height) if width and height else None
+
+
+def _vp8_frame_offset(payload: Payload) -> int | None:
+    """Where the VP8 frame header starts, in the first packet of a frame (S=1, PID=0); else None."""
     if len(payload) < 2:
-        return False
+        return None
     first = payload[0]
     if not first & 0x10 or first & 0x07:
-        return False
+        return None
     offset = 1
     if first & 0x80:  # X: extension byte follows
         extension = payload[1]
         offset = 2
         if extension & 0x80:  # I: picture id, 7 or 15 bits
             if offset >= len(payload):
-                return False
+                return None
             offset += 2 if payload[offset] & 0x80 else 1
         if extension & 0x40:  # L: TL0PICIDX
             offset += 1
         if extension & 0x30:  # T or K: TID/KEYIDX byte
             offset += 1
-    return offset < len(payload) and not payload[offset] & 0x01
+    return offset if offset < len(payload) else None
 
 
 _H264_KEY_NALS = (5, 7)  # IDR slice, sequence parameter set
