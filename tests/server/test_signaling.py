@@ -517,3 +517,25 @@ async def test_unsigned_and_wrong_algorithm_tokens_are_401(secret_config: Config
         for bad in (unsigned, es256, hs512):
             assert_reply(await client.connect(bad), "stream.connected", 401)
         assert_reply(await client.connect(token(publish=True)), "stream.connected")
+
+
+async def test_a_player_may_cap_its_simulcast_layer() -> None:
+    """The `max_layer` extension of stream.offer (docs/protocol.md): a cap on the player's layers."""
+    simulcast = fixture_sdp("chromium_offer_publish_simulcast")
+    async with running_server() as sfu, sfu.client() as pub, sfu.client(uid="bob") as player:
+        await pub.connect("")
+        data = assert_reply(await pub.offer("cam", simulcast, True), "stream.answer")
+        assert "a=simulcast:recv q;h;f" in data["sdp"]
+        await player.connect("")
+
+        def play(max_layer: object) -> dict[str, Any]:
+            return {"publish": False, "sdp": PLAY_SDP, "max_layer": max_layer}
+
+        for bad, shown in ((8, "got 8"), (-1, "got -1")):
+            reply = await player.request("stream.offer", "cam", play(bad))
+            assert reply["err"] == 400 and "data.max_layer" in reply["err_msg"] and shown in reply["err_msg"]
+        reply = await player.request("stream.offer", "cam", play("0"))
+        assert reply["err"] == 400 and "max_layer" in reply["err_msg"], reply
+        assert_reply(await player.request("stream.offer", "cam", play(0)), "stream.answer")
+        (session,) = [s for c in sfu.server.connections for s in c.sessions.values() if not s.publish]
+        assert session.transport.handler.max_rank == 0  # type: ignore[attr-defined]

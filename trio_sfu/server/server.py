@@ -165,6 +165,7 @@ class Server:
         notify: Callable[[Session, str, dict[str, Any]], None],
         socket_sessions: int,
         address: str,
+        max_layer: int | None = None,
     ) -> Session:
         """Check the limits, answer the offer and join the router: a session ready to run (its client
         gets the answer before any media can flow). SignalingError says what the client must change."""
@@ -214,6 +215,7 @@ class Server:
             notify=notify,
             ssrc=self.new_ssrc(),
             max_bitrate=self.config.max_publisher_bitrate,
+            max_layer=max_layer,
         )
         session.attach(publication)
         self.limits.session_started(address)

@@ -88,6 +88,7 @@ class Session:
         notify: Callable[[Session, str, dict[str, Any]], None],
         ssrc: int,
         max_bitrate: int,
+        max_layer: int | None = None,
     ) -> None:
         self.header = header
         self.publish = publish
@@ -97,6 +98,7 @@ class Session:
         self._notify = notify
         self._ssrc = ssrc
         self._max_bitrate = max_bitrate
+        self._max_layer = max_layer  # a player's cap on simulcast layers (0: the lowest)
         self.muted = {kind: False for kind in KINDS}
         self.publication: Publication | None = None
         self.publisher_media: PublisherMedia | None = None
@@ -136,16 +138,16 @@ class Session:
         now = trio.current_time()
         for track, producer in zip(played, publication.producers_for(played), strict=True):
             # A simulcast track: start on the best layer sending now (its keyframe is asked for at once).
-            producer = choose_layer(producer.layers, now) or producer
+            producer = choose_layer(producer.layers, now, max_rank=self._max_layer) or producer
             send, receive = trio.open_memory_channel[bytes](self.BACKLOG)
             consumer = Consumer(self, producer, track, self.transport, ChannelBacklog(send))
             consumer.update_mute(publication.muted[track.kind], now)
             producer.add_player(consumer)
             self.consumers.append((consumer, receive))
         cname = next((t.cname for t in played if t.cname), "trio_sfu")
-        self.transport.handler = PlayerMedia(
-            [c for c, _ in self.consumers], cname=cname, send_rtcp=self.transport.send_rtcp
-        )
+        player = PlayerMedia([c for c, _ in self.consumers], cname=cname, send_rtcp=self.transport.send_rtcp)
+        player.max_rank = self._max_layer
+        self.transport.handler = player
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:

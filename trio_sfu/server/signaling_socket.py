@@ -64,6 +64,7 @@ class SignalingHost(Protocol):
         notify: Callable[[Session, str, dict[str, Any]], None],
         socket_sessions: int,
         address: str,
+        max_layer: int | None = None,
     ) -> Session: ...
 
     def session_ended(self, session: Session, address: str) -> None: ...
@@ -249,6 +250,7 @@ class SignalingSocket:
 
     async def _offer(self, request: Request, data: OfferData, grant: Grant) -> dict[str, Any]:
         header = request.header
+        data.check()
         try:
             (grant.check_publish if data.publish else grant.check_play)(header.stream)
         except AuthError as exc:
@@ -267,6 +269,7 @@ class SignalingSocket:
             notify=self.notify,
             socket_sessions=len(self.sessions),
             address=self.address,
+            max_layer=data.max_layer,
         )
         self.sessions[header.stream] = session
         assert self._nursery is not None

@@ -77,10 +77,22 @@ class ConnectData:
     token: str
 
 
+MAX_LAYER_INDEX: Final = 7
+
+
 @attrs.frozen
 class OfferData:
     publish: bool
     sdp: str
+    # Extension (docs/protocol.md): a player's cap on simulcast layers, 0 the lowest; null: none.
+    max_layer: int | None = None
+
+    def check(self) -> None:
+        if self.max_layer is not None and not 0 <= self.max_layer <= MAX_LAYER_INDEX:
+            raise SignalingError(
+                ErrorCode.BAD_REQUEST,
+                f"data.max_layer: must be 0 (the lowest layer) to {MAX_LAYER_INDEX}, got {self.max_layer}",
+            )
 
 
 @attrs.frozen
