@@ -212,6 +212,21 @@ class Consumer:
                 return
         self._queue(rewriter.patch(mapped, sequence, timestamp))
 
+    def start_from_cache(self, now: float) -> bool:
+        """A player waiting for a keyframe gets the producer's latest one, and every packet since, at
+        once: no wait for the publisher (which may ignore keyframe requests). False: nothing cached."""
+        if not self.awaiting_keyframe:
+            return False
+        cached = list(self.producer.keyframe_cache)
+        if not cached:
+            return False
+        for packet in cached:
+            header = parse_rtp(packet)
+            if header is not None:
+                self.forward(packet, header, now)
+        self.counters["keyframe_cache_starts"] += 1
+        return not self.awaiting_keyframe
+
     # ---- simulcast ----
 
     def select_layer(self, layer: Producer, now: float) -> None:

@@ -115,9 +115,11 @@ class PlayerMedia(MediaHandler):
             self.round_trip.seconds = max(0.0, now - sent_at - block.delay_since_last_sr / 65536)
 
     def on_connected(self, now: float) -> None:
-        # A new player needs a keyframe to show anything: ask now rather than wait for the next one.
+        # A new player needs a keyframe to show anything: the producer's cached one at once, else ask
+        # now rather than wait for the next one.
         for consumer in self.consumers:
-            consumer.producer.request_keyframe(now)
+            if not consumer.start_from_cache(now):
+                consumer.producer.request_keyframe(now)
 
     def tick(self, now: float, wall: float) -> float:
         if self._simulcast and now >= self._next_layer_check:

@@ -1,9 +1,11 @@
 """A producer: one published track as the server receives it, and the players it feeds.
 
 It keeps what every player of the track shares: the last packets (to answer NACKs without asking the
-publisher), reception statistics (for the receiver reports the publisher expects), the publisher's
-sender-report clock mapping (so each player's sender reports keep audio and video in sync), and a
-throttle on keyframe requests (many players asking at once must not flood the encoder).
+publisher), the packets since the latest keyframe (so a new player starts at once, even when the
+publisher ignores keyframe requests, as OBS and FFmpeg do), reception statistics (for the receiver
+reports the publisher expects), the publisher's sender-report clock mapping (so each player's sender
+reports keep audio and video in sync), and a throttle on keyframe requests (many players asking at
+once must not flood the encoder).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import attrs
 
 from trio_sfu.media.negotiation import NegotiatedTrack
 from trio_sfu.media.rewriter import HeaderMap
-from trio_sfu.wire.keyframe import vp8_keyframe_size
+from trio_sfu.wire.keyframe import detector, vp8_keyframe_size
 from trio_sfu.wire.rtcp import ReportBlock, SenderReport
 from trio_sfu.wire.rtp import RtpHeader
 
@@ -27,6 +29,10 @@ KEYFRAME_INTERVAL = 0.5  # seconds between keyframe requests for one track
 # The incoming byte rate is measured over windows this long (as libwebrtc's RateStatistics): long enough
 # to hold a keyframe and the frames around it, short enough to follow the encoder when it adapts.
 RATE_WINDOW = 1.0
+# The keyframe cache: the latest keyframe and everything after it, up to these bounds (about 8 s of a
+# 1.5 Mbit/s stream); past them it is dropped until the next keyframe.
+GOP_MAX_PACKETS = 1500
+GOP_MAX_BYTES = 1_500_000
 
 
 @attrs.define
@@ -127,6 +133,11 @@ class Producer:
         self.pixels = 0
         vp8 = negotiated.codec.name.lower() == "vp8"
         self._keyframe_size = vp8_keyframe_size if rid is not None and vp8 else None
+        self._starts_keyframe = detector(negotiated.codec.name) if self.kind == "video" else None
+        self._gop: list[bytes] = []  # the latest keyframe's packets and all since, in arrival order
+        self._gop_bytes = 0
+        self._gop_timestamp = -1  # the keyframe's RTP timestamp: its other packets do not restart it
+        self.gop_overflows = 0
         self.last_received_at = -1e9  # when a packet last came: a layer the publisher stopped is idle
         self.consumers: list[Consumer] = []
         # Shared by consumers that map alike; a map goes with its last consumer (players choose the
@@ -150,14 +161,42 @@ class Producer:
         self.packets += 1
         self.octets += len(packet)
         self.last_received_at = now
-        if self._keyframe_size is not None:
-            size = self._keyframe_size(memoryview(packet)[header.header_length :])
-            if size is not None:
-                self.pixels = size[0] * size[1]
+        if self._starts_keyframe is not None:
+            self._remember(packet, header)
         self.stats.update(header.sequence, header.timestamp, now)
         self._cache[header.sequence % CACHE_SIZE] = packet
         for consumer in self.consumers:
             consumer.forward(packet, header, now)
+
+    def _remember(self, packet: bytes, header: RtpHeader) -> None:
+        """Keep the packets from the latest keyframe on, for players that start now."""
+        payload = memoryview(packet)[header.header_length :]
+        assert self._starts_keyframe is not None
+        if header.timestamp != self._gop_timestamp and self._starts_keyframe(payload):
+            self._gop = [packet]
+            self._gop_bytes = len(packet)
+            self._gop_timestamp = header.timestamp
+            if self._keyframe_size is not None:
+                size = self._keyframe_size(payload)
+                if size is not None:
+                    self.pixels = size[0] * size[1]
+            return
+        if not self._gop:
+            return
+        self._gop_bytes += len(packet)
+        self._gop.append(packet)
+        if len(self._gop) > GOP_MAX_PACKETS or self._gop_bytes > GOP_MAX_BYTES:
+            self._gop, self._gop_bytes = [], 0  # too long ago to replay: wait for the next one
+            self.gop_overflows += 1
+
+    @property
+    def keyframe_cache(self) -> list[bytes]:
+        """The latest keyframe and every packet since (empty when there is none to start from)."""
+        return self._gop
+
+    @property
+    def keyframe_cache_bytes(self) -> int:
+        return self._gop_bytes
 
     def add_player(self, consumer: Consumer) -> None:
         """Start forwarding this track to `consumer` (its fan-out list has no other door)."""
