@@ -394,3 +394,60 @@ def test_producers_of_one_track_share_their_layers() -> None:
     layers = list(bench.layers.values())
     assert all(isinstance(p, Producer) and p.layers is layers[0].layers for p in layers)
     assert len(layers[0].layers) == 3
+
+
+# ---- VP8 picture ids ---------------------------------------------------------------------------
+
+
+def vp8_descriptor(picture_id: int, tl0: int, *, start: bool = True) -> bytes:
+    """RFC 7741: X and S (start) set, I with a 15-bit picture id, L with TL0PICIDX, then a frame byte."""
+    return bytes([0x90 if start else 0x80, 0xC0, 0x80 | picture_id >> 8, picture_id & 0xFF, tl0])
+
+
+def pictures_of(consumer: Consumer) -> list[tuple[int, int]]:
+    sink = consumer.sink
+    assert isinstance(sink, FakeTransport)
+    out = []
+    for packet in sink.rtp:
+        payload = packet[header(packet).header_length :]
+        out.append((((payload[2] & 0x7F) << 8) | payload[3], payload[4]))
+    return out
+
+
+def test_picture_ids_and_tl0picidx_stay_continuous_across_a_switch() -> None:
+    bench = Bench()
+    bench.start_layers({"q": 40, "h": 400, "f": 1200})
+    consumer = bench.player("q")
+    assert consumer.pictures is not None
+    q_pid, f_pid = 30000, 500  # each layer numbers its own pictures; q wraps past 32767 meanwhile
+    for index in range(3):
+        bench.send("q", vp8_descriptor(q_pid + index, 7 + index) + b"\x00")
+        bench.send("f", vp8_descriptor(f_pid + index, 200 + index) + b"\x00")
+    consumer.select_layer(bench.layers["f"], bench.now)
+    bench.send("f", vp8_descriptor(f_pid + 3, 203) + b"\x10\x02\x00")  # f's keyframe: the switch
+    bench.send("f", vp8_descriptor(f_pid + 3, 203, start=False) + b"more")  # same picture, 2nd packet
+    bench.send("f", vp8_descriptor(f_pid + 4, 204) + b"\x01")
+    assert consumer.producer is bench.layers["f"]
+    assert pictures_of(consumer) == [
+        (30000, 7), (30001, 8), (30002, 9),  # q as it came
+        (30003, 10), (30003, 10), (30004, 11),  # f, continuing q's numbering
+    ]
+
+
+def test_a_late_packet_does_not_move_the_numbering_back() -> None:
+    from trio_sfu.media.vp8_pictures import Vp8Pictures
+
+    pictures = Vp8Pictures()
+    rtp = rtp_packet(1, 0, 1, VP8, vp8_descriptor(10, 1) + b"\x00")
+    late = rtp_packet(0, 0, 1, VP8, vp8_descriptor(9, 0) + b"\x00")
+    pictures.rewrite(rtp)
+    pictures.rewrite(late)
+    pictures.needs_sync = True
+    switched = pictures.rewrite(rtp_packet(2, 0, 2, VP8, vp8_descriptor(777, 50) + b"\x00"))
+    payload = switched[header(switched).header_length :]
+    assert (((payload[2] & 0x7F) << 8) | payload[3], payload[4]) == (11, 2)
+    # Packets without a picture id, or too short to hold one, pass unchanged.
+    bare = rtp_packet(3, 0, 1, VP8, b"\x10\x00")
+    assert pictures.rewrite(bare) == bare
+    short = rtp_packet(3, 0, 1, VP8, b"\x90\xc0")
+    assert pictures.rewrite(short) == short

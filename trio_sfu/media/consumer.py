@@ -19,6 +19,7 @@ from trio_sfu.media.negotiation import EXT_MID, NegotiatedTrack
 from trio_sfu.media.producer import CACHE_SIZE, Producer
 from trio_sfu.media.rewriter import Rewriter
 from trio_sfu.media.totals import Totals
+from trio_sfu.media.vp8_pictures import Vp8Pictures
 from trio_sfu.wire.keyframe import detector
 from trio_sfu.wire.rtcp import SenderReport, ntp_timestamp
 from trio_sfu.wire.rtp import RtpHeader, parse_rtp
@@ -105,6 +106,7 @@ class Consumer:
         "kind",
         "muted_by_player",
         "owner",
+        "pictures",
         "played",
         "producer",
         "rewriter",
@@ -176,6 +178,8 @@ class Consumer:
         # and the first output sequence number of the current layer (older ones were another's).
         self.target: Producer | None = None
         self.switched_at: int | None = None
+        simulcast_vp8 = len(producer.layers) > 1 and played.codec.name.lower() == "vp8"
+        self.pictures = Vp8Pictures() if simulcast_vp8 else None
 
     # ---- the packet path ----
 
@@ -204,6 +208,9 @@ class Consumer:
         # clock mapping (a reordered packet has the same offset, so it cannot skew it).
         self._timestamp_offset = (timestamp - header.timestamp) & 0xFFFFFFFF
         mapped = rewriter.header_map.apply(packet, header)  # once for all players sharing the map
+        pictures = self.pictures
+        if pictures is not None:
+            mapped = pictures.rewrite(mapped)  # this player's own copy: its picture ids
         if not self.backlogged:
             sent = self.sink.send_rtp_as(mapped, sequence, timestamp, self.ssrc)
             if sent is None:
@@ -256,6 +263,8 @@ class Consumer:
         self.target = None
         self.awaiting_keyframe = False
         self.switched_at = self.rewriter.next_sequence
+        if self.pictures is not None:
+            self.pictures.needs_sync = True
         self.counters["layer_switches"] += 1
 
     def _send(self, packet: bytes) -> None:
@@ -344,6 +353,8 @@ class Consumer:
                 self.totals.drop_nack_budget_exceeded += 1
                 continue
             out = self.rewriter.rewrite_retransmission(packet, header)
+            if out is not None and self.pictures is not None:
+                out = self.pictures.rewrite(out)
             if out is None or ((out[2] << 8) | out[3]) != sequence:
                 counters["nack_unknown"] += 1
                 continue
