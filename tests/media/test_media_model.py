@@ -28,6 +28,7 @@ from trio_sfu.media.negotiation import (
 from trio_sfu.media.player import PlayerMedia
 from trio_sfu.media.producer import CACHE_SIZE, KEYFRAME_INTERVAL, ClockMapping, Producer, ReceptionStats
 from trio_sfu.media.publisher import PublisherMedia
+from trio_sfu.media.rewriter import abs_send_time, stamp_abs_send_time
 from trio_sfu.server.session import ChannelBacklog
 from trio_sfu.server.transport_driver import TransportDriver
 from trio_sfu.wire.rtcp import (
@@ -272,8 +273,10 @@ def test_forward_rewrites_video_for_the_player() -> None:
     assert second.sequence == (first.sequence + 1) & 0xFFFF
     assert second.timestamp == (first.timestamp + 3000) & 0xFFFFFFFF
     assert [payload_of(p) for p in s.sink.rtp] == [b"frame-1", b"frame-2"]
-    # abs-send-time under the player's id; transport-cc (not offered to players) and mid removed.
-    assert extension_elements(s.sink.rtp[0]) == [(P_ABS, b"\x12\x34\x56")]
+    # abs-send-time under the player's id, stamped with our send time (the player's estimate is of the
+    # path from us); transport-cc (not offered to players) and mid removed.
+    assert extension_elements(s.sink.rtp[0]) == [(P_ABS, abs_send_time(1.0))]
+    assert extension_elements(s.sink.rtp[1]) == [(P_ABS, abs_send_time(1.033))]
     assert consumer.rewriter.packets == 2
 
 
@@ -330,7 +333,7 @@ def test_retransmit_as_rtx() -> None:
         body = payload_of(rtx)
         assert int.from_bytes(body[:2], "big") == original.sequence  # RFC 4588 OSN: the player's number
         assert body[2:] == payload_of(sent[index])
-        assert extension_elements(rtx) == extension_elements(sent[index])
+        assert extension_elements(rtx) == [(P_ABS, abs_send_time(11.0))]  # sent again now
         rtx_sequences.append(rtx_header.sequence)
     # Its own sequence space: consecutive, not the media sequence numbers.
     assert rtx_sequences[1] == (rtx_sequences[0] + 1) & 0xFFFF
@@ -346,7 +349,11 @@ def test_retransmit_without_rtx_resends_the_same_packet() -> None:
     sent = forward_ten(s)
     originals = [header(p) for p in sent]
     assert consumer.retransmit((originals[3].sequence, originals[4].sequence), 11.0) == []
-    assert s.sink.rtp == [sent[3], sent[4]]  # byte for byte: same SSRC, PT, sequence, timestamp
+    # Byte for byte (same SSRC, PT, sequence, timestamp) but for abs-send-time: sent again now.
+    restamped = [bytearray(p) for p in sent[3:5]]
+    for packet in restamped:
+        assert stamp_abs_send_time(packet, P_ABS, 11.0)
+    assert s.sink.rtp == [bytes(p) for p in restamped]
 
 
 def test_retransmit_returns_what_the_cache_lacks() -> None:

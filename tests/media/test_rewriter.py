@@ -640,3 +640,22 @@ def test_aiortc_parses_rewritten_packets() -> None:
     assert parsed.extensions.mid == "0"
     assert parsed.extensions.abs_send_time == 0x010203
     assert parsed.payload == b"\x10\x02\x03\x04"
+
+
+def test_abs_send_time_is_stamped_with_our_send_time_in_either_form() -> None:
+    from trio_sfu.media.rewriter import abs_send_time, stamp_abs_send_time
+
+    for two_byte in (False, True):
+        packet = bytearray(build_rtp(extensions=[(1, b"ab"), (3, b"\x01\x02\x03")], two_byte=two_byte))
+        assert stamp_abs_send_time(packet, 3, 64.5)
+        parsed = parse_rtp(bytes(packet))
+        assert parsed is not None
+        stamped = read_extension(bytes(packet), parsed, 3)
+        assert stamped == abs_send_time(64.5) == abs_send_time(0.5) == b"\x02\x00\x00"  # wraps at 64 s
+        assert read_extension(bytes(packet), parsed, 1) == b"ab"
+    assert abs_send_time(1.5) == (3 << 17).to_bytes(3, "big")
+    without = bytearray(build_rtp(extensions=[(1, b"ab")]))
+    assert not stamp_abs_send_time(without, 3, 1.0) and bytes(without) == build_rtp(extensions=[(1, b"ab")])
+    assert not stamp_abs_send_time(bytearray(build_rtp()), 3, 1.0)  # no extension block at all
+    truncated = bytearray(build_rtp(extensions=[(3, b"\x01\x02\x03")]))[:17]
+    assert not stamp_abs_send_time(truncated, 3, 1.0)

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import attrs
 
-from trio_sfu.media.negotiation import EXT_MID, NegotiatedTrack
+from trio_sfu.media.negotiation import EXT_ABS_SEND_TIME, EXT_MID, NegotiatedTrack
 from trio_sfu.media.producer import CACHE_SIZE, Producer
 from trio_sfu.media.rewriter import Rewriter
 from trio_sfu.media.totals import Totals
@@ -148,6 +148,7 @@ class Consumer:
             payload_types={source.codec.payload_type: played.codec.payload_type},
             extension_ids={ext.id: ids[ext.uri] for ext in source.header_extensions if ext.uri in ids},
             header_maps=producer.header_maps,
+            stamp_id=ids.get(EXT_ABS_SEND_TIME, 0),
         )
         self.rtx_payload_type = played.rtx_payload_type
         self.rtx_ssrc = played.rtx_ssrc
@@ -207,7 +208,7 @@ class Consumer:
         # Output minus input timestamp of the same packet: what sender reports add to the publisher's
         # clock mapping (a reordered packet has the same offset, so it cannot skew it).
         self._timestamp_offset = (timestamp - header.timestamp) & 0xFFFFFFFF
-        mapped = rewriter.header_map.apply(packet, header)  # once for all players sharing the map
+        mapped = rewriter.header_map.apply(packet, header, now)  # once for all players sharing the map
         pictures = self.pictures
         if pictures is not None:
             mapped = pictures.rewrite(mapped)  # this player's own copy: its picture ids
@@ -352,7 +353,7 @@ class Consumer:
                 counters["nack_budget_exceeded"] += 1
                 self.totals.drop_nack_budget_exceeded += 1
                 continue
-            out = self.rewriter.rewrite_retransmission(packet, header)
+            out = self.rewriter.rewrite_retransmission(packet, header, now)
             if out is not None and self.pictures is not None:
                 out = self.pictures.rewrite(out)
             if out is None or ((out[2] << 8) | out[3]) != sequence:

@@ -27,6 +27,49 @@ _U16 = struct.Struct("!H")
 _U16_PAIR = struct.Struct("!HH")
 
 
+AST_UNITS = 1 << 18  # abs-send-time: seconds in 6.18 fixed point, 24 bits
+
+
+def abs_send_time(now: float) -> bytes:
+    return (int(now * AST_UNITS) & 0xFFFFFF).to_bytes(3, "big")
+
+
+def stamp_abs_send_time(buf: bytearray, ident: int, now: float) -> bool:
+    """Write `now` into the 3-byte extension element `ident` of the RTP packet in `buf`, if it has one
+    (one-byte or two-byte form, RFC 8285); False when it has none."""
+    if len(buf) < 12 or not buf[0] & 0x10:
+        return False
+    offset = 12 + 4 * (buf[0] & 0x0F)
+    if len(buf) < offset + 4:
+        return False
+    profile = (buf[offset] << 8) | buf[offset + 1]
+    end = min(len(buf), offset + 4 + 4 * ((buf[offset + 2] << 8) | buf[offset + 3]))
+    read = offset + 4
+    two_byte = profile & 0xFFF0 == TWO_BYTE_PROFILE
+    if profile != ONE_BYTE_PROFILE and not two_byte:
+        return False
+    while read < end:
+        element = buf[read]
+        if element == 0:
+            read += 1
+            continue
+        if two_byte:
+            if read + 1 >= end:
+                return False
+            size, start = buf[read + 1], read + 2
+        else:
+            if element >> 4 == 15:
+                return False
+            element, size, start = element >> 4, (element & 0x0F) + 1, read + 1
+        if start + size > end:
+            return False
+        if element == ident and size == 3:
+            buf[start : start + 3] = abs_send_time(now)
+            return True
+        read = start + size
+    return False
+
+
 class HeaderMap:
     """A player's payload types and header-extension ids for one published track.
 
@@ -34,9 +77,11 @@ class HeaderMap:
     packet: the map is applied once per packet for all of them, not once per player.
     """
 
-    __slots__ = ("__weakref__", "_last_in", "_last_out", "ext_map", "pt_map")
+    __slots__ = ("__weakref__", "_last_in", "_last_out", "ext_map", "pt_map", "stamp_id")
 
-    def __init__(self, payload_types: Mapping[int, int], extension_ids: Mapping[int, int]) -> None:
+    def __init__(
+        self, payload_types: Mapping[int, int], extension_ids: Mapping[int, int], stamp_id: int = 0
+    ) -> None:
         # Publisher PT -> player PT, -1 for "drop": a list index is cheaper than a dict lookup.
         self.pt_map = [-1] * 128
         for source, target in payload_types.items():
@@ -51,6 +96,9 @@ class HeaderMap:
             self.ext_map[source] = target
         self._last_in: bytes | None = None
         self._last_out = b""
+        # The player's abs-send-time id: its value is our send time, not the publisher's (the player's
+        # delay-based estimate is of the path from us, and probes are stamped on the same clock).
+        self.stamp_id = stamp_id
 
     @classmethod
     def shared(
@@ -58,24 +106,28 @@ class HeaderMap:
         payload_types: Mapping[int, int],
         extension_ids: Mapping[int, int],
         registry: MutableMapping[object, HeaderMap],
+        stamp_id: int = 0,
     ) -> HeaderMap:
         """The map in `registry` equal to this one, made and registered if there is none yet (make the
         registry a WeakValueDictionary, so that a map goes when its last player does)."""
-        key = (frozenset(payload_types.items()), frozenset(extension_ids.items()))
+        key = (frozenset(payload_types.items()), frozenset(extension_ids.items()), stamp_id)
         found = registry.get(key)
         if found is None:
-            found = registry[key] = cls(payload_types, extension_ids)
+            found = registry[key] = cls(payload_types, extension_ids, stamp_id)
         return found
 
-    def apply(self, packet: bytes, header: RtpHeader) -> bytes:
-        """`packet` with the player's payload type and extension ids; the sequence number, timestamp
-        and SSRC are left for each player to write. Its payload type must be mapped."""
+    def apply(self, packet: bytes, header: RtpHeader, now: float | None = None) -> bytes:
+        """`packet` with the player's payload type and extension ids (and abs-send-time stamped at
+        `now`, when given); the sequence number, timestamp and SSRC are left for each player to write.
+        Its payload type must be mapped."""
         if packet is self._last_in:  # the same object: every player sharing the map gets one copy
             return self._last_out
         buf = bytearray(packet)
         buf[1] = (packet[1] & 0x80) | self.pt_map[header.payload_type]
         if header.extension_offset >= 0:
             self._rewrite_extensions(buf, packet, header.extension_offset, header.header_length)
+            if self.stamp_id and now is not None:
+                stamp_abs_send_time(buf, self.stamp_id, now)
         out = bytes(buf)
         self._last_in, self._last_out = packet, out
         return out
@@ -254,6 +306,7 @@ class Rewriter:
         initial_sequence: int | None = None,
         initial_timestamp: int | None = None,
         header_maps: MutableMapping[object, HeaderMap] | None = None,
+        stamp_id: int = 0,
     ) -> None:
         if not 0 <= ssrc <= 0xFFFFFFFF:
             raise ValueError(f"ssrc out of range: {ssrc}")
@@ -263,7 +316,7 @@ class Rewriter:
         self._clock_rate = clock_rate
         # `header_maps`: the maps other players of the same track already use, to share an equal one.
         registry: MutableMapping[object, HeaderMap] = {} if header_maps is None else header_maps
-        self.header_map = HeaderMap.shared(payload_types, extension_ids, registry)
+        self.header_map = HeaderMap.shared(payload_types, extension_ids, registry, stamp_id)
         self._pt_map = self.header_map.pt_map
         # Output is random at first (RFC 3550 5.1): tests may pin it. The sequence starts in the lower
         # half, as libwebrtc's does, so it cannot wrap within the first 32768 packets: a player whose
@@ -399,10 +452,12 @@ class Rewriter:
             return None
         return (output - self._seq_offset) & 0xFFFF
 
-    def rewrite_retransmission(self, packet: bytes, header: RtpHeader) -> bytes | None:
-        """A packet sent again for a NACK, numbered as it was the first time. It never splices the
-        stream (a retransmission right after an unmute must not become the splice point), and it is
-        not counted in the sender report (RFC 3550 6.4.1)."""
+    def rewrite_retransmission(
+        self, packet: bytes, header: RtpHeader, now: float | None = None
+    ) -> bytes | None:
+        """A packet sent again for a NACK, numbered as it was the first time (abs-send-time: now, as a
+        new send). It never splices the stream (a retransmission right after an unmute must not become
+        the splice point), and it is not counted in the sender report (RFC 3550 6.4.1)."""
         if self._muted or self._needs_sync or header.ssrc != self._input_ssrc:
             return None
         payload_type = self._pt_map[header.payload_type]
@@ -414,7 +469,12 @@ class Rewriter:
             return None  # from before the last splice, or too old to have a place
         out_sequence = (sequence + self._seq_offset + self._drops_after(sequence)) & 0xFFFF
         out_timestamp = (header.timestamp + self._ts_offset) & 0xFFFFFFFF
-        return self.patch(self.header_map.apply(packet, header), out_sequence, out_timestamp)
+        mapped = self.header_map.apply(packet, header)
+        if now is not None and self.header_map.stamp_id:
+            stamped = bytearray(mapped)
+            stamp_abs_send_time(stamped, self.header_map.stamp_id, now)
+            mapped = bytes(stamped)
+        return self.patch(mapped, out_sequence, out_timestamp)
 
     def _prune_drops(self, sequence: int) -> None:
         drops = self._drops
