@@ -13,12 +13,12 @@ import pytest
 import trio
 
 from trio_sfu.media.consumer import Consumer
-from trio_sfu.media.player import LAYER_INTERVAL, UP_AFTER, PlayerMedia
+from trio_sfu.media.player import LAYER_INTERVAL, PlayerMedia
 from trio_sfu.media.producer import Producer
 from trio_sfu.media.publisher import SIMULCAST_MIN_BITRATE, PublisherMedia
-from trio_sfu.media.simulcast import IDLE_AFTER, active_layers, choose_layer
+from trio_sfu.media.simulcast import IDLE_AFTER, PROBE_BACKOFF, UP_AFTER, active_layers, choose_layer
 from trio_sfu.server.session import ChannelBacklog
-from trio_sfu.wire.rtcp import Remb, serialize
+from trio_sfu.wire.rtcp import ReceiverReport, Remb, ReportBlock, serialize
 
 from ..support.media_model import (
     SERVER_SSRC,
@@ -326,27 +326,77 @@ def keep_sending(bench: Bench, seconds: float, media: PlayerMedia) -> None:
                 layer.tick(bench.now)
 
 
-def test_a_player_goes_down_at_once_and_up_only_after_sustained_headroom() -> None:
+def remb_to(media: PlayerMedia, consumer: Consumer, bitrate: float, now: float) -> None:
+    media.on_rtcp(serialize(Remb(sender_ssrc=1, bitrate=int(bitrate), ssrcs=(consumer.ssrc,))), now)
+
+
+def loss_report(media: PlayerMedia, consumer: Consumer, fraction: float, now: float) -> None:
+    block = ReportBlock(consumer.ssrc, int(fraction * 256), 0, 1, 0, 0, 0)
+    media.on_rtcp(serialize(ReceiverReport(0x1234, (block,))), now)
+
+
+def test_a_player_goes_down_when_its_link_shows_congestion_and_up_after_sustained_headroom() -> None:
     bench = Bench()
     bench.start_layers({"q": 40, "h": 400, "f": 1200})
     consumer = bench.player("f")
     media, _ = player_media(bench, consumer)
     rates = {rid: layer.byte_rate * 8 for rid, layer in bench.layers.items()}
 
-    def remb(bitrate: float) -> None:
-        media.on_rtcp(serialize(Remb(sender_ssrc=1, bitrate=int(bitrate), ssrcs=(consumer.ssrc,))), bench.now)
-
-    remb(rates["h"] * 1.3)  # room for h, not f
+    remb_to(media, consumer, rates["f"] * 0.95, bench.now)  # below f, but no sign of congestion yet
+    keep_sending(bench, 1.0, media)
+    assert consumer.producer is bench.layers["f"]  # a ramping estimate is not a full link
+    remb_to(media, consumer, rates["h"] * 1.3, bench.now)  # the estimate falls: overuse
     keep_sending(bench, 1.2, media)
     assert consumer.producer is bench.layers["h"]
-    remb(rates["f"] * 1.5)  # room again: not at once
+    remb_to(media, consumer, rates["f"] * 1.5, bench.now)  # room again: not at once
     keep_sending(bench, UP_AFTER - 0.6, media)
     assert consumer.producer is bench.layers["h"]
     for _ in range(7):  # UP_AFTER, then up to a keyframe interval (1 s here) for f's keyframe
-        remb(rates["f"] * 1.5)
+        remb_to(media, consumer, rates["f"] * 1.5, bench.now)
         keep_sending(bench, 0.5, media)
     assert consumer.producer is bench.layers["f"]
     assert consumer.counters["layer_switches"] == 2
+
+
+def test_loss_alone_moves_a_player_down() -> None:
+    bench = Bench()
+    bench.start_layers({"q": 40, "h": 400, "f": 1200})
+    consumer = bench.player("f")
+    media, _ = player_media(bench, consumer)
+    rates = {rid: layer.byte_rate * 8 for rid, layer in bench.layers.items()}
+    remb_to(media, consumer, rates["f"] * 0.8, bench.now)
+    loss_report(media, consumer, 0.2, bench.now)
+    keep_sending(bench, 1.2, media)
+    assert consumer.producer is bench.layers["h"]
+
+
+def test_below_the_top_the_server_probes_and_backs_off_when_the_probe_meets_congestion() -> None:
+    bench = Bench()
+    bench.start_layers({"q": 40, "h": 400, "f": 1200})
+    consumer = bench.player("h")
+    media, _ = player_media(bench, consumer)
+    rates = {rid: layer.byte_rate * 8 for rid, layer in bench.layers.items()}
+    remb_to(media, consumer, rates["h"] * 1.2, bench.now)  # room for h, not for f: probe toward f
+    sink = consumer.sink
+    assert isinstance(sink, FakeTransport)
+    keep_sending(bench, 1.0, media)
+    probes = [p for p in sink.rtp if header(p).ssrc == consumer.rtx_ssrc]
+    assert probes and consumer.counters["probe_bytes"] > 0
+    assert media.layers.probe_bps == pytest.approx(rates["h"] * 1.2 * 1.25 - rates["h"], rel=0.05)
+    # About probe_bps of them over that second (bursts every 50 ms, whole packets).
+    assert 0.5 < sum(len(p) for p in probes) * 8 / media.layers.probe_bps < 2.0
+    loss_report(media, consumer, 0.1, bench.now)  # the probe filled the link
+    assert media.layers.probe_bps == 0
+    before = consumer.counters["probe_bytes"]
+    for _ in range(int(PROBE_BACKOFF - 1.0)):  # the player's REMB goes on, once a second
+        remb_to(media, consumer, rates["h"] * 1.2, bench.now)
+        keep_sending(bench, 1.0, media)
+    assert consumer.counters["probe_bytes"] == before  # backing off
+    for _ in range(2):
+        remb_to(media, consumer, rates["h"] * 1.2, bench.now)
+        keep_sending(bench, 1.0, media)
+    assert consumer.counters["probe_bytes"] > before
+    assert consumer.producer is bench.layers["h"]
 
 
 def test_a_player_cap_holds_whatever_the_estimate() -> None:

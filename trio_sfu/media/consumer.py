@@ -50,6 +50,7 @@ RTX_MIN_RATE = 2000.0  # bytes per second
 # once), but never less than RTX_MIN_BURST bytes: a dozen full-size packets.
 RTX_BURST_SECONDS = 0.5
 RTX_MIN_BURST = 12 * 1200.0
+PROBE_DEPTH = 32  # probes resend the latest packets, at most this many back
 RTX_OVERHEAD = 2  # the original sequence number RFC 4588 puts before the payload
 
 
@@ -236,6 +237,34 @@ class Consumer:
         return not self.awaiting_keyframe
 
     # ---- simulcast ----
+
+    def send_probe(self, budget: int, now: float) -> int:
+        """Up to `budget` bytes of probe padding: retransmissions (on the RTX SSRC) of the latest packets,
+        which the player drops as duplicates but counts toward its estimate. 0: nothing to send with
+        (no RTX negotiated, or nothing forwarded yet)."""
+        if self.rtx_ssrc is None or budget <= 0 or self.rewriter.packets == 0:
+            return 0
+        producer = self.producer
+        newest = producer.stats.max_seq
+        spent = 0
+        for back in range(PROBE_DEPTH):
+            sequence = (newest - back) & 0xFFFF
+            packet = producer.cached(sequence)
+            header = parse_rtp(packet) if packet is not None else None
+            if packet is None or header is None:
+                continue
+            out = self.rewriter.rewrite_retransmission(packet, header, now)
+            if out is None:
+                continue
+            if self.pictures is not None:
+                out = self.pictures.rewrite(out)
+            rtx = self._as_rtx(out)
+            self._send(rtx)
+            spent += len(rtx)
+            if spent >= budget:
+                break
+        self.counters["probe_bytes"] += spent
+        return spent
 
     def select_layer(self, layer: Producer, now: float) -> None:
         """Play `layer` from its next keyframe on (asked for now); the current one until then. A new

@@ -6,10 +6,10 @@ NTP/RTP mapping so the player can keep audio and video in sync. The player's rec
 those sender reports (LSR/DLSR), which gives its round-trip time: a packet is resent at most once per
 round trip.
 
-A player of a simulcast track is moved between layers: every LAYER_INTERVAL the best active layer
-within its estimate (the REMB its browser sends, lowered on heavy loss) is chosen. Down at once, up
-only after the better layer has fitted for UP_AFTER: an estimate that flaps must not make the player
-ask for a keyframe every quarter second.
+A player of a simulcast track is moved between layers by its `LayerControl` (media/simulcast.py),
+every LAYER_INTERVAL, from the REMB its browser sends and the loss its receiver reports show; while
+it is below the top layer and the link allows, the server probes with padding every PROBE_INTERVAL
+so that the estimate can grow.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from trio_sfu.media.consumer import Consumer, RoundTrip
 from trio_sfu.media.leg import REPORT_INTERVAL, MediaHandler
-from trio_sfu.media.simulcast import active_layers, choose_layer
+from trio_sfu.media.simulcast import LayerControl
 from trio_sfu.wire.rtcp import (
     MAX_REPORT_BLOCKS,
     SDES_CNAME,
@@ -40,9 +40,7 @@ from trio_sfu.wire.rtcp import (
 # SR its sender received, a second or two back at most; a few more cover lost and reordered reports.
 SR_HISTORY = 16
 LAYER_INTERVAL = 0.25  # seconds between layer choices for simulcast players
-UP_AFTER = 2.0  # seconds a higher layer must keep fitting before the player moves up to it
-ESTIMATE_TTL = 5.0  # an estimate older than this is no estimate (the player stopped sending REMB)
-HEAVY_LOSS = 0.1  # fraction lost in a receiver report above which the estimate is cut
+PROBE_INTERVAL = 0.05  # seconds between bursts of probe padding (a few packets each)
 
 
 class PlayerMedia(MediaHandler):
@@ -58,12 +56,11 @@ class PlayerMedia(MediaHandler):
         for consumer in consumers:
             consumer.round_trip = self.round_trip
         self._simulcast = [c for c in consumers if len(c.producer.layers) > 1]
-        self.estimate_bps: float | None = None  # the player's own estimate of what reaches it
-        self._estimate_at = -1e9
-        self._up_since: dict[Consumer, float] = {}  # when a higher layer first fitted, per consumer
+        self.layers = LayerControl()
         self._next_layer_check = 0.0
+        self._next_probe = 0.0
+        self._probed_at = 0.0
         self._next_report = 0.0
-        self.max_rank: int | None = None  # the player's cap on its layers (0: lowest), if it set one
         # Middle 32 bits of each recent SR's NTP timestamp -> when it was sent (our clock). The NTP
         # values follow the publisher's clock, not ours, so an echoed LSR is looked up, not subtracted.
         self._sr_sent: dict[int, float] = {}
@@ -96,19 +93,14 @@ class PlayerMedia(MediaHandler):
             elif isinstance(item, ReceiverReport | SenderReport):
                 self._on_report_blocks(item.reports, now)
             elif isinstance(item, Remb):
-                self.estimate_bps, self._estimate_at = float(item.bitrate), now
+                self.layers.on_estimate(float(item.bitrate), now)
 
     def _on_report_blocks(self, blocks: tuple[ReportBlock, ...], now: float) -> None:
         """RFC 3550 6.4.1: RTT = arrival - LSR - DLSR, with LSR replaced by when we sent that SR."""
         for block in blocks:
-            if (
-                block.fraction_lost > HEAVY_LOSS * 256
-                and block.ssrc in self._by_ssrc
-                and self.estimate_bps is not None
-                and self._by_ssrc[block.ssrc] in self._simulcast
-            ):
-                # Loss says more than a delay-based estimate that has not caught up: take 15 % off.
-                self.estimate_bps *= 0.85
+            consumer = self._by_ssrc.get(block.ssrc)
+            if consumer is not None and consumer in self._simulcast:
+                self.layers.on_loss(block.fraction_lost / 256, now)
             sent_at = self._sr_sent.get(block.last_sr) if block.last_sr else None
             if sent_at is None or block.ssrc not in self._by_ssrc:
                 continue
@@ -124,31 +116,44 @@ class PlayerMedia(MediaHandler):
     def tick(self, now: float, wall: float) -> float:
         if self._simulcast and now >= self._next_layer_check:
             self._next_layer_check = now + LAYER_INTERVAL
-            self._choose_layers(now)
+            for consumer in self._simulcast:
+                playing = consumer.target or consumer.producer
+                choice = self.layers.choose(playing, consumer.producer.layers, now)
+                if choice is not None:
+                    consumer.select_layer(choice, now)
         if now >= self._next_report:
             self._next_report = now + REPORT_INTERVAL
             self._send_reports(now, wall)
-        if self._simulcast:
-            return min(self._next_report, self._next_layer_check)
-        return self._next_report
+        if not self._simulcast:
+            return self._next_report
+        wake = min(self._next_report, self._next_layer_check)
+        if self.layers.probe_bps > 0:
+            if now >= self._next_probe:
+                self._probe(now)
+            wake = min(wake, self._next_probe)
+        return wake
 
-    def _choose_layers(self, now: float) -> None:
-        fresh = self.estimate_bps is not None and now - self._estimate_at < ESTIMATE_TTL
-        budget = self.estimate_bps if fresh else None
+    def _probe(self, now: float) -> None:
+        """Padding at `probe_bps` since the last burst, on the first simulcast track that can send it."""
+        elapsed = min(now - self._probed_at, 4 * PROBE_INTERVAL) if self._probed_at else PROBE_INTERVAL
+        self._probed_at, self._next_probe = now, now + PROBE_INTERVAL
+        budget = int(self.layers.probe_bps / 8 * elapsed)
         for consumer in self._simulcast:
-            layers = consumer.producer.layers
-            choice = choose_layer(layers, now, budget_bps=budget, max_rank=self.max_rank)
-            if choice is None:
-                continue  # nothing sends: stay, the current layer may come back
-            ranked = active_layers(layers, now)
-            playing = consumer.target or consumer.producer
-            higher = playing in ranked and ranked.index(choice) > ranked.index(playing)
-            if higher:
-                since = self._up_since.setdefault(consumer, now)
-                if now - since < UP_AFTER:
-                    continue
-            self._up_since.pop(consumer, None)
-            consumer.select_layer(choice, now)
+            if consumer.send_probe(budget, now):
+                return
+
+    @property
+    def estimate_bps(self) -> float | None:
+        return self.layers.estimate_bps
+
+    @property
+    def max_rank(self) -> int | None:
+        """The player's cap on its layers (0: the lowest), if it set one."""
+        return self.layers.max_rank
+
+    @max_rank.setter
+    def max_rank(self, value: int | None) -> None:
+        self.layers.max_rank = value
 
     def _send_reports(self, now: float, wall: float) -> None:
         reports = [r for c in self.consumers if (r := c.sender_report(now, wall)) is not None]

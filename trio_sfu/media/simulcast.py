@@ -46,3 +46,95 @@ def choose_layer(
         return active[-1]
     affordable = [layer for layer in active if layer.byte_rate * 8 <= budget_bps * HEADROOM]
     return affordable[-1] if affordable else active[0]
+
+
+CONGESTION_MEMORY = 2.0  # seconds a sign of congestion (loss, a falling estimate) counts
+LOSS_CONGESTION = 0.05  # fraction lost in a receiver report that means the link is full
+ESTIMATE_DROP = 0.9  # an estimate below this share of the previous one: the player saw overuse
+UP_AFTER = 2.0  # seconds a higher layer must keep fitting before the player moves up to it
+ESTIMATE_TTL = 5.0  # an estimate older than this is no estimate (the player stopped sending REMB)
+PROBE_STEP = 1.25  # probes aim at most this far above the current estimate
+PROBE_BACKOFF = 5.0  # seconds before probing again after a probe met congestion (doubling)
+PROBE_BACKOFF_MAX = 40.0
+
+
+class LayerControl:
+    """One player's layer choice: its estimate and loss in, a layer and a probing rate out.
+
+    Down at once when the link shows congestion (loss, or the player's estimate falling) and the
+    playing layer no longer fits. Up only after the higher layer has fitted for UP_AFTER. The player's
+    estimate (Chromium's REMB) can grow only to about 1.5 times what it receives, so below the top
+    layer the server probes: it sends padding (retransmissions of recent packets) up to PROBE_STEP
+    above the estimate, and backs off when a probe meets congestion.
+    """
+
+    def __init__(self) -> None:
+        self.estimate_bps: float | None = None
+        self.max_rank: int | None = None  # the player's cap (0: the lowest layer)
+        self._estimate_at = -1e9
+        self._congested_at = -1e9
+        self._up_since: float | None = None
+        self._probe_allowed_at = 0.0
+        self._probe_backoff = PROBE_BACKOFF
+        self.probe_bps = 0.0  # padding to send now, above the media
+
+    def on_estimate(self, bps: float, now: float) -> None:
+        previous = self.estimate_bps if now - self._estimate_at < ESTIMATE_TTL else None
+        if previous is not None and bps < previous * ESTIMATE_DROP:
+            self._congestion(now)
+        self.estimate_bps, self._estimate_at = bps, now
+
+    def on_loss(self, fraction: float, now: float) -> None:
+        if fraction >= LOSS_CONGESTION:
+            self._congestion(now)
+
+    def _congestion(self, now: float) -> None:
+        self._congested_at = now
+        if self.probe_bps > 0:  # the probe found the limit: wait before trying again
+            self.probe_bps = 0.0
+            self._probe_allowed_at = now + self._probe_backoff
+            self._probe_backoff = min(self._probe_backoff * 2, PROBE_BACKOFF_MAX)
+
+    def choose(self, playing: Producer, layers: Sequence[Producer], now: float) -> Producer | None:
+        """The layer the player should get (None: nothing sends, stay); sets `probe_bps`."""
+        active = active_layers(layers, now)
+        if self.max_rank is not None:
+            active = active[: max(0, self.max_rank) + 1]
+        if not active:
+            self.probe_bps = 0.0
+            return None
+        estimate = self.estimate_bps if now - self._estimate_at < ESTIMATE_TTL else None
+        if playing not in active:  # stopped, or above the cap: move now
+            self._up_since = None
+            return choose_layer(active, now, budget_bps=estimate)
+        index = active.index(playing)
+        higher = active[index + 1] if index + 1 < len(active) else None
+        if estimate is None:
+            return self._up(active[-1], playing, now) if higher is not None else playing
+        congested = now - self._congested_at < CONGESTION_MEMORY
+        if congested and estimate < playing.byte_rate * 8:
+            self._up_since = None
+            self.probe_bps = 0.0
+            return choose_layer(active, now, budget_bps=estimate)
+        if higher is None:
+            self.probe_bps = 0.0
+            return playing
+        if estimate >= higher.byte_rate * 8:
+            self.probe_bps = 0.0
+            return self._up(higher, playing, now)
+        self._up_since = None
+        if not congested and now >= self._probe_allowed_at:
+            target = min(higher.byte_rate * 8, estimate * PROBE_STEP)
+            self.probe_bps = max(0.0, target - playing.byte_rate * 8)
+        else:
+            self.probe_bps = 0.0
+        return playing
+
+    def _up(self, higher: Producer, playing: Producer, now: float) -> Producer:
+        if self._up_since is None:
+            self._up_since = now
+        if now - self._up_since < UP_AFTER:
+            return playing
+        self._up_since = None
+        self._probe_backoff = PROBE_BACKOFF  # it fitted: the next probe may come soon
+        return higher
