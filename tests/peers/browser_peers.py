@@ -306,3 +306,26 @@ async def check_mute_unmute_close(a: DemoPageBase, pub: int, b: DemoPageBase, pl
         assert "publisher_closed" in await b.panel_text(index)
     assert await a.state(pub) == "ended"
 
+
+class FakeCameraBrowser(Browser):
+    """Chromium as `Browser`, but its fake camera runs at `fps` frames a second (Chromium's default is 20,
+    for any size asked; a test that wants a margin above 20 fps at the receiver needs more)."""
+
+    def __init__(self, aio: AsyncioThread, fps: int) -> None:
+        super().__init__(aio)
+        self.fps = fps
+
+    async def _start(self) -> None:
+        from playwright.async_api import async_playwright
+
+        fake = "--use-fake-device-for-media-stream"
+        args = [f"{fake}=fps={self.fps}" if arg == fake else arg for arg in CHROMIUM_ARGS]
+        self._playwright = await async_playwright().start()
+        self._browser = await self._playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=args
+        )
+
+
+def sdp_lines(sdp: str, *prefixes: str) -> list[str]:
+    """The lines of `sdp` that start with any of `prefixes` (m= lines always, to show the sections)."""
+    return [line for line in sdp.splitlines() if line.startswith(("m=", *prefixes))]

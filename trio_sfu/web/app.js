@@ -15,6 +15,14 @@
 
 const VERSION = "1.0";
 const GATHERING_TIMEOUT_MS = 5000; // send what was gathered if ICE gathering never completes
+// Simulcast (options.simulcast): the camera asked for 1280x720 and three encodings, Chromium's order low
+// to high. The server picks one per player; a server that answers without a=simulcast gets only the first.
+const SIMULCAST_CAMERA = { width: { ideal: 1280 }, height: { ideal: 720 } };
+const SIMULCAST_ENCODINGS = [
+  { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150000 },
+  { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500000 },
+  { rid: "f", maxBitrate: 1500000 },
+];
 const RESULTS = {
   "stream.connect": "stream.connected",
   "stream.offer": "stream.answer",
@@ -125,6 +133,16 @@ function gatheringComplete(pc, timeoutMs) {
   });
 }
 
+/**
+ * Which of several RTP stats of one kind a summary shows: the one with the most packets; for a
+ * publisher's video (one stat per simulcast layer) first the largest picture, then the most packets.
+ */
+function shownBefore(entry, other, publish) {
+  const area = (e) => (publish && e.width ? e.width * (e.height || 0) : 0);
+  if (area(entry) !== area(other)) return area(entry) > area(other);
+  return (entry.packets || 0) > (other.packets || 0);
+}
+
 /** Keep only `mimeType` (plus RTX, so lost packets can be resent) in a transceiver's offer. */
 export function preferCodec(transceiver, mimeType) {
   const kind = transceiver.receiver.track.kind;
@@ -138,8 +156,9 @@ export function preferCodec(transceiver, mimeType) {
 /**
  * One publish or play session: its WebSocket, its RTCPeerConnection, its state.
  *
- * options: {url, app, stream, uid, token, publish, videoCodec?, bundlePolicy?, onupdate?}
+ * options: {url, app, stream, uid, token, publish, videoCodec?, bundlePolicy?, simulcast?, onupdate?}
  *   bundlePolicy is RTCPeerConnection's: "max-bundle" (the default), "balanced" or "max-compat".
+ *   simulcast (publishers): capture 1280x720 and send it as three layers, rids q, h, f (1/4, 1/2, full).
  *   onupdate(session) is called whenever `state`, `error`, `muted` or `publisherMuted` change.
  */
 export class Session {
@@ -172,7 +191,8 @@ export class Session {
     try {
       this._update({ state: "connecting" });
       if (this.publish) {
-        this.localStream = await navigator.mediaDevices.getUserMedia({ audio: true, video: true });
+        const video = this.options.simulcast ? SIMULCAST_CAMERA : true;
+        this.localStream = await navigator.mediaDevices.getUserMedia({ audio: true, video });
       }
       this.signaling = await Signaling.open(this.options.url);
       this.signaling.onrequest = (message) => this._serverRequest(message);
@@ -189,7 +209,11 @@ export class Session {
       };
       if (this.publish) {
         for (const track of this.localStream.getTracks()) {
-          const transceiver = pc.addTransceiver(track, { direction: "sendonly", streams: [this.localStream] });
+          const init = { direction: "sendonly", streams: [this.localStream] };
+          if (track.kind === "video" && this.options.simulcast) {
+            init.sendEncodings = SIMULCAST_ENCODINGS.map((encoding) => ({ ...encoding }));
+          }
+          const transceiver = pc.addTransceiver(track, init);
           if (track.kind === "video" && this.options.videoCodec) preferCodec(transceiver, this.options.videoCodec);
         }
       } else {
@@ -279,6 +303,12 @@ export class Session {
    * A summary of getStats(): per kind the RTP counters of this side (inbound for players, outbound
    * for publishers) with codec, frames, resolution, jitter; plus RTT, DTLS state and the sending
    * bandwidth estimate. `bitrate` is over the time since the previous call.
+   *
+   * Publishers: `layers` lists every video outbound-rtp as {rid, ssrc, frameWidth, frameHeight,
+   * framesEncoded, framesPerSecond, bytesSent, active, qualityLimitationReason} (null where the browser
+   * has no such field), simulcast layers in the order of SIMULCAST_ENCODINGS. Chromium keeps a stat for
+   * each rid it offered, also when the answer refused simulcast and only the first is sent. With
+   * several, `video` is the largest picture (the most packets among equals). Players: `layers` is [].
    */
   async stats() {
     const raw = await this.rawStats();
@@ -296,6 +326,7 @@ export class Session {
       bitrate: null,
       audio: null,
       video: null,
+      layers: [],
     };
     for (const stat of values) {
       if (stat.type === "transport") {
@@ -321,10 +352,25 @@ export class Session {
         audioEnergy: stat.totalAudioEnergy ?? null, // players' audio: grows while sound is heard
       };
       summary.bytes += entry.bytes || 0;
-      if (!summary[stat.kind] || (entry.packets || 0) > (summary[stat.kind].packets || 0)) {
-        summary[stat.kind] = entry;
+      const shown = summary[stat.kind];
+      if (!shown || shownBefore(entry, shown, this.publish)) summary[stat.kind] = entry;
+      if (this.publish && stat.kind === "video") {
+        summary.layers.push({
+          rid: stat.rid ?? null,
+          ssrc: stat.ssrc ?? null,
+          frameWidth: stat.frameWidth ?? null,
+          frameHeight: stat.frameHeight ?? null,
+          framesEncoded: stat.framesEncoded ?? null,
+          framesPerSecond: stat.framesPerSecond ?? null,
+          bytesSent: stat.bytesSent ?? null,
+          active: stat.active ?? null,
+          qualityLimitationReason: stat.qualityLimitationReason ?? null,
+        });
       }
     }
+    const rids = this.publish && this.options.simulcast ? SIMULCAST_ENCODINGS.map((e) => e.rid) : [];
+    const order = (layer) => (rids.includes(layer.rid) ? rids.indexOf(layer.rid) : rids.length);
+    summary.layers.sort((a, b) => order(a) - order(b));
     for (const stat of values) {
       if (stat.type === "remote-inbound-rtp" && stat.roundTripTime !== undefined && summary.rtt === null) {
         summary.rtt = stat.roundTripTime;
@@ -357,6 +403,10 @@ function formatStatus(session, s) {
     if (video.fps !== null) parts.push(`${video.fps} fps`);
     if (video.width) parts.push(`${video.width}x${video.height}`);
     if (video.codec) parts.push(video.codec);
+  }
+  if (s.layers.length > 1) {
+    const sizes = s.layers.map((l) => `${l.rid} ${l.frameWidth ? `${l.frameWidth}x${l.frameHeight}` : "off"}`);
+    parts.push(`layers ${sizes.join(", ")}`);
   }
   if (s.audio && s.audio.codec) parts.push(s.audio.codec);
   if (s.rtt !== null) parts.push(`RTT ${(s.rtt * 1000).toFixed(0)} ms`);
@@ -444,6 +494,12 @@ async function main() {
     form.bundle.value = params.get("bundle");
     if (form.bundle.value !== params.get("bundle")) throw new Error(`unknown bundle policy ${params.get("bundle")}`);
   }
+  // ?simulcast=1 ticks "simulcast": publishers capture 1280x720 and send three layers (q, h, f).
+  if (params.has("simulcast")) {
+    const value = params.get("simulcast");
+    if (!["0", "1"].includes(value)) throw new Error(`simulcast must be 0 or 1, not ${value}`);
+    form.simulcast.checked = value === "1";
+  }
   const codecs = new Set(
     RTCRtpSender.getCapabilities("video")
       .codecs.map((c) => c.mimeType)
@@ -466,7 +522,8 @@ async function main() {
   const start = (publish) => {
     const options = Object.fromEntries(fields.map((name) => [name, form[name].value.trim()]));
     const videoCodec = publish ? form.codec.value : "";
-    const session = new Session({ ...options, url, publish, videoCodec, bundlePolicy: form.bundle.value });
+    const [bundlePolicy, simulcast] = [form.bundle.value, publish && form.simulcast.checked];
+    const session = new Session({ ...options, url, publish, videoCodec, bundlePolicy, simulcast });
     window.sfu.sessions.push(session);
     addPanel(session);
     session.start().catch(() => {}); // the panel shows the error
