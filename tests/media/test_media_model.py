@@ -483,11 +483,11 @@ def test_video_waits_for_a_keyframe_at_start_and_after_unmute() -> None:
     consumer = s.consumers["video"]
     consumer.awaiting_keyframe = True  # as a new consumer starts
     s.video(100, 0, 0.0, VP8_DELTA)
-    s.video(101, 3000, 0.6, VP8_DELTA)
+    s.video(101, 3000, KEYFRAME_INTERVAL + 0.1, VP8_DELTA)
     assert s.sink.rtp == []
-    assert len(s.link.keyframes) == 2  # asked again (throttled to one per 500 ms) while waiting
-    s.video(102, 6000, 0.7, VP8_KEYFRAME)
-    s.video(103, 9000, 0.8, VP8_DELTA)
+    assert len(s.link.keyframes) == 2  # asked again (throttled to one per KEYFRAME_INTERVAL) while waiting
+    s.video(102, 6000, KEYFRAME_INTERVAL + 0.2, VP8_KEYFRAME)
+    s.video(103, 9000, KEYFRAME_INTERVAL + 0.3, VP8_DELTA)
     assert [payload_of(p) for p in s.sink.rtp] == [VP8_KEYFRAME, VP8_DELTA]
     assert header(s.sink.rtp[1]).sequence == (header(s.sink.rtp[0]).sequence + 1) & 0xFFFF
     consumer.update_mute(True, 1.0)
@@ -740,7 +740,7 @@ def test_keyframe_requests_and_nacks_reach_the_publisher_as_rtcp() -> None:
     video.request_keyframe(1.0)
     video.request_keyframe(1.1)
     assert transport.rtcp_packets() == [Pli(SERVER_SSRC, CHROMIUM_VIDEO_SSRC)]
-    media.tick(1.6, WALL)  # the pending request goes out on the publisher's tick
+    media.tick(1.0 + KEYFRAME_INTERVAL + 0.1, WALL)  # the pending request goes out on the publisher's tick
     assert transport.rtcp_packets().count(Pli(SERVER_SSRC, CHROMIUM_VIDEO_SSRC)) == 2
     transport.rtcp.clear()
     media.send_nack(video, [12, 10, 12, 11])

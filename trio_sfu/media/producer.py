@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from trio_sfu.media.consumer import Consumer
 
 CACHE_SIZE = 1024  # packets; ~4 s of 1.5 Mbit/s video
-KEYFRAME_INTERVAL = 0.5  # seconds between keyframe requests for one track
+KEYFRAME_INTERVAL = 1.0  # seconds between keyframe requests for one track (or simulcast layer)
 # The incoming byte rate is measured over windows this long (as libwebrtc's RateStatistics): long enough
 # to hold a keyframe and the frames around it, short enough to follow the encoder when it adapts.
 RATE_WINDOW = 1.0
