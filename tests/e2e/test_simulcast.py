@@ -42,6 +42,9 @@ pytestmark = [
 
 RIDS = ("q", "h", "f")  # as the page offers them: 1/4, 1/2 and full size
 LAYERS_WITHIN = 20.0  # s from pressing publish until all three layers are being encoded
+# Firefox turns its top layer on late: 5-19 s after the others when idle, later on a loaded machine
+# (seen in CI beside other browser tests: f had 7 frames at 20 s). Its own ramp, not the server's.
+FIREFOX_LAYERS_WITHIN = 40.0
 TOP_WITHIN = 20.0  # s from seeing the three layers until the player decodes the top one
 TOP_WIDTH = 1200  # the top layer is 1280 wide; the others are 640 and 320
 MIN_FPS = 20.0
@@ -156,18 +159,24 @@ async def player_rate(page: DemoPageBase, index: int, seconds: float) -> tuple[f
 
 
 async def check_three_layers_and_top_at_player(
-    publisher: DemoPageBase, pub: int, pressed: float, player: DemoPageBase, play: int, who: str
+    publisher: DemoPageBase,
+    pub: int,
+    pressed: float,
+    player: DemoPageBase,
+    play: int,
+    who: str,
+    layers_within: float = LAYERS_WITHIN,
 ) -> None:
     """The publisher encodes q, h and f within LAYERS_WITHIN s of `pressed`; the player then decodes
     the top layer (>= TOP_WIDTH wide) within TOP_WITHIN s and keeps it at >= MIN_FPS. Prints what both
     saw; fails saying it."""
-    ok, layers = await three_layers(publisher, pub, pressed + LAYERS_WITHIN)
+    ok, layers = await three_layers(publisher, pub, pressed + layers_within)
     took = time.monotonic() - pressed
     print(f"{who} publisher's layers {took:.1f} s after publish:\n{describe_layers(layers)}")
     if not ok:
         seen = describe_player(await player.stats(play))
         raise AssertionError(
-            f"{who} did not encode all of q, h, f within {LAYERS_WITHIN:.0f} s of publishing; its layers:\n"
+            f"{who} did not encode all of q, h, f within {layers_within:.0f} s of publishing; its layers:\n"
             f"{describe_layers(layers)}\nthe player decodes {seen}"
         )
 
@@ -256,5 +265,7 @@ async def test_firefox_publishes_three_layers_and_a_chromium_player_decodes_the_
         answer = sdp_lines(await a.session(pub, "s.sdp.answer"), "a=rid:", "a=simulcast:")
         print("the server's answer:\n" + "\n".join(answer))
         play = await live(b, "play")
-        await check_three_layers_and_top_at_player(a, pub, pressed, b, play, "Firefox")
+        await check_three_layers_and_top_at_player(
+            a, pub, pressed, b, play, "Firefox", layers_within=FIREFOX_LAYERS_WITHIN
+        )
         no_page_errors(a, b)
