@@ -91,6 +91,7 @@ class Consumer:
     # Slots: see Transport.
     __slots__ = (
         "_backlog",
+        "_gated",
         "_resent_at",
         "_resent_output",
         "_rtx_sequence",
@@ -173,7 +174,8 @@ class Consumer:
         # Video is forwarded from a keyframe on: at the start and after every unmute.
         starts_keyframe = detector(played.codec.name) if self.kind == "video" else None
         self._starts_keyframe = starts_keyframe or (lambda payload: True)
-        self.awaiting_keyframe = starts_keyframe is not None
+        self._gated = starts_keyframe is not None  # video: forwarded from a keyframe on
+        self.awaiting_keyframe = self._gated
         self.counters: collections.Counter[str] = collections.Counter()
         self.totals = sink.totals
         # Simulcast: the layer this player moves to at that layer's next keyframe (None: staying),
@@ -195,7 +197,8 @@ class Consumer:
         elif self.awaiting_keyframe:
             if not self._starts_keyframe(memoryview(packet)[header.header_length :]):
                 self.counters["waiting_for_keyframe"] += 1
-                self.producer.request_keyframe(now)  # throttled by the producer
+                if not self.producer.keyframe_cache:  # else the cache will start the player
+                    self.producer.request_keyframe(now)  # throttled by the producer
                 return
             self.awaiting_keyframe = False
         rewriter = self.rewriter
@@ -217,6 +220,8 @@ class Consumer:
             sent = self.sink.send_rtp_as(mapped, sequence, timestamp, self.ssrc)
             if sent is None:
                 self.counters["not_connected"] += 1
+                # Lost before the player could decrypt it: start from a keyframe (the cache) once it can.
+                self.awaiting_keyframe = self._gated
             if sent is not False:
                 return
         self._queue(rewriter.patch(mapped, sequence, timestamp))

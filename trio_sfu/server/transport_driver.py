@@ -156,6 +156,7 @@ class TransportDriver:
     def _after_input(self, now: float, endpoint: DatagramEndpoint | None = None) -> None:
         """Act on what the transport decided: routes, the media peer, the session; then send."""
         peer = self.peer
+        connected: Connected | None = None
         while (event := peer.next_event()) is not None:
             if isinstance(event, CandidateValidated):
                 if endpoint is not None:
@@ -167,13 +168,17 @@ class TransportDriver:
             elif isinstance(event, PairSelected):
                 self._follow_media_address()
             elif isinstance(event, Connected):
-                self._connected_now(event, now)
+                connected = event
             else:
                 self._ended(event)
         for data, address in peer.datagrams_to_send():
             target = self._endpoints.get(address, endpoint)
             if target is not None:
                 target.send(data, address)
+        if connected is not None:
+            # After our last DTLS flight has gone: as the DTLS server, the peer has no SRTP keys until
+            # it reads it, and the media may start at once (a new player's keyframe cache).
+            self._connected_now(connected, now)
         self._reschedule()
 
     def _connected_now(self, event: Connected, now: float) -> None:
