@@ -142,6 +142,7 @@ class Publisher:
         self.with_video = video
         self.pc: RTCPeerConnection | None = None
         self.offered_at = 0.0
+        self.answered_at = 0.0  # when the server's answer reached the client (time.monotonic)
         self.video = CounterVideoTrack()
         self.audio = ToneAudioTrack()
 
@@ -172,6 +173,7 @@ class Player:
         self.video_codec = video_codec
         self.pc: RTCPeerConnection | None = None
         self.offered_at = 0.0
+        self.answered_at = 0.0  # when the server's answer reached the client (time.monotonic)
         self.frames: list[tuple[float, int | None, int, int]] = []  # (time, counter, width, height)
         self.audio_frames = 0
         self.audio_samples: list[np.ndarray] = []
@@ -228,3 +230,161 @@ class Player:
         spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
         frequencies = np.fft.rfftfreq(len(samples), 1 / AUDIO_RATE)
         return float(frequencies[int(np.argmax(spectrum[1:])) + 1])
+
+
+# ---- publishers whose keyframes the test controls and counts ----
+
+
+def vp8_payload_is_keyframe(payload: bytes) -> bool:
+    """An RTP VP8 payload that starts a keyframe (RFC 7741: S set, partition 0, P bit of the frame tag
+    clear)."""
+    from aiortc.codecs.vpx import VpxPayloadDescriptor
+
+    descriptor, rest = VpxPayloadDescriptor.parse(payload)
+    return descriptor.partition_start == 1 and descriptor.partition_id == 0 and bool(rest) and not rest[0] & 1
+
+
+class ScheduledKeyframeEncoder:
+    """aiortc's VP8 encoder with keyframes on a schedule: the first frame, then one every `interval`
+    seconds (None: none but the first and those asked for), each recorded as (time, frame counter).
+
+    The bitrate stays at aiortc's default: a REMB changing it makes aiortc rebuild the codec, which
+    starts with a keyframe nobody scheduled (REMB values are recorded, not applied). A keyframe asked
+    for by the sender (`force_keyframe`: a PLI or FIR it answers) is counted in `requested_keyframes`;
+    KeyframePublisher decides whether requests get that far. `encode` runs on aiortc's executor thread.
+    """
+
+    def __init__(self, interval: float | None, frame_counter: Callable[[], int]) -> None:
+        from aiortc.codecs.vpx import DEFAULT_BITRATE, Vp8Encoder
+
+        self._encoder = Vp8Encoder()
+        self._frame_counter = frame_counter
+        self.interval = interval
+        self.bitrate = DEFAULT_BITRATE
+        self.next_keyframe: float | None = None
+        self.keyframes: list[tuple[float, int]] = []
+        self.requested_keyframes = 0  # frames encoded as keyframes because a PLI or FIR asked
+        self.remb_bitrates: list[int] = []  # what REMB asked for (ignored)
+
+    @property
+    def target_bitrate(self) -> int:
+        return self.bitrate
+
+    @target_bitrate.setter
+    def target_bitrate(self, bitrate: int) -> None:
+        self.remb_bitrates.append(bitrate)
+
+    def encode(self, frame: VideoFrame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        now = time.monotonic()
+        scheduled = self.next_keyframe is not None and now >= self.next_keyframe
+        payloads, timestamp = self._encoder.encode(frame, force_keyframe or scheduled)
+        if payloads and vp8_payload_is_keyframe(payloads[0]):
+            self.keyframes.append((now, self._frame_counter()))
+            self.requested_keyframes += force_keyframe
+            if self.interval is not None:
+                if self.next_keyframe is None:
+                    self.next_keyframe = now + self.interval
+                elif scheduled:
+                    self.next_keyframe += self.interval
+        return payloads, timestamp
+
+    def pack(self, packet: Any) -> tuple[list[bytes], int]:
+        return self._encoder.pack(packet)
+
+
+class KeyframePublisher(Publisher):
+    """A VP8 publisher whose keyframes are scheduled and counted: one every `keyframe_interval` s, and
+    one per PLI or FIR only when `answers_requests` (OBS and FFmpeg ignore them). `keyframe_requests`
+    holds when each PLI or FIR reached it, answered or not.
+
+    Private aiortc API: RTCRtpSender creates its encoder (`__encoder`, name-mangled) at the first frame
+    unless one is set, and its RTCP handler calls `_send_keyframe()` for every PLI and FIR.
+    """
+
+    def __init__(
+        self, keyframe_interval: float | None = 10.0, answers_requests: bool = False, audio: bool = True
+    ) -> None:
+        super().__init__(video_codec="video/VP8", audio=audio)
+        self.answers_requests = answers_requests
+        self.encoder = ScheduledKeyframeEncoder(keyframe_interval, lambda: self.video.counter - 1)
+        self.keyframe_requests: list[float] = []
+
+    async def offer(self) -> str:
+        sdp = await super().offer()
+        assert self.pc is not None
+        (sender,) = [s for s in self.pc.getSenders() if s.kind == "video"]
+        sender._RTCRtpSender__encoder = self.encoder  # type: ignore[attr-defined]
+        answer_request = sender._send_keyframe
+
+        def on_keyframe_request() -> None:
+            self.keyframe_requests.append(time.monotonic())
+            if self.answers_requests:
+                answer_request()
+
+        sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
+        return sdp
+
+    @property
+    def keyframes(self) -> list[tuple[float, int]]:
+        """(time, frame counter) of every keyframe encoded."""
+        return self.encoder.keyframes
+
+
+class TimedPlayer(Player):
+    """A player that also notes when its DTLS transport connected, when its first video RTP packet came,
+    and how many SRTP datagrams came before DTLS connected (aiortc drops those: it has no keys yet).
+    Private aiortc API: RTCDtlsTransport emits "statechange" and reads datagrams with its ICE
+    transport's `_recv`; the RTP router calls the receiver's `_handle_rtp_packet`; the receiver sends
+    PLIs with `_send_rtcp_pli` (all wrapped here)."""
+
+    def __init__(self, video: bool = True, audio: bool = True) -> None:
+        super().__init__(video=video, audio=audio)
+        self.connected_at: float | None = None
+        self.first_video_rtp_at: float | None = None
+        self.video_rtp_packets = 0
+        self.plis_sent = 0
+        self.srtp_before_dtls = 0  # SRTP or SRTCP datagrams that came before DTLS connected: dropped
+        self._video_receiver: Any = None
+
+    async def offer(self) -> str:
+        sdp = await super().offer()
+        assert self.pc is not None
+        receiver = next(t.receiver for t in self.pc.getTransceivers() if t.kind == "video")
+        dtls = receiver.transport
+
+        @dtls.on("statechange")
+        def on_state() -> None:
+            if dtls.state == "connected" and self.connected_at is None:
+                self.connected_at = time.monotonic()
+
+        ice = dtls.transport
+        receive = ice._recv
+
+        async def on_datagram() -> bytes:
+            data: bytes = await receive()
+            if data and 127 < data[0] < 192 and dtls.state != "connected":
+                self.srtp_before_dtls += 1  # aiortc has no SRTP keys yet: it drops it
+            return data
+
+        ice._recv = on_datagram
+        handle = receiver._handle_rtp_packet
+        send_pli = receiver._send_rtcp_pli
+
+        async def on_rtp(packet: Any, arrival_time_ms: int) -> None:
+            if self.first_video_rtp_at is None:
+                self.first_video_rtp_at = time.monotonic()
+            self.video_rtp_packets += 1
+            await handle(packet, arrival_time_ms)
+
+        async def on_pli(media_ssrc: int) -> None:
+            self.plis_sent += 1
+            await send_pli(media_ssrc)
+
+        receiver._handle_rtp_packet = on_rtp  # type: ignore[method-assign]
+        receiver._send_rtcp_pli = on_pli  # type: ignore[method-assign]
+        self._video_receiver = receiver
+        return sdp
+
+    async def send_pli(self, media_ssrc: int) -> None:
+        """Ask the server for a keyframe of the video it sends with `media_ssrc`, as a decoder would."""
+        await self._video_receiver._send_rtcp_pli(media_ssrc)

@@ -58,6 +58,7 @@ async def session(
         peer.offered_at = time.monotonic()
         offer = munge(await aio.call(peer.offer))
         reply = await client.offer(stream, offer, isinstance(peer, Publisher))
+        peer.answered_at = time.monotonic()
         assert reply["err"] == 0, reply
         await aio.call(peer.answer, reply["data"]["sdp"])
         try:
