@@ -141,3 +141,25 @@ def test_a_player_already_playing_is_not_replayed() -> None:
     stream.frame(VP8_KEYFRAME)
     assert not consumer.awaiting_keyframe and len(sink.rtp) == 1
     assert consumer.start_from_cache(stream.now) is False and len(sink.rtp) == 1
+
+
+def test_a_keyframe_lost_before_the_player_connected_is_waited_for_again() -> None:
+    """Forwarded while the player's DTLS was still under way, the keyframe never reached it: the
+    player waits for one again, and the cache starts it once connected, without asking the publisher."""
+    stream = Stream()
+    consumer, sink = stream.player()
+    connected = False
+    real_send = sink.send_rtp_as
+
+    def send_rtp_as(packet: bytes, sequence: int, timestamp: int, ssrc: int) -> bool | None:
+        return real_send(packet, sequence, timestamp, ssrc) if connected else None
+
+    sink.send_rtp_as = send_rtp_as  # type: ignore[method-assign]
+    stream.frame(VP8_KEYFRAME)
+    assert consumer.awaiting_keyframe and consumer.counters["not_connected"] == 1
+    stream.frame(VP8_DELTA)
+    assert stream.link.keyframes == []  # the cache holds one: nobody asks the publisher
+    connected = True
+    PlayerMedia([consumer], cname="c", send_rtcp=lambda packet: None).on_connected(stream.now)
+    assert [payload_of(p)[:2] for p in sink.rtp] == [VP8_KEYFRAME[:2], VP8_DELTA[:2]]
+    assert stream.link.keyframes == [] and not consumer.awaiting_keyframe
