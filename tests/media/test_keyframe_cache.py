@@ -154,7 +154,7 @@ def test_a_keyframe_lost_before_the_player_connected_is_waited_for_again() -> No
     def send_rtp_as(packet: bytes, sequence: int, timestamp: int, ssrc: int) -> bool | None:
         return real_send(packet, sequence, timestamp, ssrc) if connected else None
 
-    sink.send_rtp_as = send_rtp_as  # type: ignore[method-assign]
+    sink.send_rtp_as = send_rtp_as  # type: ignore[method-assign,assignment]
     stream.frame(VP8_KEYFRAME)
     assert consumer.awaiting_keyframe and consumer.counters["not_connected"] == 1
     stream.frame(VP8_DELTA)

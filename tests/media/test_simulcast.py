@@ -501,3 +501,23 @@ def test_a_late_packet_does_not_move_the_numbering_back() -> None:
     assert pictures.rewrite(bare) == bare
     short = rtp_packet(3, 0, 1, VP8, b"\x90\xc0")
     assert pictures.rewrite(short) == short
+
+
+def test_a_player_can_go_back_to_a_layer_it_left() -> None:
+    """Down to h and back up to f: f's packets are not taken for stragglers of a replaced stream."""
+    bench = Bench()
+    bench.start_layers({"q": 40, "h": 400, "f": 1200})
+    consumer = bench.player("f")
+    for there, back in (("h", "f"), ("q", "h"), ("f", "q")):
+        consumer.select_layer(bench.layers[there], bench.now)
+        bench.send(there, VP8_KEYFRAME)
+        consumer.select_layer(bench.layers[back], bench.now)
+        bench.send(back, VP8_KEYFRAME)
+        sent = len(forwarded(consumer))
+        for _ in range(3):
+            bench.now += 0.02
+            bench.send(back, VP8_DELTA)
+        assert consumer.producer is bench.layers[back]
+        assert len(forwarded(consumer)) == sent + 3, (there, back)
+    sequences = [s for s, *_ in forwarded(consumer)]
+    assert sequences == [(sequences[0] + i) & 0xFFFF for i in range(len(sequences))]

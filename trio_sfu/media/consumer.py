@@ -296,6 +296,7 @@ class Consumer:
         self.producer.remove_player(self)
         self.producer = layer
         self.target = None
+        self.rewriter.expect(layer.ssrc)  # back to a layer played before: its packets are no stragglers
         self.awaiting_keyframe = False
         self.switched_at = self.rewriter.next_sequence
         if self.pictures is not None:

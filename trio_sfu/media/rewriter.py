@@ -358,6 +358,11 @@ class Rewriter:
             self._muted = False
             self._needs_sync = True
 
+    def expect(self, ssrc: int | None) -> None:
+        """The next packets come from `ssrc` on purpose (a simulcast layer switch), even if it is one
+        this rewriter replaced before: no longer take its packets for stragglers."""
+        self._old_ssrcs = tuple(s for s in self._old_ssrcs if s != ssrc)
+
     @property
     def next_sequence(self) -> int:
         """The output sequence number the next packet will get."""
