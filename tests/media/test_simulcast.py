@@ -521,3 +521,19 @@ def test_a_player_can_go_back_to_a_layer_it_left() -> None:
         assert len(forwarded(consumer)) == sent + 3, (there, back)
     sequences = [s for s, *_ in forwarded(consumer)]
     assert sequences == [(sequences[0] + i) & 0xFFFF for i in range(len(sequences))]
+
+
+def test_an_estimate_that_keeps_growing_ends_a_probe_backoff() -> None:
+    from trio_sfu.media.simulcast import RISING_FOR, LayerControl
+
+    control = LayerControl()
+    control.probe_bps = 100_000.0  # a probe was running
+    control.on_estimate(400_000, 1.0)
+    control.on_loss(0.2, 1.0)  # ...and met congestion
+    assert control.probe_bps == 0 and control._probe_allowed_at == 1.0 + PROBE_BACKOFF
+    bps, now = 300_000.0, 1.0
+    while now < 1.0 + RISING_FOR + 1.0:
+        now += 0.5
+        bps *= 1.04
+        control.on_estimate(bps, now)
+    assert control._probe_allowed_at <= now < 1.0 + PROBE_BACKOFF

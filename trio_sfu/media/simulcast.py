@@ -51,11 +51,14 @@ def choose_layer(
 CONGESTION_MEMORY = 2.0  # seconds a sign of congestion (loss, a falling estimate) counts
 LOSS_CONGESTION = 0.05  # fraction lost in a receiver report that means the link is full
 ESTIMATE_DROP = 0.9  # an estimate below this share of the previous one: the player saw overuse
-UP_AFTER = 2.0  # seconds a higher layer must keep fitting before the player moves up to it
+UP_AFTER = 1.0  # seconds a higher layer must keep fitting before the player moves up to it
+UP_FIT = 0.9  # a higher layer fits when the estimate reaches this share of its rate (the estimate
+# of a player grows only with what it receives: it need not cover the whole layer before it gets it)
 ESTIMATE_TTL = 5.0  # an estimate older than this is no estimate (the player stopped sending REMB)
 PROBE_STEP = 1.25  # probes aim at most this far above the current estimate
 PROBE_BACKOFF = 5.0  # seconds before probing again after a probe met congestion (doubling)
-PROBE_BACKOFF_MAX = 40.0
+PROBE_BACKOFF_MAX = 20.0
+RISING_FOR = 3.0  # an estimate that has only risen this long ends a backoff: the link may have grown
 
 
 class LayerControl:
@@ -76,12 +79,20 @@ class LayerControl:
         self._up_since: float | None = None
         self._probe_allowed_at = 0.0
         self._probe_backoff = PROBE_BACKOFF
+        self._rising_since: float | None = None
         self.probe_bps = 0.0  # padding to send now, above the media
 
     def on_estimate(self, bps: float, now: float) -> None:
         previous = self.estimate_bps if now - self._estimate_at < ESTIMATE_TTL else None
         if previous is not None and bps < previous * ESTIMATE_DROP:
             self._congestion(now)
+        if previous is None or bps <= previous:
+            self._rising_since = None
+        elif self._rising_since is None:
+            self._rising_since = now
+        elif now - self._rising_since >= RISING_FOR and now < self._probe_allowed_at:
+            self._probe_allowed_at = now  # nothing but growth since the backoff began: try again
+            self._probe_backoff = PROBE_BACKOFF
         self.estimate_bps, self._estimate_at = bps, now
 
     def on_loss(self, fraction: float, now: float) -> None:
@@ -119,7 +130,7 @@ class LayerControl:
         if higher is None:
             self.probe_bps = 0.0
             return playing
-        if estimate >= higher.byte_rate * 8:
+        if estimate >= higher.byte_rate * 8 * UP_FIT:
             self.probe_bps = 0.0
             return self._up(higher, playing, now)
         self._up_since = None
