@@ -329,3 +329,23 @@ class FakeCameraBrowser(Browser):
 def sdp_lines(sdp: str, *prefixes: str) -> list[str]:
     """The lines of `sdp` that start with any of `prefixes` (m= lines always, to show the sections)."""
     return [line for line in sdp.splitlines() if line.startswith(("m=", *prefixes))]
+
+
+# A player session's video inbound-rtp stat as getStats() gives it (the one with the most packets): with
+# what the page's summary leaves out, e.g. Chromium's freezeCount and totalFreezesDuration (seconds).
+INBOUND_VIDEO = """async (i) => {
+  const raw = await window.sfu.sessions[i].rawStats();
+  let best = null;
+  for (const stat of Object.values(raw)) {
+    if (stat.type === "inbound-rtp" && stat.kind === "video"
+        && (!best || (stat.packetsReceived || 0) > (best.packetsReceived || 0))) best = stat;
+  }
+  return best ? { ...best } : null;
+}"""
+
+
+async def inbound_video(page: DemoPageBase, index: int) -> dict[str, Any] | None:
+    """Player session `index`'s video inbound-rtp stat, every field the browser gives (None before it
+    has one): frameWidth, framesDecoded, freezeCount, totalFreezesDuration, packetsLost, timestamp (ms)…"""
+    stat = await page.js(INBOUND_VIDEO, index)
+    return dict(stat) if stat else None
