@@ -88,7 +88,7 @@ class PacketSink(Protocol):
 
 
 class Consumer:
-    # Slots: see Transport.
+    # Slots: see TransportDriver.
     __slots__ = (
         "_backlog",
         "_gated",
