@@ -377,8 +377,12 @@ def test_below_the_top_the_server_probes_and_backs_off_when_the_probe_meets_cong
     media, _ = player_media(bench, consumer)
     rates = {rid: layer.byte_rate * 8 for rid, layer in bench.layers.items()}
     remb_to(media, consumer, rates["h"] * 1.2, bench.now)  # room for h, not for f: probe toward f
+    loss_report(media, consumer, 0.1, bench.now)  # its link has shown congestion before: the estimate rules
+    keep_sending(bench, 2.5, media)  # past the congestion's memory: probing starts
     sink = consumer.sink
     assert isinstance(sink, FakeTransport)
+    sink.rtp.clear()
+    remb_to(media, consumer, rates["h"] * 1.2, bench.now)
     keep_sending(bench, 1.0, media)
     probes = [p for p in sink.rtp if header(p).ssrc == consumer.rtx_ssrc]
     assert probes and consumer.counters["probe_bytes"] > 0
@@ -537,3 +541,26 @@ def test_an_estimate_that_keeps_growing_ends_a_probe_backoff() -> None:
         bps *= 1.04
         control.on_estimate(bps, now)
     assert control._probe_allowed_at <= now < 1.0 + PROBE_BACKOFF
+
+
+def test_a_player_never_congested_goes_up_when_a_higher_layer_starts() -> None:
+    """Firefox turns its top layer on seconds after the others: a player that started below it goes
+    up once it sends, whatever its young estimate says, until its link has shown congestion once."""
+    bench = Bench()
+    bench.start_layers({"q": 40, "h": 400})  # f not sending yet
+    consumer = bench.player("h")
+    media, _ = player_media(bench, consumer)
+    rates = {rid: layer.byte_rate * 8 for rid, layer in bench.layers.items()}
+    remb_to(media, consumer, rates["h"] * 1.2, bench.now)  # what h gives it, far below f's rate
+    # Now f sends too (keep_sending sends every layer): once its rate ranks it on top (these test
+    # keyframes carry no picture size), up after UP_AFTER, at f's next keyframe.
+    keep_sending(bench, 4.0, media)
+    assert consumer.producer is bench.layers["f"]
+    # After congestion once, the estimate rules: down, and not up again without room.
+    loss_report(media, consumer, 0.2, bench.now)
+    keep_sending(bench, 1.0, media)
+    assert consumer.producer is not bench.layers["f"]
+    for _ in range(4):
+        remb_to(media, consumer, rates["h"] * 1.2, bench.now)
+        keep_sending(bench, 1.0, media)
+    assert consumer.producer is not bench.layers["f"]

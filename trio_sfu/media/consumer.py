@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import collections
+import logging
 import struct
 from typing import Protocol
 
@@ -51,6 +52,8 @@ RTX_MIN_RATE = 2000.0  # bytes per second
 RTX_BURST_SECONDS = 0.5
 RTX_MIN_BURST = 12 * 1200.0
 PROBE_DEPTH = 32  # probes resend the latest packets, at most this many back
+log = logging.getLogger(__name__)
+
 RTX_OVERHEAD = 2  # the original sequence number RFC 4588 puts before the payload
 
 
@@ -283,6 +286,7 @@ class Consumer:
         self.target = layer
         layer.add_player(self)
         self.counters["layer_targets"] += 1
+        log.debug("event=layer_target ssrc=%d rid=%s", self.ssrc, layer.rid)
         layer.request_keyframe(now)
 
     def _drop_target(self) -> None:
@@ -302,6 +306,13 @@ class Consumer:
         if self.pictures is not None:
             self.pictures.needs_sync = True
         self.counters["layer_switches"] += 1
+        log.debug(
+            "event=layer_switch ssrc=%d rid=%s pixels=%d rate_bps=%.0f",
+            self.ssrc,
+            layer.rid,
+            layer.pixels,
+            layer.byte_rate * 8,
+        )
 
     def _send(self, packet: bytes) -> None:
         if self.backlogged:

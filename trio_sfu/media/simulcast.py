@@ -80,6 +80,11 @@ class LayerControl:
         self._probe_allowed_at = 0.0
         self._probe_backoff = PROBE_BACKOFF
         self._rising_since: float | None = None
+        # Until its link has shown congestion once, a player goes up whatever its estimate says: it
+        # may have started below the top only because the top layer was not sending yet (Firefox
+        # turns its top layer on seconds after the others), and a young estimate only says what the
+        # player has received so far.
+        self._congested_ever = False
         self.probe_bps = 0.0  # padding to send now, above the media
 
     def on_estimate(self, bps: float, now: float) -> None:
@@ -101,6 +106,7 @@ class LayerControl:
 
     def _congestion(self, now: float) -> None:
         self._congested_at = now
+        self._congested_ever = True
         if self.probe_bps > 0:  # the probe found the limit: wait before trying again
             self.probe_bps = 0.0
             self._probe_allowed_at = now + self._probe_backoff
@@ -130,7 +136,7 @@ class LayerControl:
         if higher is None:
             self.probe_bps = 0.0
             return playing
-        if estimate >= higher.byte_rate * 8 * UP_FIT:
+        if estimate >= higher.byte_rate * 8 * UP_FIT or not self._congested_ever:
             self.probe_bps = 0.0
             return self._up(higher, playing, now)
         self._up_since = None
