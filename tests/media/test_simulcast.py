@@ -564,3 +564,22 @@ def test_a_player_never_congested_goes_up_when_a_higher_layer_starts() -> None:
         remb_to(media, consumer, rates["h"] * 1.2, bench.now)
         keep_sending(bench, 1.0, media)
     assert consumer.producer is not bench.layers["f"]
+
+
+def test_without_an_estimate_loss_moves_a_player_down_a_step_and_quiet_up_again() -> None:
+    from trio_sfu.media.simulcast import QUIET_FOR
+
+    bench = Bench()
+    bench.start_layers({"q": 40, "h": 400, "f": 1200})
+    consumer = bench.player("f")
+    media, _ = player_media(bench, consumer)  # this player sends no REMB
+    loss_report(media, consumer, 0.2, bench.now)
+    keep_sending(bench, 1.2, media)
+    assert consumer.producer is bench.layers["h"]  # one step, not to the bottom
+    loss_report(media, consumer, 0.2, bench.now)
+    keep_sending(bench, 1.2, media)
+    assert consumer.producer is bench.layers["q"]
+    keep_sending(bench, QUIET_FOR - 3.0, media)
+    assert consumer.producer is bench.layers["q"]  # not yet: the loss was recent
+    keep_sending(bench, 4.0, media)
+    assert consumer.producer is bench.layers["h"]  # quiet for long enough: up one

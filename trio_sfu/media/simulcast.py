@@ -59,6 +59,7 @@ PROBE_STEP = 1.25  # probes aim at most this far above the current estimate
 PROBE_BACKOFF = 5.0  # seconds before probing again after a probe met congestion (doubling)
 PROBE_BACKOFF_MAX = 20.0
 RISING_FOR = 3.0  # an estimate that has only risen this long ends a backoff: the link may have grown
+QUIET_FOR = 10.0  # without an estimate (no REMB), a player goes up after this long without loss
 
 
 class LayerControl:
@@ -85,6 +86,7 @@ class LayerControl:
         # turns its top layer on seconds after the others), and a young estimate only says what the
         # player has received so far.
         self._congested_ever = False
+        self._step_down = False  # without an estimate, each congestion moves the player one layer down
         self.probe_bps = 0.0  # padding to send now, above the media
 
     def on_estimate(self, bps: float, now: float) -> None:
@@ -107,6 +109,7 @@ class LayerControl:
     def _congestion(self, now: float) -> None:
         self._congested_at = now
         self._congested_ever = True
+        self._step_down = True
         if self.probe_bps > 0:  # the probe found the limit: wait before trying again
             self.probe_bps = 0.0
             self._probe_allowed_at = now + self._probe_backoff
@@ -126,8 +129,15 @@ class LayerControl:
             return choose_layer(active, now, budget_bps=estimate)
         index = active.index(playing)
         higher = active[index + 1] if index + 1 < len(active) else None
-        if estimate is None:
-            return self._up(active[-1], playing, now) if higher is not None else playing
+        if estimate is None:  # loss is all there is to go by (a player that sends no REMB)
+            if self._step_down:
+                self._step_down = False
+                self._up_since = None
+                return active[index - 1] if index > 0 else playing
+            if higher is None or now - self._congested_at < QUIET_FOR:
+                return playing
+            return self._up(higher, playing, now)
+        self._step_down = False
         congested = now - self._congested_at < CONGESTION_MEMORY
         if congested and estimate < playing.byte_rate * 8:
             self._up_since = None
