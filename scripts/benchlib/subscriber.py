@@ -35,6 +35,7 @@ SO_TIMESTAMPNS = 35  # Linux; the socket module does not export it
 FINE_BUCKETS = 4096  # abs-send-time ticks (3.8 us) >> 2: 15.3 us buckets up to 62.5 ms
 COARSE_SHIFT = 12  # then 15.6 ms buckets up to 32 s
 COARSE_BUCKETS = 2048
+EARLY_LIMIT = 512  # SRTP packets kept per leg while its DTLS handshake is still being processed
 TICK = 1.0 / AST_UNITS
 FINE_WIDTH = 4 * TICK
 COARSE_WIDTH = (1 << COARSE_SHIFT) * TICK
@@ -61,6 +62,7 @@ class SubscriberLeg:
         self.transport = transport
         self.decrypt_all = decrypt_all
         self.mask = 0  # decrypt when (count & mask) == 0: every packet until the first keyframe
+        self.early: list[tuple[bytes, float]] = []  # SRTP that came before the keys (see run)
         self.count = 0
         # ssrc -> [extended max seq, received, first seq, seq offset to the publisher's (-1: not yet
         # known), send-log base of its kind]
@@ -220,71 +222,84 @@ class Worker:
                     else:
                         now = monotonic()
                         counters["no_timestamp"] += 1
-                    first = data[0]
-                    srtp = transport.srtp
-                    if first < 128 or first > 191 or 192 <= data[1] <= 223 or srtp is None:
-                        to_trio(control, transport, data)
-                        continue
-                    if first & 0x20:
-                        counters["rtp_with_padding"] += 1  # e.g. bandwidth probes, not media
-                    seq = (data[2] << 8) | data[3]
-                    key = data[8:12]
-                    state = leg.streams.get(key)
-                    if state is None:
-                        base = SLOTS if (data[1] & 0x7F) == leg.video_pt else 0
-                        state = leg.streams[key] = [seq, 1, seq, -1, base]
-                        if not leg.first_rtp_at:
-                            leg.first_rtp_at = now
+                    # SRTP that came before our view of the DTLS handshake (its last flight went to the Trio
+                    # thread just before it: the keyframe cache's replay follows the server's flight at once):
+                    # kept, and counted as it comes once the keys are there.
+                    if leg.early and transport.srtp is not None:
+                        packets, leg.early = [*leg.early, (data, now)], []
                     else:
-                        delta = (seq - state[0]) & 0xFFFF
-                        if delta < 0x8000:
-                            state[0] += delta
-                        state[1] += 1
-                    if state[3] >= 0 and sent_times is not None:
-                        ticks = int((now - sent_times[state[4] + ((seq - state[3]) & 0xFFFF)]) * 262144.0)
-                        if 0 <= ticks < 16384:
-                            e2e_fine[ticks >> 2] += 1
-                        elif 0 <= ticks < 0x800000:
-                            e2e_coarse[min(ticks >> COARSE_SHIFT, COARSE_BUCKETS - 1)] += 1
-                        else:  # not the packet we took it for: learn the offset again
-                            counters["e2e_remapped"] += 1
-                            state[3] = -1
-                    if first & 0x10:
-                        pos = 12 + ((first & 0x0F) << 2)
-                        if data[pos + 4] == leg.ast_byte and data[pos] == 0xBE:
-                            sent = (data[pos + 5] << 16) | (data[pos + 6] << 8) | data[pos + 7]
+                        packets = [(data, now)]
+                    for data, now in packets:
+                        first = data[0]
+                        srtp = transport.srtp
+                        if srtp is None and 128 <= first <= 191 and not 192 <= data[1] <= 223:
+                            if len(leg.early) < EARLY_LIMIT:
+                                leg.early.append((data, now))
+                            continue
+                        if first < 128 or first > 191 or 192 <= data[1] <= 223 or srtp is None:
+                            to_trio(control, transport, data)
+                            continue
+                        if first & 0x20:
+                            counters["rtp_with_padding"] += 1  # e.g. bandwidth probes, not media
+                        seq = (data[2] << 8) | data[3]
+                        key = data[8:12]
+                        state = leg.streams.get(key)
+                        if state is None:
+                            base = SLOTS if (data[1] & 0x7F) == leg.video_pt else 0
+                            state = leg.streams[key] = [seq, 1, seq, -1, base]
+                            if not leg.first_rtp_at:
+                                leg.first_rtp_at = now
                         else:
-                            sent = find_abs_send_time(data, pos, leg.ast_id)
-                        if sent >= 0:
-                            ticks = (int(now * 262144.0) - sent) & 0xFFFFFF
-                            if ticks < 16384:
-                                fine[ticks >> 2] += 1
-                            elif ticks < 0x800000:
-                                coarse[min(ticks >> COARSE_SHIFT, COARSE_BUCKETS - 1)] += 1
+                            delta = (seq - state[0]) & 0xFFFF
+                            if delta < 0x8000:
+                                state[0] += delta
+                            state[1] += 1
+                        if state[3] >= 0 and sent_times is not None:
+                            ticks = int((now - sent_times[state[4] + ((seq - state[3]) & 0xFFFF)]) * 262144.0)
+                            if 0 <= ticks < 16384:
+                                e2e_fine[ticks >> 2] += 1
+                            elif 0 <= ticks < 0x800000:
+                                e2e_coarse[min(ticks >> COARSE_SHIFT, COARSE_BUCKETS - 1)] += 1
+                            else:  # not the packet we took it for: learn the offset again
+                                counters["e2e_remapped"] += 1
+                                state[3] = -1
+                        if first & 0x10:
+                            pos = 12 + ((first & 0x0F) << 2)
+                            if data[pos + 4] == leg.ast_byte and data[pos] == 0xBE:
+                                sent = (data[pos + 5] << 16) | (data[pos + 6] << 8) | data[pos + 7]
                             else:
-                                counters["latency_negative"] += 1
-                        else:
-                            counters["latency_unparsed"] += 1
-                    count = leg.count = leg.count + 1
-                    if count & leg.mask == 0:
-                        plain = srtp.unprotect_rtp(data)
-                        if plain is None and leg.failed_at is None:
-                            leg.failed_at = (seq, now - leg.connected_at)
-                        if plain is not None:
-                            leg.decrypted += 1
-                            if state[3] < 0 and send_log is not None:
-                                original = send_log.find(state[4] // SLOTS, plain[payload_offset(plain) :])
-                                if original >= 0:
-                                    state[3] = (seq - original) & 0xFFFF
-                                    counters["e2e_mapped"] += 1
-                            if (
-                                not leg.first_keyframe_at
-                                and (plain[1] & 0x7F) == leg.video_pt
-                                and is_vp8_keyframe_start(plain)
-                            ):
-                                leg.first_keyframe_at = now
-                                if not leg.decrypt_all:
-                                    leg.mask = decrypt_mask
+                                sent = find_abs_send_time(data, pos, leg.ast_id)
+                            if sent >= 0:
+                                ticks = (int(now * 262144.0) - sent) & 0xFFFFFF
+                                if ticks < 16384:
+                                    fine[ticks >> 2] += 1
+                                elif ticks < 0x800000:
+                                    coarse[min(ticks >> COARSE_SHIFT, COARSE_BUCKETS - 1)] += 1
+                                else:
+                                    counters["latency_negative"] += 1
+                            else:
+                                counters["latency_unparsed"] += 1
+                        count = leg.count = leg.count + 1
+                        if count & leg.mask == 0:
+                            plain = srtp.unprotect_rtp(data)
+                            if plain is None and leg.failed_at is None:
+                                leg.failed_at = (seq, now - leg.connected_at)
+                            if plain is not None:
+                                leg.decrypted += 1
+                                if state[3] < 0 and send_log is not None:
+                                    payload = plain[payload_offset(plain) :]
+                                    original = send_log.find(state[4] // SLOTS, payload)
+                                    if original >= 0:
+                                        state[3] = (seq - original) & 0xFFFF
+                                        counters["e2e_mapped"] += 1
+                                if (
+                                    not leg.first_keyframe_at
+                                    and (plain[1] & 0x7F) == leg.video_pt
+                                    and is_vp8_keyframe_start(plain)
+                                ):
+                                    leg.first_keyframe_at = now
+                                    if not leg.decrypt_all:
+                                        leg.mask = decrypt_mask
                 events = poll(0)
                 counters["polls"] += 1
             if coalesce and not self.setting_up:  # set-up round trips are timed: answer them at once
