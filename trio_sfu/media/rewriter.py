@@ -21,6 +21,7 @@ from trio_sfu.wire.rtp import (
     SEQUENCE_TIMESTAMP_SSRC,
     TWO_BYTE_PROFILE,
     RtpHeader,
+    extension_span,
 )
 
 _U16 = struct.Struct("!H")
@@ -39,35 +40,11 @@ def stamp_abs_send_time(buf: bytearray, ident: int, now: float) -> bool:
     (one-byte or two-byte form, RFC 8285); False when it has none."""
     if len(buf) < 12 or not buf[0] & 0x10:
         return False
-    offset = 12 + 4 * (buf[0] & 0x0F)
-    if len(buf) < offset + 4:
+    span = extension_span(buf, 12 + 4 * (buf[0] & 0x0F), ident)
+    if span is None or span[1] != 3:
         return False
-    profile = (buf[offset] << 8) | buf[offset + 1]
-    end = min(len(buf), offset + 4 + 4 * ((buf[offset + 2] << 8) | buf[offset + 3]))
-    read = offset + 4
-    two_byte = profile & 0xFFF0 == TWO_BYTE_PROFILE
-    if profile != ONE_BYTE_PROFILE and not two_byte:
-        return False
-    while read < end:
-        element = buf[read]
-        if element == 0:
-            read += 1
-            continue
-        if two_byte:
-            if read + 1 >= end:
-                return False
-            size, start = buf[read + 1], read + 2
-        else:
-            if element >> 4 == 15:
-                return False
-            element, size, start = element >> 4, (element & 0x0F) + 1, read + 1
-        if start + size > end:
-            return False
-        if element == ident and size == 3:
-            buf[start : start + 3] = abs_send_time(now)
-            return True
-        read = start + size
-    return False
+    buf[span[0] : span[0] + 3] = abs_send_time(now)
+    return True
 
 
 class HeaderMap:

@@ -80,12 +80,18 @@ def is_rtcp(packet: bytes) -> bool:
 
 def read_extension(packet: bytes, header: RtpHeader, ext_id: int) -> bytes | None:
     """The value of header extension `ext_id` (RFC 8285 one-byte or two-byte form), or None."""
-    offset = header.extension_offset
-    if offset < 0 or ext_id <= 0:
+    span = extension_span(packet, header.extension_offset, ext_id)
+    return None if span is None else bytes(packet[span[0] : span[0] + span[1]])
+
+
+def extension_span(packet: bytes | bytearray, offset: int, ext_id: int) -> tuple[int, int] | None:
+    """Where the value of extension `ext_id` is, (start, length), in the extension block at `offset`
+    (-1: none); None when it has no such element or the block is malformed before it."""
+    if offset < 0 or ext_id <= 0 or offset + 4 > len(packet):
         return None
     profile, words = _U16_PAIR.unpack_from(packet, offset)
     pos = offset + 4
-    end = pos + 4 * words
+    end = min(pos + 4 * words, len(packet))
     if profile == ONE_BYTE_PROFILE:
         while pos < end:
             byte = packet[pos]
@@ -99,7 +105,7 @@ def read_extension(packet: bytes, header: RtpHeader, ext_id: int) -> bytes | Non
             if pos + 1 + length > end:
                 return None
             if ident == ext_id:
-                return bytes(packet[pos + 1 : pos + 1 + length])
+                return pos + 1, length
             pos += 1 + length
         return None
     if profile & 0xFFF0 == TWO_BYTE_PROFILE:
@@ -114,7 +120,7 @@ def read_extension(packet: bytes, header: RtpHeader, ext_id: int) -> bytes | Non
             if pos + 2 + length > end:
                 return None
             if ident == ext_id:
-                return bytes(packet[pos + 2 : pos + 2 + length])
+                return pos + 2, length
             pos += 2 + length
         return None
     return None
