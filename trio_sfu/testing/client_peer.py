@@ -10,7 +10,6 @@ server's candidate; a peer that gathers and pairs candidates is beyond a test do
 
 from __future__ import annotations
 
-import collections
 import os
 import random
 from typing import Any, Final
@@ -18,19 +17,18 @@ from typing import Any, Final
 from aioice import stun
 
 from trio_sfu.transport.certificate import Certificate
-from trio_sfu.transport.dtls import DtlsEndpoint, DtlsState
+from trio_sfu.transport.dtls import DtlsEndpoint
 from trio_sfu.transport.ice import check_stun_auth, ice_credential
-from trio_sfu.transport.peer import Connected, Failed, Failure, Outgoing, PeerClosed, TransportState
-from trio_sfu.transport.srtp import SrtpSession
+from trio_sfu.transport.peer import DtlsSrtpTransport, Failure, TransportEvent, TransportState
 from trio_sfu.wire.datagram import Address
 
-ClientEvent = Connected | Failed | PeerClosed
+ClientEvent = TransportEvent  # of them, a client peer gives Connected, Failed and PeerClosed
 
 PRIORITY: Final = 0x6E7F1EFF  # a host candidate's, as Chromium computes it
 MAX_PENDING: Final = 64
 
 
-class ClientPeer:
+class ClientPeer(DtlsSrtpTransport):
     """One peer's transport towards `remote_address`, as the controlling ICE agent."""
 
     def __init__(
@@ -65,18 +63,15 @@ class ClientPeer:
         self.consent_timeout = consent_timeout
         self.handshake_timeout = handshake_timeout
         self._rng = rng or random.Random()
-        self.dtls = DtlsEndpoint(
-            certificate,
-            server=dtls_server,
-            remote_fingerprints=remote_fingerprints,
-            handshake_timeout=handshake_timeout,
+        super().__init__(
+            DtlsEndpoint(
+                certificate,
+                server=dtls_server,
+                remote_fingerprints=remote_fingerprints,
+                handshake_timeout=handshake_timeout,
+            )
         )
-        self.state = TransportState.NEW
-        self.srtp: SrtpSession | None = None
-        self.counters: collections.Counter[str] = collections.Counter()
         self._pending: dict[bytes, bool] = {}  # transaction id -> nominating
-        self._outgoing: list[Outgoing] = []
-        self._events: collections.deque[ClientEvent] = collections.deque()
         self._started_at = now
         self._ice_connected = False
         self._last_response = now
@@ -84,17 +79,6 @@ class ClientPeer:
         self.handle_timer(now)  # the first check, at once
 
     # -- outputs -------------------------------------------------------------------------------------
-
-    def datagrams_to_send(self) -> list[Outgoing]:
-        out, self._outgoing = self._outgoing, []
-        return out
-
-    def next_event(self) -> ClientEvent | None:
-        return self._events.popleft() if self._events else None
-
-    @property
-    def ended(self) -> bool:
-        return self.state in (TransportState.FAILED, TransportState.CLOSED)
 
     @property
     def ice_connected(self) -> bool:
@@ -230,23 +214,3 @@ class ClientPeer:
         for out in self.dtls.receive(data, now):
             self._send(out)
         self._after_dtls()
-
-    def _after_dtls(self) -> None:
-        dtls = self.dtls
-        if dtls.state is DtlsState.CONNECTED and self.srtp is None:
-            assert dtls.keys is not None
-            # At once: the server's media follows its last flight.
-            self.srtp = SrtpSession(dtls.keys)
-            self.state = TransportState.CONNECTED
-            self._events.append(Connected(dtls.keys.profile))
-        elif dtls.state is DtlsState.FAILED:
-            self._fail(Failure.DTLS, dtls.failure or "DTLS failed")
-        elif dtls.state is DtlsState.CLOSED and self.srtp is not None and not self.ended:
-            self.state = TransportState.CLOSED
-            self._events.append(PeerClosed())
-
-    def _fail(self, failure: Failure, detail: str) -> None:
-        if self.ended:
-            return
-        self.state = TransportState.FAILED
-        self._events.append(Failed(failure, detail))

@@ -59,7 +59,57 @@ TransportEvent = IceEvent | Connected | Failed | PeerClosed
 Outgoing = tuple[bytes, Address]
 
 
-class PeerTransport:
+class DtlsSrtpTransport:
+    """What every side of a WebRTC transport shares, whatever its ICE role: the state, the DTLS
+    endpoint's outcome as events (Connected and SRTP keys, Failed, PeerClosed), and the datagrams and
+    events waiting to be taken. `PeerTransport` is the server's side, the test client peer the other."""
+
+    __slots__ = ("_events", "_outgoing", "counters", "dtls", "srtp", "state")
+
+    def __init__(self, dtls: DtlsEndpoint) -> None:
+        self.dtls = dtls
+        self.state = TransportState.NEW
+        self.srtp: SrtpSession | None = None
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._outgoing: list[Outgoing] = []
+        self._events: collections.deque[TransportEvent] = collections.deque()
+
+    def datagrams_to_send(self) -> list[Outgoing]:
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def next_event(self) -> TransportEvent | None:
+        return self._events.popleft() if self._events else None
+
+    @property
+    def ended(self) -> bool:
+        return self.state in (TransportState.FAILED, TransportState.CLOSED)
+
+    def _keyed(self) -> None:
+        """Called once DTLS has given SRTP keys, before the Connected event is queued."""
+
+    def _after_dtls(self) -> None:
+        dtls = self.dtls
+        if dtls.state is DtlsState.CONNECTED and self.srtp is None:
+            assert dtls.keys is not None
+            self.srtp = SrtpSession(dtls.keys)  # at once: the peer's media follows its last flight
+            self._keyed()
+            self.state = TransportState.CONNECTED
+            self._events.append(Connected(dtls.keys.profile))
+        elif dtls.state is DtlsState.FAILED:
+            self._fail(Failure.DTLS, dtls.failure or "DTLS failed")
+        elif dtls.state is DtlsState.CLOSED and self.srtp is not None and not self.ended:
+            self.state = TransportState.CLOSED
+            self._events.append(PeerClosed())
+
+    def _fail(self, failure: Failure, detail: str) -> None:
+        if self.ended:
+            return
+        self.state = TransportState.FAILED
+        self._events.append(Failed(failure, detail))
+
+
+class PeerTransport(DtlsSrtpTransport):
     """The server's side of one peer: ICE-lite (controlled), DTLS in the role the SDP chose, SRTP.
 
     ICE events (`CandidateValidated`, `PairSelected`, `CandidateEvicted`) come out as they are, so
@@ -67,18 +117,7 @@ class PeerTransport:
     the peer nominated, else the one DTLS completed on.
     """
 
-    __slots__ = (
-        "_dtls_address",
-        "_events",
-        "_outgoing",
-        "consent_timeout",
-        "counters",
-        "dtls",
-        "ice",
-        "media_address",
-        "srtp",
-        "state",
-    )
+    __slots__ = ("_dtls_address", "consent_timeout", "ice", "media_address")
 
     def __init__(
         self,
@@ -98,31 +137,21 @@ class PeerTransport:
         self.ice = IceLiteAgent(
             local_ufrag, local_pwd, remote_ufrag, remote_pwd, consent_timeout=consent_timeout, now=now
         )
-        self.dtls = DtlsEndpoint(
-            certificate,
-            server=dtls_server,
-            remote_fingerprints=remote_fingerprints,
-            handshake_timeout=handshake_timeout,
+        super().__init__(
+            DtlsEndpoint(
+                certificate,
+                server=dtls_server,
+                remote_fingerprints=remote_fingerprints,
+                handshake_timeout=handshake_timeout,
+            )
         )
-        self.state = TransportState.NEW
-        self.srtp: SrtpSession | None = None
         self.media_address: Address | None = None
-        self.counters: collections.Counter[str] = collections.Counter()
         self._dtls_address: Address | None = None
-        self._outgoing: list[Outgoing] = []
-        self._events: collections.deque[TransportEvent] = collections.deque()
         # A client's ClientHello waits (in the DTLS flight) until ICE tells us where the peer is.
         self.dtls.start(now)
         self._after_dtls()
 
     # -- outputs -------------------------------------------------------------------------------------
-
-    def datagrams_to_send(self) -> list[Outgoing]:
-        out, self._outgoing = self._outgoing, []
-        return out
-
-    def next_event(self) -> TransportEvent | None:
-        return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
         """When `handle_timer` must run next: a DTLS retransmission or timeout, or consent expiry."""
@@ -131,10 +160,6 @@ class PeerTransport:
         deadline = self.ice.consent_deadline()
         dtls_deadline = self.dtls.next_deadline()
         return deadline if dtls_deadline is None else min(deadline, dtls_deadline)
-
-    @property
-    def ended(self) -> bool:
-        return self.state in (TransportState.FAILED, TransportState.CLOSED)
 
     # -- inputs --------------------------------------------------------------------------------------
 
@@ -204,32 +229,16 @@ class PeerTransport:
         for out in self.dtls.resend_flight(now):
             self._outgoing.append((out, address))
 
-    def _after_dtls(self) -> None:
-        dtls = self.dtls
-        if dtls.state is DtlsState.CONNECTED and self.srtp is None:
-            assert dtls.keys is not None
-            self.srtp = SrtpSession(dtls.keys)
-            if self.media_address is None:
-                self.media_address = self._dtls_address
-            self.state = TransportState.CONNECTED
-            self._events.append(Connected(dtls.keys.profile))
-        elif dtls.state is DtlsState.FAILED:
-            self._fail(Failure.DTLS, dtls.failure or "DTLS failed")
-        elif dtls.state is DtlsState.CLOSED and self.srtp is not None and not self.ended:
-            self.state = TransportState.CLOSED
-            self._events.append(PeerClosed())
-
-    def _fail(self, failure: Failure, detail: str) -> None:
-        if self.ended:
-            return
-        self.state = TransportState.FAILED
-        self._events.append(Failed(failure, detail))
+    def _keyed(self) -> None:
+        if self.media_address is None:
+            self.media_address = self._dtls_address
 
 
 __all__ = [
     "CandidateEvicted",
     "CandidateValidated",
     "Connected",
+    "DtlsSrtpTransport",
     "Failed",
     "Failure",
     "PairSelected",
