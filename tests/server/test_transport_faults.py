@@ -9,21 +9,15 @@ the same faults with aiortc peers over real UDP, where the timing can only be lo
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-
-import attrs
 import pytest
 import trio
 import trio.testing
 
 from trio_sfu.config import Config
 from trio_sfu.server.session import Session
-from trio_sfu.testing.client_peer import ClientPeer
-from trio_sfu.testing.client_transport import Client, ClientTransport, Endpoint, open_client, rtp_packet
-from trio_sfu.testing.offer import OPUS_PT, VP8_PT, LocalParams, build_offer, parse_answer
+from trio_sfu.testing.client_transport import Client, Endpoint, open_client, rtp_packet
+from trio_sfu.testing.offer import OPUS_PT, VP8_PT
 from trio_sfu.testing.signaling import SignalingClient
-from trio_sfu.transport.certificate import Certificate
 from trio_sfu.transport.peer import Connected, Failed, Failure
 from trio_sfu.wire.datagram import Address
 from trio_sfu.wire.rtp import RtpHeader, parse_rtp
@@ -158,37 +152,6 @@ class DtlsBlackhole:
 
     def send(self, data: bytes | memoryview, address: Address) -> bool:
         return self.inner.send(data, address)
-
-
-@contextlib.asynccontextmanager
-async def open_client_claiming(
-    signaling: SignalingClient, endpoint: Endpoint, fingerprint: str, *, publish: bool, stream: str
-) -> AsyncIterator[ClientTransport]:
-    """`open_client`, but the offer names `fingerprint` instead of the certificate the client uses."""
-    certificate = Certificate.generate("client")
-    local = LocalParams.new(certificate, endpoint.local_address[1], endpoint.local_address[0])
-    claimed = attrs.evolve(local, fingerprint=fingerprint)
-    assert (await signaling.request("stream.connect", stream, {"token": ""}))["err"] == 0
-    reply = await signaling.request(
-        "stream.offer", stream, {"publish": publish, "sdp": build_offer(claimed, publish=publish)}
-    )
-    assert reply["err"] == 0, reply
-    answer = parse_answer(reply["data"]["sdp"])
-    peer = ClientPeer(
-        local_ufrag=local.ice_ufrag,
-        local_pwd=local.ice_pwd,
-        remote_ufrag=answer.ice_ufrag,
-        remote_pwd=answer.ice_pwd,
-        remote_fingerprints=answer.fingerprints,
-        certificate=certificate,
-        remote_address=answer.address,
-        now=trio.current_time(),
-    )
-    transport = ClientTransport(peer, endpoint)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(transport.run)
-        yield transport
-        nursery.cancel_scope.cancel()
 
 
 # ---- media ----------------------------------------------------------------------------------------
@@ -382,9 +345,15 @@ async def test_fingerprint_mismatch_fails_only_that_session(autojump_clock: trio
         ):
             await stream_video(pub, 10)
             offered_at = trio.current_time()
-            async with open_client_claiming(
-                liar_sig, network.endpoint(), WRONG_FINGERPRINT, publish=True, stream="other"
-            ) as liar:
+            async with open_client(
+                liar_sig,
+                network.endpoint(),
+                publish=True,
+                stream="other",
+                wait_connected=False,
+                claimed_fingerprint=WRONG_FINGERPRINT,
+            ) as liar_client:
+                liar = liar_client.transport
                 reason, ended_at = await next_close(liar_sig, HANDSHAKE)
                 assert reason == "transport_failed"
                 # Found in the handshake itself, not at a timeout: no simulated time passed.

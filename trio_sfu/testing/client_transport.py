@@ -154,21 +154,24 @@ async def open_client(
     token: str = "",
     connect: bool = True,
     wait_connected: bool = True,
+    claimed_fingerprint: str | None = None,
     **peer_options: Any,
 ) -> AsyncIterator[Client]:
     """Offer over `signaling`, then run ICE and DTLS over `endpoint` for as long as the block runs.
 
     `connect=False` skips stream.connect (for a second session on the same WebSocket);
-    `wait_connected=False` returns as soon as the transport runs (for tests of failed handshakes).
+    `wait_connected=False` returns as soon as the transport runs (for tests of failed handshakes);
+    `claimed_fingerprint` goes in the offer instead of the client certificate's (a lying client).
     """
     certificate = _certificate()
     local = LocalParams.new(certificate, endpoint.local_address[1], endpoint.local_address[0])
+    offered = local if claimed_fingerprint is None else attrs.evolve(local, fingerprint=claimed_fingerprint)
     if connect:
         reply = await signaling.request("stream.connect", stream, {"token": token})
         if reply.get("err") != 0:
             raise RuntimeError(f"stream.connect: {reply}")
     reply = await signaling.request(
-        "stream.offer", stream, {"publish": publish, "sdp": build_offer(local, publish=publish)}
+        "stream.offer", stream, {"publish": publish, "sdp": build_offer(offered, publish=publish)}
     )
     if reply.get("err") != 0:
         raise RuntimeError(f"stream.offer: {reply}")
