@@ -102,6 +102,9 @@ class Config:
     # busy; beyond it the kernel drops and /metrics counts (reason input_overflow). Latency, not loss,
     # is what a live viewer notices first: a 4 MB buffer held ~14 s of a 1.5 Mbit/s stream.
     max_input_delay: float = 0.5
+    # Players of a simulcast stream move between layers (and VP8 temporal layers) with their own
+    # bandwidth. False: each plays the best layer sending (up to its max_layer), whatever its link.
+    simulcast_adaptation: bool = True
     shutdown_grace: float = 2.0
     http_idle_timeout: float = 10.0  # seconds to send a whole request (and between keep-alive requests)
     http_max_connections: int = 256

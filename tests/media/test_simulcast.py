@@ -490,21 +490,26 @@ def test_picture_ids_and_tl0picidx_stay_continuous_across_a_switch() -> None:
 
 def test_a_late_packet_does_not_move_the_numbering_back() -> None:
     from trio_sfu.media.vp8_pictures import Vp8Pictures
+    from trio_sfu.wire.vp8 import parse_descriptor
 
     pictures = Vp8Pictures()
-    rtp = rtp_packet(1, 0, 1, VP8, vp8_descriptor(10, 1) + b"\x00")
-    late = rtp_packet(0, 0, 1, VP8, vp8_descriptor(9, 0) + b"\x00")
-    pictures.rewrite(rtp)
-    pictures.rewrite(late)
+
+    def rewrite(packet: bytes) -> bytes:
+        start = header(packet).header_length
+        descriptor = parse_descriptor(packet, start)
+        return packet if descriptor is None else pictures.rewrite(packet, descriptor, start)
+
+    rewrite(rtp_packet(1, 0, 1, VP8, vp8_descriptor(10, 1) + b"\x00"))
+    rewrite(rtp_packet(0, 0, 1, VP8, vp8_descriptor(9, 0) + b"\x00"))  # late
     pictures.needs_sync = True
-    switched = pictures.rewrite(rtp_packet(2, 0, 2, VP8, vp8_descriptor(777, 50) + b"\x00"))
+    switched = rewrite(rtp_packet(2, 0, 2, VP8, vp8_descriptor(777, 50) + b"\x00"))
     payload = switched[header(switched).header_length :]
     assert (((payload[2] & 0x7F) << 8) | payload[3], payload[4]) == (11, 2)
     # Packets without a picture id, or too short to hold one, pass unchanged.
     bare = rtp_packet(3, 0, 1, VP8, b"\x10\x00")
-    assert pictures.rewrite(bare) == bare
+    assert rewrite(bare) == bare
     short = rtp_packet(3, 0, 1, VP8, b"\x90\xc0")
-    assert pictures.rewrite(short) == short
+    assert rewrite(short) == short
 
 
 def test_a_player_can_go_back_to_a_layer_it_left() -> None:
@@ -574,12 +579,14 @@ def test_without_an_estimate_loss_moves_a_player_down_a_step_and_quiet_up_again(
     consumer = bench.player("f")
     media, _ = player_media(bench, consumer)  # this player sends no REMB
     loss_report(media, consumer, 0.2, bench.now)
-    keep_sending(bench, 1.2, media)
+    keep_sending(bench, 0.5, media)
+    loss_report(media, consumer, 0.2, bench.now)  # the old rate's loss, still draining: no new step
+    keep_sending(bench, 1.0, media)
     assert consumer.producer is bench.layers["h"]  # one step, not to the bottom
-    loss_report(media, consumer, 0.2, bench.now)
+    loss_report(media, consumer, 0.2, bench.now)  # after STEP_SETTLE: another step
     keep_sending(bench, 1.2, media)
     assert consumer.producer is bench.layers["q"]
     keep_sending(bench, QUIET_FOR - 3.0, media)
     assert consumer.producer is bench.layers["q"]  # not yet: the loss was recent
-    keep_sending(bench, 4.0, media)
+    keep_sending(bench, 5.0, media)
     assert consumer.producer is bench.layers["h"]  # quiet for long enough: up one

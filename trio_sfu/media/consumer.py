@@ -17,13 +17,14 @@ from typing import Protocol
 import attrs
 
 from trio_sfu.media.negotiation import EXT_ABS_SEND_TIME, EXT_MID, NegotiatedTrack
-from trio_sfu.media.producer import CACHE_SIZE, Producer
+from trio_sfu.media.producer import CACHE_SIZE, TEMPORAL_LAYERS, Producer
 from trio_sfu.media.rewriter import Rewriter
 from trio_sfu.media.totals import Totals
 from trio_sfu.media.vp8_pictures import Vp8Pictures
 from trio_sfu.wire.keyframe import detector
 from trio_sfu.wire.rtcp import SenderReport, ntp_timestamp
 from trio_sfu.wire.rtp import RtpHeader, parse_rtp
+from trio_sfu.wire.vp8 import Vp8Descriptor, parse_descriptor
 
 NTP_UNITS = 1 << 32
 SEQUENCE_MAP = 1024  # output sequence -> input sequence, for NACKs
@@ -52,6 +53,7 @@ RTX_MIN_RATE = 2000.0  # bytes per second
 RTX_BURST_SECONDS = 0.5
 RTX_MIN_BURST = 12 * 1200.0
 PROBE_DEPTH = 32  # probes resend the latest packets, at most this many back
+ALL_TEMPORAL = TEMPORAL_LAYERS - 1  # a temporal cap that drops nothing
 log = logging.getLogger(__name__)
 
 RTX_OVERHEAD = 2  # the original sequence number RFC 4588 puts before the payload
@@ -94,6 +96,8 @@ class Consumer:
     # Slots: see TransportDriver.
     __slots__ = (
         "_backlog",
+        "_frame_forwarded",
+        "_frame_timestamp",
         "_gated",
         "_resent_at",
         "_resent_output",
@@ -122,6 +126,8 @@ class Consumer:
         "ssrc",
         "switched_at",
         "target",
+        "temporal",
+        "temporal_target",
         "totals",
     )
 
@@ -187,6 +193,11 @@ class Consumer:
         self.switched_at: int | None = None
         simulcast_vp8 = len(producer.layers) > 1 and played.codec.name.lower() == "vp8"
         self.pictures = Vp8Pictures() if simulcast_vp8 else None
+        # VP8 temporal layers (simulcast VP8 only): the highest TID forwarded now, the one wanted, and
+        # the decision taken for the frame in progress (its other packets go the way its first went).
+        self.temporal = self.temporal_target = ALL_TEMPORAL
+        self._frame_timestamp = -1
+        self._frame_forwarded = True
 
     # ---- the packet path ----
 
@@ -205,6 +216,19 @@ class Consumer:
                 return
             self.awaiting_keyframe = False
         rewriter = self.rewriter
+        pictures = self.pictures
+        descriptor = None
+        if pictures is not None:
+            descriptor = parse_descriptor(packet, header.header_length)
+            if (
+                descriptor is not None
+                and descriptor.temporal_id >= 0
+                and not self._temporal_passes(packet, header, descriptor)
+            ):
+                rewriter.number(header, now, skip=True)  # the player never hears of it
+                pictures.drop(descriptor.picture_id)
+                self.counters["temporal_drops"] += 1
+                return
         numbered = rewriter.number(header, now)
         if numbered is None:
             return
@@ -216,9 +240,10 @@ class Consumer:
         # clock mapping (a reordered packet has the same offset, so it cannot skew it).
         self._timestamp_offset = (timestamp - header.timestamp) & 0xFFFFFFFF
         mapped = rewriter.header_map.apply(packet, header, now)  # once for all players sharing the map
-        pictures = self.pictures
-        if pictures is not None:
-            mapped = pictures.rewrite(mapped)  # this player's own copy: its picture ids
+        if pictures is not None and descriptor is not None:
+            # This player's own copy: its picture ids (the map may have resized the header).
+            payload_start = len(mapped) - len(packet) + header.header_length
+            mapped = pictures.rewrite(mapped, descriptor, payload_start)
         if not self.backlogged:
             sent = self.sink.send_rtp_as(mapped, sequence, timestamp, self.ssrc)
             if sent is None:
@@ -228,6 +253,42 @@ class Consumer:
             if sent is not False:
                 return
         self._queue(rewriter.patch(mapped, sequence, timestamp))
+
+    def _temporal_passes(self, packet: bytes, header: RtpHeader, descriptor: Vp8Descriptor) -> bool:
+        """Whether this packet's temporal layer goes to the player. Changes happen at a frame's first
+        packet: down at once (frames of the dropped layers are referred to by none that stay), up at
+        a frame the encoder marks as a switching point (Y: it refers to TL0 only) or a keyframe."""
+        if header.timestamp == self._frame_timestamp:
+            return self._frame_forwarded
+        tid = descriptor.temporal_id
+        temporal, target = self.temporal, self.temporal_target
+        if target < temporal:
+            temporal = target
+        elif temporal < tid <= target and descriptor.layer_sync:
+            temporal = tid
+        elif (
+            temporal < target
+            and tid == 0
+            and descriptor.frame_start
+            and self._starts_keyframe(memoryview(packet)[header.header_length :])
+        ):
+            temporal = target
+        if temporal != self.temporal:
+            self.temporal = temporal
+            self.counters["temporal_switches"] += 1
+        forwarded = tid <= temporal
+        self._frame_timestamp, self._frame_forwarded = header.timestamp, forwarded
+        return forwarded
+
+    def _renumber_pictures(self, packet: bytes) -> bytes:
+        """A packet from the rewriter (a retransmission, a probe) with this player's picture ids."""
+        if self.pictures is None:
+            return packet
+        header = parse_rtp(packet)
+        descriptor = parse_descriptor(packet, header.header_length) if header is not None else None
+        if header is None or descriptor is None:
+            return packet
+        return self.pictures.rewrite(packet, descriptor, header.header_length)
 
     def start_from_cache(self, now: float) -> bool:
         """A player waiting for a keyframe gets the producer's latest one, and every packet since, at
@@ -264,9 +325,7 @@ class Consumer:
             out = self.rewriter.rewrite_retransmission(packet, header, now)
             if out is None:
                 continue
-            if self.pictures is not None:
-                out = self.pictures.rewrite(out)
-            rtx = self._as_rtx(out)
+            rtx = self._as_rtx(self._renumber_pictures(out))
             self._send(rtx)
             spent += len(rtx)
             if spent >= budget:
@@ -274,9 +333,16 @@ class Consumer:
         self.counters["probe_bytes"] += spent
         return spent
 
-    def select_layer(self, layer: Producer, now: float) -> None:
+    @property
+    def temporal_choice(self) -> int | None:
+        """The temporal cap chosen for this player (None: none)."""
+        return None if self.temporal_target == ALL_TEMPORAL else self.temporal_target
+
+    def select_layer(self, layer: Producer, now: float, temporal: int | None = None) -> None:
         """Play `layer` from its next keyframe on (asked for now); the current one until then. A new
-        choice replaces a pending one, so a target changed again and again never strands the player."""
+        choice replaces a pending one, so a target changed again and again never strands the player.
+        `temporal`: the highest VP8 temporal layer to forward (None: all), from the next frame on."""
+        self.temporal_target = ALL_TEMPORAL if temporal is None else temporal
         if layer is self.producer:
             self._drop_target()
             return
@@ -302,6 +368,7 @@ class Consumer:
         self.target = None
         self.rewriter.expect(layer.ssrc)  # back to a layer played before: its packets are no stragglers
         self.awaiting_keyframe = False
+        self.temporal = self.temporal_target  # the switch is at a keyframe: any layer may follow
         self.switched_at = self.rewriter.next_sequence
         if self.pictures is not None:
             self.pictures.needs_sync = True
@@ -400,8 +467,8 @@ class Consumer:
                 self.totals.drop_nack_budget_exceeded += 1
                 continue
             out = self.rewriter.rewrite_retransmission(packet, header, now)
-            if out is not None and self.pictures is not None:
-                out = self.pictures.rewrite(out)
+            if out is not None:
+                out = self._renumber_pictures(out)
             if out is None or ((out[2] << 8) | out[3]) != sequence:
                 counters["nack_unknown"] += 1
                 continue

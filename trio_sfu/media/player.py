@@ -117,10 +117,10 @@ class PlayerMedia(MediaHandler):
         if self._simulcast and now >= self._next_layer_check:
             self._next_layer_check = now + LAYER_INTERVAL
             for consumer in self._simulcast:
-                playing = consumer.target or consumer.producer
+                playing = (consumer.target or consumer.producer, consumer.temporal_choice)
                 choice = self.layers.choose(playing, consumer.producer.layers, now)
                 if choice is not None:
-                    consumer.select_layer(choice, now)
+                    consumer.select_layer(choice[0], now, choice[1])
         if now >= self._next_report:
             self._next_report = now + REPORT_INTERVAL
             self._send_reports(now, wall)

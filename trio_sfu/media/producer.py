@@ -20,6 +20,7 @@ from trio_sfu.media.rewriter import HeaderMap
 from trio_sfu.wire.keyframe import detector, vp8_keyframe_size
 from trio_sfu.wire.rtcp import ReportBlock, SenderReport
 from trio_sfu.wire.rtp import RtpHeader
+from trio_sfu.wire.vp8 import parse_descriptor
 
 if TYPE_CHECKING:
     from trio_sfu.media.consumer import Consumer
@@ -33,6 +34,7 @@ RATE_WINDOW = 1.0
 # 1.5 Mbit/s stream); past them it is dropped until the next keyframe.
 GOP_MAX_PACKETS = 1500
 GOP_MAX_BYTES = 1_500_000
+TEMPORAL_LAYERS = 4  # VP8's TID has two bits
 
 
 @attrs.define
@@ -155,6 +157,13 @@ class Producer:
         self.byte_rate = 0.0
         self._rate_at: float | None = None
         self._rate_octets = 0
+        # A VP8 layer's temporal layers (TID in its payload descriptor), measured over the same window:
+        # bytes and frames per TID since the window began, and per TID up to and including it, the
+        # byte rate and frame rate of the last full window (empty: no temporal layers seen).
+        self._temporal_octets = [0] * TEMPORAL_LAYERS if self._keyframe_size is not None else None
+        self._temporal_frames = [0] * TEMPORAL_LAYERS
+        self.temporal_rates: list[float] = []
+        self.temporal_fps: list[float] = []
 
     def receive(self, packet: bytes, header: RtpHeader, now: float) -> None:
         """A decrypted packet from the publisher: remember it, then hand it to every consumer."""
@@ -163,6 +172,13 @@ class Producer:
         self.last_received_at = now
         if self._starts_keyframe is not None:
             self._remember(packet, header)
+        temporal_octets = self._temporal_octets
+        if temporal_octets is not None:
+            descriptor = parse_descriptor(packet, header.header_length)
+            if descriptor is not None and descriptor.temporal_id >= 0:
+                temporal_octets[descriptor.temporal_id] += len(packet)
+                if descriptor.frame_start:
+                    self._temporal_frames[descriptor.temporal_id] += 1
         self.stats.update(header.sequence, header.timestamp, now)
         self._cache[header.sequence % CACHE_SIZE] = packet
         for consumer in self.consumers:
@@ -233,8 +249,26 @@ class Producer:
         if self._rate_at is None or now - self._rate_at >= RATE_WINDOW:
             if self._rate_at is not None:
                 self.byte_rate = (self.octets - self._rate_octets) / (now - self._rate_at)
+                if self._temporal_octets is not None:
+                    self._measure_temporal(now - self._rate_at)
             self._rate_at, self._rate_octets = now, self.octets
         return self.byte_rate
+
+    def _measure_temporal(self, seconds: float) -> None:
+        """Rates per temporal layer over the window just ended, cumulative (TID 1 includes TID 0's)."""
+        assert self._temporal_octets is not None
+        octets, frames = self._temporal_octets, self._temporal_frames
+        layers = max((tid + 1 for tid in range(TEMPORAL_LAYERS) if frames[tid]), default=0)
+        rates, fps = [], []
+        total_octets = total_frames = 0
+        for tid in range(layers if layers > 1 else 0):
+            total_octets += octets[tid]
+            total_frames += frames[tid]
+            rates.append(total_octets / seconds)
+            fps.append(total_frames / seconds)
+        self.temporal_rates, self.temporal_fps = rates, fps
+        self._temporal_octets = [0] * TEMPORAL_LAYERS
+        self._temporal_frames = [0] * TEMPORAL_LAYERS
 
     def tick(self, now: float) -> None:
         if self.keyframe_pending:

@@ -370,10 +370,11 @@ class Rewriter:
         SEQUENCE_TIMESTAMP_SSRC.pack_into(buf, 2, sequence, timestamp, self.ssrc)
         return bytes(buf)
 
-    def number(self, header: RtpHeader, now: float) -> tuple[int, int] | None:
+    def number(self, header: RtpHeader, now: float, skip: bool = False) -> tuple[int, int] | None:
         """The output sequence number and timestamp of the packet `header` heads, or None when it
         must not be sent. The fan-out then writes them into each player's SRTP buffer itself (or
-        `patch` does, into a copy of the packet `header_map.apply` made)."""
+        `patch` does, into a copy of the packet `header_map.apply` made). `skip`: the consumer
+        drops this packet (a temporal layer the player does not get): its number goes to the next."""
         if self._muted:
             return None
         sequence = header.sequence
@@ -394,13 +395,13 @@ class Rewriter:
             self._max_back = MAX_MISORDER if back > MAX_MISORDER else back
             if self._drops and ((sequence - self._drops[0]) & 0xFFFF) > MAX_MISORDER:
                 self._prune_drops(sequence)
-            if payload_type < 0:
+            if payload_type < 0 or skip:
                 # Close the hole: later packets take the number this one would have had.
                 self._seq_offset = (self._seq_offset - 1) & 0xFFFF
                 self._drops.append(sequence)
                 return None
             out_sequence = (sequence + self._seq_offset) & 0xFFFF
-        elif payload_type < 0:
+        elif payload_type < 0 or skip:
             return None
         else:
             back = (self._max_input - sequence) & 0xFFFF
@@ -443,9 +444,9 @@ class Rewriter:
         if self._muted or self._needs_sync or header.ssrc != self._input_ssrc:
             return None
         payload_type = self._pt_map[header.payload_type]
-        if payload_type < 0:
-            return None
         sequence = header.sequence
+        if payload_type < 0 or sequence in self._drops:
+            return None
         back = (self._max_input - sequence) & 0xFFFF
         if back > self._max_back:
             return None  # from before the last splice, or too old to have a place

@@ -61,6 +61,9 @@ class Router:
     def __len__(self) -> int:
         return len(self._publications)
 
+    def publications(self) -> list[Publication]:
+        return list(self._publications.values())
+
     def lookup(self, key: StreamKey) -> Publication | None:
         return self._publications.get(key)
 

@@ -7,19 +7,29 @@ anything. (Firefox was seen spending 1 Mbit/s on its 320x180 layer and 0.5 on it
 layer the publisher stopped (its browser's CPU or bandwidth adaptation turns layers off) is idle after
 IDLE_AFTER and chosen by nobody.
 
-The choice is a pure function; the consumer carries it out at the target layer's next keyframe.
+Within a layer, a VP8 encoder's temporal layers are the finer step: a player gets a layer's frames
+up to some TID (each step about halves the frame rate and takes off a fifth to a third of the rate),
+with no keyframe needed, so it is also the quickest way down. A player's choice is an `Option`: a
+layer, and the highest temporal layer of it (None: all). Options are ranked spatial first, then
+temporal; a frame rate below MIN_TEMPORAL_FPS is offered only on the lowest layer (a sharp picture
+at a few frames a second is worse than a smaller one that moves).
+
+The consumer carries a choice out: a new layer at its next keyframe, a temporal cap at the next frame.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 if TYPE_CHECKING:
     from trio_sfu.media.producer import Producer
 
 IDLE_AFTER = 0.5  # seconds without a packet before a layer counts as stopped
 HEADROOM = 0.9  # a layer is affordable when its rate fits in this share of the player's estimate
+MIN_TEMPORAL_FPS = 10.0  # frames a second below which a temporal cap is offered on the lowest layer only
+
+Option: TypeAlias = "tuple[Producer, int | None]"  # a layer; its highest temporal layer (None: all)
 
 
 def active_layers(layers: Sequence[Producer], now: float) -> list[Producer]:
@@ -48,6 +58,39 @@ def choose_layer(
     return affordable[-1] if affordable else active[0]
 
 
+def layer_options(layers: Sequence[Producer], now: float, max_rank: int | None = None) -> list[Option]:
+    """What a player may get, worst first: each active layer (up to the player's cap) capped at each of
+    its temporal layers but the top one (where their frame rates allow), then whole."""
+    active = active_layers(layers, now)
+    if max_rank is not None:
+        active = active[: max(0, max_rank) + 1]
+    options: list[Option] = []
+    for rank, layer in enumerate(active):
+        fps = layer.temporal_fps
+        options.extend(
+            (layer, tid)
+            for tid in range(len(layer.temporal_rates) - 1)
+            if rank == 0 or fps[tid] >= MIN_TEMPORAL_FPS
+        )
+        options.append((layer, None))
+    return options
+
+
+def option_bps(option: Option) -> float:
+    """What an option sends, in bits per second (as measured over the producer's last window)."""
+    layer, tid = option
+    rates = layer.temporal_rates
+    return (rates[tid] if tid is not None and tid < len(rates) else layer.byte_rate) * 8
+
+
+def choose_option(options: Sequence[Option], budget_bps: float | None) -> Option:
+    """The best of `options` (not empty) within `budget_bps` (None: no limit); the worst if none fits."""
+    if budget_bps is None:
+        return options[-1]
+    affordable = [option for option in options if option_bps(option) <= budget_bps * HEADROOM]
+    return affordable[-1] if affordable else options[0]
+
+
 CONGESTION_MEMORY = 2.0  # seconds a sign of congestion (loss, a falling estimate) counts
 LOSS_CONGESTION = 0.05  # fraction lost in a receiver report that means the link is full
 ESTIMATE_DROP = 0.9  # an estimate below this share of the previous one: the player saw overuse
@@ -60,21 +103,26 @@ PROBE_BACKOFF = 5.0  # seconds before probing again after a probe met congestion
 PROBE_BACKOFF_MAX = 20.0
 RISING_FOR = 3.0  # an estimate that has only risen this long ends a backoff: the link may have grown
 QUIET_FOR = 10.0  # without an estimate (no REMB), a player goes up after this long without loss
+# Without an estimate, one step down per this long at most: the loss reported just after a step is
+# the old rate's (the link's queue still drains), and steps are fine (temporal layers): a step each
+# receiver report took a player from the top to the bottom in a second.
+STEP_SETTLE = 1.0
 
 
 class LayerControl:
-    """One player's layer choice: its estimate and loss in, a layer and a probing rate out.
+    """One player's layer choice: its estimate and loss in, an option and a probing rate out.
 
     Down at once when the link shows congestion (loss, or the player's estimate falling) and the
-    playing layer no longer fits. Up only after the higher layer has fitted for UP_AFTER. The player's
-    estimate (Chromium's REMB) can grow only to about 1.5 times what it receives, so below the top
-    layer the server probes: it sends padding (retransmissions of recent packets) up to PROBE_STEP
+    playing option no longer fits. Up one option at a time, only after it has fitted for UP_AFTER.
+    The player's estimate (Chromium's REMB) can grow only to about 1.5 times what it receives, so below
+    the top the server probes: it sends padding (retransmissions of recent packets) up to PROBE_STEP
     above the estimate, and backs off when a probe meets congestion.
     """
 
     def __init__(self) -> None:
         self.estimate_bps: float | None = None
         self.max_rank: int | None = None  # the player's cap (0: the lowest layer)
+        self.adaptive = True  # False: the best option sending, whatever the estimate (no probes)
         self._estimate_at = -1e9
         self._congested_at = -1e9
         self._up_since: float | None = None
@@ -86,7 +134,8 @@ class LayerControl:
         # turns its top layer on seconds after the others), and a young estimate only says what the
         # player has received so far.
         self._congested_ever = False
-        self._step_down = False  # without an estimate, each congestion moves the player one layer down
+        self._step_down = False  # without an estimate, congestion moves the player one option down
+        self._stepped_at = -1e9
         self.probe_bps = 0.0  # padding to send now, above the media
 
     def on_estimate(self, bps: float, now: float) -> None:
@@ -109,55 +158,58 @@ class LayerControl:
     def _congestion(self, now: float) -> None:
         self._congested_at = now
         self._congested_ever = True
-        self._step_down = True
+        if now - self._stepped_at >= STEP_SETTLE:  # else the loss is the last step's rate's
+            self._step_down = True
         if self.probe_bps > 0:  # the probe found the limit: wait before trying again
             self.probe_bps = 0.0
             self._probe_allowed_at = now + self._probe_backoff
             self._probe_backoff = min(self._probe_backoff * 2, PROBE_BACKOFF_MAX)
 
-    def choose(self, playing: Producer, layers: Sequence[Producer], now: float) -> Producer | None:
-        """The layer the player should get (None: nothing sends, stay); sets `probe_bps`."""
-        active = active_layers(layers, now)
-        if self.max_rank is not None:
-            active = active[: max(0, self.max_rank) + 1]
-        if not active:
+    def choose(self, playing: Option, layers: Sequence[Producer], now: float) -> Option | None:
+        """The option the player should get (None: nothing sends, stay); sets `probe_bps`."""
+        options = layer_options(layers, now, self.max_rank)
+        if not options:
             self.probe_bps = 0.0
             return None
         estimate = self.estimate_bps if now - self._estimate_at < ESTIMATE_TTL else None
-        if playing not in active:  # stopped, or above the cap: move now
+        if not self.adaptive:
+            self.probe_bps = 0.0
+            return options[-1]
+        if playing not in options:  # stopped, above the cap, or its temporal layers changed: move now
             self._up_since = None
-            return choose_layer(active, now, budget_bps=estimate)
-        index = active.index(playing)
-        higher = active[index + 1] if index + 1 < len(active) else None
+            return choose_option(options, estimate)
+        index = options.index(playing)
+        higher = options[index + 1] if index + 1 < len(options) else None
         if estimate is None:  # loss is all there is to go by (a player that sends no REMB)
             if self._step_down:
                 self._step_down = False
+                self._stepped_at = now
                 self._up_since = None
-                return active[index - 1] if index > 0 else playing
+                return options[index - 1] if index > 0 else playing
             if higher is None or now - self._congested_at < QUIET_FOR:
                 return playing
             return self._up(higher, playing, now)
         self._step_down = False
         congested = now - self._congested_at < CONGESTION_MEMORY
-        if congested and estimate < playing.byte_rate * 8:
+        if congested and estimate < option_bps(playing):
             self._up_since = None
             self.probe_bps = 0.0
-            return choose_layer(active, now, budget_bps=estimate)
+            return choose_option(options, estimate)
         if higher is None:
             self.probe_bps = 0.0
             return playing
-        if estimate >= higher.byte_rate * 8 * UP_FIT or not self._congested_ever:
+        if estimate >= option_bps(higher) * UP_FIT or not self._congested_ever:
             self.probe_bps = 0.0
             return self._up(higher, playing, now)
         self._up_since = None
         if not congested and now >= self._probe_allowed_at:
-            target = min(higher.byte_rate * 8, estimate * PROBE_STEP)
-            self.probe_bps = max(0.0, target - playing.byte_rate * 8)
+            target = min(option_bps(higher), estimate * PROBE_STEP)
+            self.probe_bps = max(0.0, target - option_bps(playing))
         else:
             self.probe_bps = 0.0
         return playing
 
-    def _up(self, higher: Producer, playing: Producer, now: float) -> Producer:
+    def _up(self, higher: Option, playing: Option, now: float) -> Option:
         if self._up_since is None:
             self._up_since = now
         if now - self._up_since < UP_AFTER:

@@ -101,6 +101,15 @@ class ServerCollector(Collector):
             "trio_sfu_signaling_bad_requests", "Signaling frames that could not be parsed",
             value=snap.bad_requests,
         )
+        yield GaugeMetricFamily(
+            "trio_sfu_keyframe_cache_bytes",
+            "Bytes held by the keyframe caches (each layer's latest keyframe and what followed it)",
+            value=snap.keyframe_cache_bytes,
+        )
+        yield GaugeMetricFamily(
+            "trio_sfu_keyframe_cache_packets", "Packets held by the keyframe caches",
+            value=snap.keyframe_cache_packets,
+        )
         http = CounterMetricFamily(
             "trio_sfu_http_responses", "HTTP responses by status code", labels=["code"]
         )

@@ -63,6 +63,8 @@ class StatsSnapshot:
     mux_drops: dict[str, int]
     bad_requests: int
     http_responses: dict[int, int]
+    keyframe_cache_bytes: int = 0  # held by all producers' keyframe caches
+    keyframe_cache_packets: int = 0
 
     @property
     def sessions(self) -> int:
@@ -142,6 +144,7 @@ class Server:
     def snapshot(self) -> StatsSnapshot:
         """What /metrics and /healthz report, read in one place (copies: the caller may keep them)."""
         sessions = [s for connection in list(self.connections) for s in list(connection.sessions.values())]
+        producers = [p for publication in self.router.publications() for p in publication.producers]
         return StatsSnapshot(
             publishers=sum(1 for s in sessions if s.publish),
             players=sum(1 for s in sessions if not s.publish),
@@ -154,6 +157,8 @@ class Server:
             mux_drops=dict(self.mux.dropped),
             bad_requests=self.counters["bad_request"],
             http_responses=dict(self.http_responses),
+            keyframe_cache_bytes=sum(p.keyframe_cache_bytes for p in producers),
+            keyframe_cache_packets=sum(len(p.keyframe_cache) for p in producers),
         )
 
     def open_session(
@@ -216,6 +221,7 @@ class Server:
             ssrc=self.new_ssrc(),
             max_bitrate=self.config.max_publisher_bitrate,
             max_layer=max_layer,
+            adaptation=self.config.simulcast_adaptation,
         )
         session.attach(publication)
         self.limits.session_started(address)

@@ -89,6 +89,7 @@ class Session:
         ssrc: int,
         max_bitrate: int,
         max_layer: int | None = None,
+        adaptation: bool = True,
     ) -> None:
         self.header = header
         self.publish = publish
@@ -99,6 +100,7 @@ class Session:
         self._ssrc = ssrc
         self._max_bitrate = max_bitrate
         self._max_layer = max_layer  # a player's cap on simulcast layers (0: the lowest)
+        self._adaptation = adaptation  # False: a player keeps the best layer, whatever its link
         self.muted = {kind: False for kind in KINDS}
         self.publication: Publication | None = None
         self.publisher_media: PublisherMedia | None = None
@@ -147,6 +149,7 @@ class Session:
         cname = next((t.cname for t in played if t.cname), "trio_sfu")
         player = PlayerMedia([c for c, _ in self.consumers], cname=cname, send_rtcp=self.transport.send_rtcp)
         player.max_rank = self._max_layer
+        player.layers.adaptive = self._adaptation
         self.transport.handler = player
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
