@@ -163,3 +163,26 @@ def test_a_keyframe_lost_before_the_player_connected_is_waited_for_again() -> No
     PlayerMedia([consumer], cname="c", send_rtcp=lambda packet: None).on_connected(stream.now)
     assert [payload_of(p)[:2] for p in sink.rtp] == [VP8_KEYFRAME[:2], VP8_DELTA[:2]]
     assert stream.link.keyframes == [] and not consumer.awaiting_keyframe
+
+
+def test_an_unmuted_player_starts_from_the_cache_without_asking_the_publisher() -> None:
+    """A player that muted its video (or whose publisher muted and unmuted) gets the latest keyframe
+    and what followed it at once; the publisher is asked only when nothing is cached."""
+    stream = Stream()
+    stream.frame(VP8_KEYFRAME)
+    consumer, sink = stream.player()
+    consumer.muted_by_player = True
+    consumer.update_mute(False, stream.now)
+    assert consumer.rewriter.muted
+    keyframe = stream.frame(VP8_KEYFRAME, packets=2)
+    deltas = [p for _ in range(3) for p in stream.frame(VP8_DELTA)]
+    sent = len(sink.rtp)
+    requests = stream.producer.keyframe_requests
+    consumer.muted_by_player = False
+    consumer.update_mute(False, stream.now)
+    replayed = sink.rtp[sent:]
+    assert [payload_of(p) for p in replayed] == [payload_of(p) for p in keyframe + deltas]
+    assert stream.producer.keyframe_requests == requests and consumer.counters["keyframe_cache_starts"] == 1
+    stream.frame(VP8_DELTA)
+    sequences = [header(p).sequence for p in sink.rtp]
+    assert sequences == [(sequences[0] + i) & 0xFFFF for i in range(len(sequences))]

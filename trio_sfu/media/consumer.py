@@ -411,8 +411,11 @@ class Consumer:
             self.rewriter.mute(now)
         elif not muted and self.rewriter.muted:
             self.rewriter.unmute(now)
-            self.awaiting_keyframe = self.kind == "video"
-            self.producer.request_keyframe(now)
+            self.awaiting_keyframe = self._gated
+            # The latest keyframe and what followed it, at once: the encoder's next frames refer to
+            # them, whether it kept sending while muted (Chromium sends black frames) or paused.
+            if self.awaiting_keyframe and not self.start_from_cache(now):
+                self.producer.request_keyframe(now)
 
     # ---- RTCP from the player ----
 
