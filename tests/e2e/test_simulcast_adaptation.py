@@ -1,10 +1,11 @@
 """Simulcast adaptation (issue 12): a player behind a narrow link gets a lower layer and keeps playing,
 and gets the top layer back once the link is wide; an unconstrained player beside it keeps the top one.
 
-A Chromium publisher sends the demo page's three layers (`?simulcast=1`: a 1280x720 fake camera at
-30 fps, rid q 1/4 size, h 1/2, f full). Once it encodes all three and an unconstrained ("wide")
-Chromium player decodes the top one, a second ("narrow") Chromium player starts behind a 500 kbit/s
-link. The bar:
+A publisher sends the demo page's three layers (`?simulcast=1`: a 1280x720 fake camera at 30 fps,
+rid q 1/4 size, h 1/2, f full): Chromium in one test, Firefox in the other (issue 12: "Firefox publishes
+simulcast and a Chromium player switches layers the same way"); both run the same steps against the
+same bar (`narrow_and_wide`). Once it encodes all three and an unconstrained ("wide") Chromium player
+decodes the top one, a second ("narrow") Chromium player starts behind a 500 kbit/s link. The bar:
 - within SETTLE_WITHIN s of pressing play the narrow player decodes a lower layer;
 - over the HOLD_SECONDS after that it stays below the top layer, decodes >= MIN_FPS, freezes for less
   than MAX_FREEZE s in total (Chromium's totalFreezesDuration, or whole sampling seconds without a new
@@ -22,7 +23,8 @@ yet). Lifting the cap changes the class's rate to 10 Gbit/s (and its queue to 20
 Every second the test samples both players' video inbound-rtp stats, the publisher's layers, the
 link's counters (`tc -s`) and the server's view of each player (the layer its video consumer plays, the
 one it is moving to, the PlayerMedia's estimate and probe rate); it prints the timeline, then asserts.
-Runs only in a private network namespace with `tc` (scripts/test); skipped elsewhere.
+Runs only in a private network namespace with `tc` (scripts/test); skipped elsewhere, and the Firefox
+test also without Firefox.
 """
 
 from __future__ import annotations
@@ -46,14 +48,24 @@ from ..peers.aiortc_peers import AsyncioThread
 from ..peers.browser_peers import (
     Browser,
     DemoPage,
+    DemoPageBase,
     FakeCameraBrowser,
     inbound_video,
     require_browser,
     serving,
     skip_reason,
 )
+from ..peers.firefox_peers import Firefox, FirefoxProcess
+from ..peers.firefox_peers import skip_reason as firefox_skip_reason
 from .test_narrow_link import QUEUE_SECONDS, SELECTED_PORTS, tc
-from .test_simulcast import describe_layers, live, simulcast_url, three_layers
+from .test_simulcast import (
+    FIREFOX_LAYERS_WITHIN,
+    check_offer,
+    describe_layers,
+    live,
+    simulcast_url,
+    three_layers,
+)
 
 pytestmark = [
     pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or ""),
@@ -62,7 +74,8 @@ pytestmark = [
 
 NARROW_RATE = 500_000  # bit/s: the narrow player's link
 WIDE_RATE = "10gbit"  # everything else on `lo`, and the narrow link once lifted
-LAYERS_WITHIN = 20.0  # s from publishing until q, h and f are all being encoded
+LAYERS_WITHIN = 20.0  # s from publishing until q, h and f are all being encoded (Chromium)
+# Firefox: FIREFOX_LAYERS_WITHIN (test_simulcast.py), as it turns its top layer on 5-19 s after the others.
 TOP_WITHIN = 15.0  # s from then until the wide player decodes the top layer
 TOP_WIDTH = 1200  # the top layer is 1280 wide, the others 640 and 320
 SETTLE_WITHIN = 15.0  # s from the narrow player pressing play until it decodes a lower layer
@@ -89,6 +102,23 @@ def chromium(browser_aio: AsyncioThread) -> Iterator[Browser]:
     browser.start()
     yield browser
     browser.stop()
+
+
+@pytest.fixture(scope="module")
+def firefox_process() -> Iterator[FirefoxProcess]:
+    """A headless Firefox for the Firefox-publisher test (skipped without one, as in test_simulcast.py)."""
+    reason = firefox_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    process = FirefoxProcess()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+async def firefox(firefox_process: FirefoxProcess) -> AsyncIterator[Firefox]:
+    async with Firefox.connect(firefox_process) as session:
+        yield session
 
 
 # --------------------------------------------------------------------------- the narrow link
@@ -263,7 +293,7 @@ class Sampler:
     """Samples everything every SAMPLE_EVERY s, from `started` on, until cancelled."""
 
     server: Server
-    publisher: tuple[DemoPage, int]
+    publisher: tuple[DemoPageBase, int]
     players: dict[str, tuple[DemoPage, int]]
     link: Link
     started: float
@@ -355,10 +385,36 @@ class Sampler:
 
 
 async def ports(page: DemoPage, index: int) -> tuple[int, int]:
-    """(the page's port, the server's port) of the candidate pair session `index` selected."""
+    """(the page's port, the server's port) of the candidate pair session `index` selected (Chromium:
+    its transport stat names the pair)."""
     found = await page.js(SELECTED_PORTS, index)
     assert found is not None, "no selected candidate pair"
     return int(found[0]), int(found[1])
+
+
+def publisher_address(server: Server) -> tuple[str, int] | None:
+    """Where the server sends the (only) publisher's packets: its transport's media address, the one
+    ICE nominated (None before it has one). Read from the server, so it does not depend on the
+    browser's getStats() naming the selected pair (a transport stat's selectedCandidatePairId, which
+    Chromium's and Firefox ESR 153's both give)."""
+    for connection in server.connections:
+        for session in connection.sessions.values():
+            if session.publish:
+                address = session.transport.peer.media_address
+                return (str(address[0]), int(address[1])) if address is not None else None
+    return None
+
+
+async def publisher_port(server: Server, page: DemoPageBase, index: int, media_port: int) -> int:
+    """The publisher's port, as the server sends to it; where the page names its selected candidate
+    pair too, the two must agree."""
+    address = publisher_address(server)
+    assert address is not None, "the server has no media address for the publisher"
+    found = await page.js(SELECTED_PORTS, index)
+    print(f"publisher's port: {address[1]} per the server, {found} (page's port, server's) per the page")
+    if found is not None:
+        assert (int(found[0]), int(found[1])) == (address[1], media_port), (found, address, media_port)
+    return address[1]
 
 
 def narrow_decodes(samples: list[Sample], low: int, high: int, i: int) -> bool:
@@ -437,65 +493,88 @@ def judge(samples: list[Sample], settled: int | None, hold: list[Sample], recove
     return problems
 
 
-async def test_a_narrow_player_gets_a_lower_layer_and_the_top_one_back(chromium: Browser) -> None:
-    """Issue 12's bar (see the module's docstring): a lower layer within 15 s behind 500 kbit/s,
-    >= 15 fps with < 2 s of freezes and < 5 % dropped over 10 s; the wide player on the top layer
-    throughout; the top layer within 30 s of lifting the cap."""
+async def narrow_and_wide(
+    server: Server, url: str, publisher: DemoPageBase, label: str, chromium: Browser, layers_within: float
+) -> None:
+    """Issue 12's bar (see the module's docstring), whoever publishes: `publisher` is a demo page at
+    `simulcast_url(url)` in the `label` browser, which must encode q, h and f within `layers_within` s of
+    pressing publish; the wide and narrow players are Chromium pages at `url`."""
     began = time.monotonic()
     problems: list[str] = []
+    ((_, media_port),) = server.media_addresses
+    wide, narrow = [await chromium.open(await chromium.new_context(), url) for _ in range(2)]
+    await wide.fill(uid="wide")
+    await narrow.fill(uid="narrow")
+    pressed = time.monotonic()
+    pub = await live(publisher, "publish")
+    check_offer(await publisher.offer(pub), label)
+    camera = await publisher.session(pub, "s.localStream.getVideoTracks()[0].getSettings()")
+    print(f"{label} publisher's camera: {camera.get('width')}x{camera.get('height')} at "
+          f"{camera.get('frameRate')} fps")
+    wide_play = await live(wide, "play")
+    ok, layers = await three_layers(publisher, pub, pressed + layers_within)
+    took = time.monotonic() - pressed
+    print(f"{label} publisher's layers {took:.1f} s after publish:\n{describe_layers(layers)}")
+    assert ok, f"the {label} publisher did not encode q, h and f within {layers_within:.0f} s"
+    width = await wide_on_top(wide, wide_play)
+    print(f"the wide player decodes {width} px wide {time.monotonic() - pressed:.1f} s after publish")
+    if width < TOP_WIDTH:
+        problems.append(f"the wide player did not decode the top layer within {TOP_WITHIN:.0f} s of "
+                        f"the three layers (it decoded {width} px wide); the test went on regardless")
+
+    pub_port = await publisher_port(server, publisher, pub, media_port)
+    wide_port, _ = await ports(wide, wide_play)
+    async with capped_link(media_port, [pub_port, wide_port], NARROW_RATE) as link:
+        started = time.monotonic()
+        narrow_play = await live(narrow, "play")
+        narrow_port, server_port = await ports(narrow, narrow_play)
+        assert server_port == media_port and narrow_port not in (pub_port, wide_port)
+        players = {"wide": (wide, wide_play), "narrow": (narrow, narrow_play)}
+        sampler = Sampler(server, (publisher, pub), players, link, started)
+        samples = sampler.samples
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sampler.run)
+            lower = partial(narrow_decodes, samples, 1, TOP_WIDTH)  # a lower layer
+            settled = await sampler.wait(lower, 0, SETTLE_WITHIN - (time.monotonic() - started))
+            hold_from = settled if settled is not None else len(samples) - 1
+            await sampler.count(hold_from + HOLD_SECONDS + 1)
+            hold = samples[hold_from : hold_from + HOLD_SECONDS + 1]
+
+            await link.lift()
+            lifted_at = time.monotonic() - started
+            sampler.phase = "lifted"
+            top = partial(narrow_decodes, samples, TOP_WIDTH, 1_000_000)
+            recovered = await sampler.wait(top, len(samples), RECOVER_WITHIN)
+            await sampler.count(len(samples) + 2)  # a little after, for the timeline
+            nursery.cancel_scope.cancel()
+
+    print(
+        f"{label} publisher; narrow link {NARROW_RATE / 1000:.0f} kbit/s; ports: server {media_port}, "
+        f"publisher {pub_port}, wide {wide_port}, narrow {narrow_port}. t: s since the narrow player pressed "
+        f"play; fps per second; freezes (Chromium's freezeCount, totalFreezesDuration) and lost packets "
+        f"cumulative; link: packets offered, dropped in the second"
+    )
+    print(sampler.timeline())
+    problems += judge(samples, settled, hold, recovered, lifted_at)
+    print(f"link at the end: {link.shown}; whole test {time.monotonic() - began:.1f} s")
+    assert not problems, "\n".join(problems)
+
+
+async def test_a_narrow_player_gets_a_lower_layer_and_the_top_one_back(chromium: Browser) -> None:
+    """Issue 12's bar (see the module's docstring), Chromium publishing: a lower layer within 15 s
+    behind 500 kbit/s, >= 15 fps with < 2 s of freezes and < 5 % dropped over 10 s; the wide player on
+    the top layer throughout; the top layer within 30 s of lifting the cap."""
     async with serving() as (server, url):
-        ((_, media_port),) = server.media_addresses
-        publisher, wide, narrow = [
-            await chromium.open(await chromium.new_context(), page_url)
-            for page_url in (simulcast_url(url), url, url)
-        ]
-        await wide.fill(uid="wide")
-        await narrow.fill(uid="narrow")
-        pressed = time.monotonic()
-        pub = await live(publisher, "publish")
-        wide_play = await live(wide, "play")
-        ok, layers = await three_layers(publisher, pub, pressed + LAYERS_WITHIN)
-        took = time.monotonic() - pressed
-        print(f"\npublisher's layers {took:.1f} s after publish:\n{describe_layers(layers)}")
-        assert ok, f"the publisher did not encode q, h and f within {LAYERS_WITHIN:.0f} s"
-        width = await wide_on_top(wide, wide_play)
-        print(f"the wide player decodes {width} px wide {time.monotonic() - pressed:.1f} s after publish")
-        if width < TOP_WIDTH:
-            problems.append(f"the wide player did not decode the top layer within {TOP_WITHIN:.0f} s of "
-                            f"the three layers (it decoded {width} px wide); the test went on regardless")
+        publisher = await chromium.open(await chromium.new_context(), simulcast_url(url))
+        await narrow_and_wide(server, url, publisher, "Chromium", chromium, LAYERS_WITHIN)
 
-        (pub_port, _), (wide_port, _) = await ports(publisher, pub), await ports(wide, wide_play)
-        async with capped_link(media_port, [pub_port, wide_port], NARROW_RATE) as link:
-            started = time.monotonic()
-            narrow_play = await live(narrow, "play")
-            narrow_port, server_port = await ports(narrow, narrow_play)
-            assert server_port == media_port and narrow_port not in (pub_port, wide_port)
-            players = {"wide": (wide, wide_play), "narrow": (narrow, narrow_play)}
-            sampler = Sampler(server, (publisher, pub), players, link, started)
-            samples = sampler.samples
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(sampler.run)
-                lower = partial(narrow_decodes, samples, 1, TOP_WIDTH)  # a lower layer
-                settled = await sampler.wait(lower, 0, SETTLE_WITHIN - (time.monotonic() - started))
-                hold_from = settled if settled is not None else len(samples) - 1
-                await sampler.count(hold_from + HOLD_SECONDS + 1)
-                hold = samples[hold_from : hold_from + HOLD_SECONDS + 1]
 
-                await link.lift()
-                lifted_at = time.monotonic() - started
-                sampler.phase = "lifted"
-                top = partial(narrow_decodes, samples, TOP_WIDTH, 1_000_000)
-                recovered = await sampler.wait(top, len(samples), RECOVER_WITHIN)
-                await sampler.count(len(samples) + 2)  # a little after, for the timeline
-                nursery.cancel_scope.cancel()
-
-        print(
-            f"narrow link {NARROW_RATE / 1000:.0f} kbit/s; ports: server {media_port}, publisher {pub_port}, "
-            f"wide {wide_port}, narrow {narrow_port}. t: s since the narrow player pressed play; fps per "
-            f"second; freezes (Chromium's freezeCount, totalFreezesDuration) and lost packets cumulative; "
-            f"link: packets offered, dropped in the second"
-        )
-        print(sampler.timeline())
-        problems += judge(samples, settled, hold, recovered, lifted_at)
-        print(f"link at the end: {link.shown}; whole test {time.monotonic() - began:.1f} s")
-        assert not problems, "\n".join(problems)
+async def test_firefox_publishes_and_a_narrow_chromium_player_gets_a_lower_layer_and_the_top_one_back(
+    firefox: Firefox, firefox_process: FirefoxProcess, chromium: Browser
+) -> None:
+    """As the Chromium test with Firefox publishing the same page's three layers (issue 12: "Firefox
+    publishes simulcast and a Chromium player switches layers the same way"); the same steps, the same
+    bar. Firefox turns its top layer on late: the narrow player starts once all three are encoded."""
+    async with serving(http=firefox_process.http) as (server, url):
+        publisher = await firefox.open(simulcast_url(url))
+        await narrow_and_wide(server, url, publisher, "Firefox", chromium, FIREFOX_LAYERS_WITHIN)
