@@ -108,6 +108,16 @@ class Config:
     shutdown_grace: float = 2.0
     http_idle_timeout: float = 10.0  # seconds to send a whole request (and between keep-alive requests)
     http_max_connections: int = 256
+    # More than one process (docs/cluster.md). `workers` > 1: a supervisor and that many workers
+    # sharing the signaling and HTTP ports, worker i with media port + i. Relays between workers (and
+    # nodes) are authenticated with `cluster_secret` (a random one when workers run without it).
+    workers: int = 1
+    cluster_secret: str | None = None
+    cluster_host: str = "127.0.0.1"  # where a worker's cluster listener (for relays) binds
+    # Set by the supervisor for its workers, not by hand:
+    worker_index: int | None = None
+    reuse_port: bool = False
+    supervisor: str | None = None  # the supervisor's directory socket
 
     def check(self) -> None:
         if not self.media:
@@ -126,6 +136,8 @@ class Config:
             raise ConfigError("max_input_delay must be positive (seconds of input a socket may queue)")
         if self.http_idle_timeout <= 0:
             raise ConfigError("http_idle_timeout must be positive")
+        if not 1 <= self.workers <= 256:
+            raise ConfigError("workers must be from 1 to 256 (one per core is the useful most)")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level: one of debug, info, warning, error")
 

@@ -130,7 +130,7 @@ async def test_healthz() -> None:
         reply = await get(sfu.server, "/healthz")
         assert reply.status == 200
         assert reply.headers["content-type"] == "application/json"
-        assert reply.json() == {"status": "ok", "sessions": 0, "streams": 0}
+        assert reply.json() == {"status": "ok", "sessions": 0, "streams": 0, "worker": None}
         sfu.server.shutting_down = True  # load balancers should stop sending new clients
         reply = await get(sfu.server, "/healthz")
         assert reply.status == 503 and reply.json()["status"] == "shutting_down"

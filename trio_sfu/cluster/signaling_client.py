@@ -1,5 +1,5 @@
-"""A client of the signaling protocol over one WebSocket, for tests and tools (the benchmark's legs
-use it too).
+"""A client of the signaling protocol over one WebSocket: a relay playing a stream from its origin,
+tests and tools (the benchmark's legs).
 
 `request` sends one request and waits for its ack (the server answers in order). What the server asks
 on its own (`stream.mute`, `stream.close`) is queued on `server_requests`, or, with `auto_ack`, answered

@@ -24,6 +24,7 @@ import h11
 import trio
 
 from trio_sfu.server import metrics
+from trio_sfu.server.listeners import bound_addresses, tcp_listeners
 
 if TYPE_CHECKING:
     from trio_sfu.server.server import Server
@@ -104,13 +105,11 @@ class HttpFrontend:
         task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on host:port (TLS when `ssl_context`); started() with the bound addresses."""
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        addresses = [listener.socket.getsockname()[:2] for listener in listeners]
+        listeners = await tcp_listeners(
+            host, port, ssl_context, reuse_port=self.server.config.reuse_port
+        )
+        addresses = bound_addresses(listeners)
         wrapped: list[trio.abc.Listener[trio.abc.Stream]] = list(listeners)
-        if ssl_context is not None:
-            wrapped = [
-                trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in listeners
-            ]
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, self.handle, wrapped)
             task_status.started(addresses)
@@ -232,7 +231,12 @@ class HttpFrontend:
         snap = self.server.snapshot()
         status = "shutting_down" if snap.shutting_down else "ok"
         return _json(
-            {"status": status, "sessions": snap.sessions, "streams": snap.streams_published},
+            {
+                "status": status,
+                "sessions": snap.sessions,
+                "streams": snap.streams_published,
+                "worker": self.server.config.worker_index,  # null: a single process
+            },
             503 if snap.shutting_down else 200,
         )
 

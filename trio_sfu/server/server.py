@@ -14,23 +14,23 @@ import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
-from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
 from trio_websocket import (
     WebSocketConnection,
     WebSocketRequest,
-    serve_websocket,
+    WebSocketServer,
     wrap_server_stream,
 )
 
 from trio_sfu.config import Config, ConfigError, HostPort
 from trio_sfu.media.negotiation import TransportParameters, answer_play, answer_publish
-from trio_sfu.media.router import Router
+from trio_sfu.media.router import Router, StreamKey
 from trio_sfu.media.totals import Totals
 from trio_sfu.server.http import HttpFrontend
+from trio_sfu.server.listeners import bound_addresses, tcp_listeners
 from trio_sfu.server.mux import MediaMux
 from trio_sfu.server.session import Session
 from trio_sfu.server.signaling_socket import SignalingSocket
@@ -69,6 +69,25 @@ class StatsSnapshot:
     @property
     def sessions(self) -> int:
         return self.publishers + self.players
+
+
+class ClusterLink(Protocol):
+    """What the server needs when it is one of several processes (trio_sfu.cluster implements it):
+    streams claimed cluster-wide, and relays for streams held elsewhere."""
+
+    async def run(self, server: Server, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
+
+    async def claim(self, key: StreamKey) -> None:
+        """Before a publish is answered; SignalingError 409 if another worker or node holds it."""
+        ...
+
+    def release(self, key: StreamKey) -> None:
+        """The stream's publisher is gone here (asynchronous: never blocks the caller)."""
+        ...
+
+    async def ensure_playable(self, key: StreamKey) -> None:
+        """Before a play is answered: relay the stream here if it is published elsewhere."""
+        ...
 
 
 def announced_addresses(config: Config, endpoint: HostPort) -> list[str]:
@@ -134,6 +153,12 @@ class Server:
         self.http = HttpFrontend(self)
         self._ssrcs_used: set[int] = set()
         self._nursery: trio.Nursery | None = None
+        # Several processes: the cluster layer, and the listener other workers' relays play from.
+        self.cluster: ClusterLink | None = None
+        self.cluster_verifier = (
+            TokenVerifier.from_settings(config.cluster_secret, None) if config.cluster_secret else None
+        )
+        self.cluster_addresses: list[tuple[str, int]] = []
 
     # ---- shared services for connections ----
 
@@ -230,6 +255,27 @@ class Server:
 
     def session_ended(self, session: Session, address: str) -> None:
         self.limits.session_ended(address, handshake_pending=not session.transport.connected.is_set())
+        if session.publish:
+            self.offer_failed(session.key, publish=True)
+
+    async def prepare_offer(self, key: StreamKey, *, publish: bool, relay: bool) -> None:
+        """The cluster's part of an offer, before the answer: a publish claims the stream everywhere;
+        a play of a stream held elsewhere starts (or joins) a relay. A relay's own play is served
+        from here or not at all."""
+        cluster = self.cluster
+        if cluster is None:
+            return
+        if publish:
+            self.router.check_free(key)
+            await cluster.claim(key)
+        elif not relay:
+            await cluster.ensure_playable(key)
+
+    def offer_failed(self, key: StreamKey, *, publish: bool) -> None:
+        """A publish offer that claimed the stream was refused, or its session ended: unless a
+        publisher here holds it after all, the claim goes."""
+        if publish and self.cluster is not None and self.router.lookup(key) is None:
+            self.cluster.release(key)
 
     def new_ssrc(self) -> int:
         while True:
@@ -287,25 +333,46 @@ class Server:
                     nursery.start_soon(self.mux.serve, endpoint, name="media-mux")
                 if listen:
                     signal = self.config.signal
-                    ws_server = await nursery.start(
-                        partial(
-                            serve_websocket,
-                            self._handle_request,
-                            signal.host,
-                            signal.port,
-                            self.ssl_context,
-                            max_message_size=self.config.max_message_size,
-                        )
+                    listeners = await tcp_listeners(
+                        signal.host, signal.port, self.ssl_context, reuse_port=self.config.reuse_port
                     )
-                    self.signal_addresses = [(str(e.address), e.port) for e in ws_server.listeners]
+                    self.signal_addresses = bound_addresses(listeners)
+                    await nursery.start(self._serve_websocket, self._handle_request, listeners)
+                    if self.cluster_verifier is not None:
+                        # Relays from other workers and nodes: the cluster secret's tokens only.
+                        relay_listeners = await tcp_listeners(self.config.cluster_host, 0)
+                        self.cluster_addresses = bound_addresses(relay_listeners)
+                        await nursery.start(
+                            self._serve_websocket, self._handle_relay_request, relay_listeners
+                        )
                     http = self.config.http
                     self.http_addresses = await nursery.start(
                         self.http.serve, http.host, http.port, self.ssl_context
                     )
+                if self.cluster is not None:
+                    await nursery.start(self.cluster.run, self)
                 task_status.started(self)
         finally:
             for endpoint in endpoints:
                 endpoint.close()
+
+    async def _serve_websocket(
+        self,
+        handler: Callable[[WebSocketRequest], Any],
+        listeners: Sequence[Any],
+        *,
+        task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        server = WebSocketServer(handler, listeners, max_message_size=self.config.max_message_size)
+        await server.run(task_status=task_status)
+
+    @property
+    def cluster_url(self) -> str | None:
+        """Where other workers' relays play this worker's streams."""
+        if not self.cluster_addresses:
+            return None
+        host, port = self.cluster_addresses[0]
+        return f"ws://{'[' + host + ']' if ':' in host else host}:{port}/ws"
 
     def _candidates(self, endpoints: Sequence[DatagramEndpoint]) -> tuple[tuple[str, int], ...]:
         result = []
@@ -344,6 +411,13 @@ class Server:
         ws = await request.accept()
         await self.handle_connection(ws)
 
+    async def _handle_relay_request(self, request: WebSocketRequest) -> None:
+        if request.path.split("?")[0] != "/ws":
+            await request.reject(404, body=b"the cluster WebSocket is at /ws\n")
+            return
+        ws = await request.accept()
+        await self.handle_connection(ws, relay=True)
+
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one WebSocket over any byte stream (tests use `trio.testing.memory_stream_pair`)."""
         async with trio.open_nursery() as nursery:
@@ -355,12 +429,12 @@ class Server:
                     await request._connection.aclose()
             nursery.cancel_scope.cancel()
 
-    async def handle_connection(self, ws: WebSocketConnection) -> None:
+    async def handle_connection(self, ws: WebSocketConnection, *, relay: bool = False) -> None:
         remote = ws.remote
-        if isinstance(remote, str):
-            connection = SignalingSocket(self, ws, remote, remote)
-        else:
-            connection = SignalingSocket(self, ws, f"{remote.address}:{remote.port}", str(remote.address))
+        name, address = (remote, remote) if isinstance(remote, str) else (
+            f"{remote.address}:{remote.port}", str(remote.address)
+        )
+        connection = SignalingSocket(self, ws, name, address, relay=relay)
         self.connections.add(connection)
         try:
             await connection.run()

@@ -69,14 +69,29 @@ class SignalingHost(Protocol):
 
     def session_ended(self, session: Session, address: str) -> None: ...
 
+    @property
+    def cluster_verifier(self) -> TokenVerifier | None: ...
+
+    async def prepare_offer(self, key: tuple[str, str], *, publish: bool, relay: bool) -> None: ...
+
+    def offer_failed(self, key: tuple[str, str], *, publish: bool) -> None: ...
+
 
 class SignalingSocket:
     OUTBOX = 256
 
     def __init__(
-        self, server: SignalingHost, ws: WebSocketConnection, remote: str, address: str = ""
+        self,
+        server: SignalingHost,
+        ws: WebSocketConnection,
+        remote: str,
+        address: str = "",
+        *,
+        relay: bool = False,
     ) -> None:
         self.server = server
+        # A connection on the cluster listener: another worker's relay, with a cluster-secret token.
+        self.relay = relay
         self.ws = ws
         self.remote = remote
         self.address = address  # the client's IP, for per-address limits
@@ -230,7 +245,10 @@ class SignalingSocket:
         if not request.header.app:
             raise SignalingError(ErrorCode.BAD_REQUEST, "app: an app name is required")
         try:
-            self.grant = self.server.verifier.verify(
+            verifier = self.server.cluster_verifier if self.relay else self.server.verifier
+            if verifier is None:
+                raise SignalingError(ErrorCode.FORBIDDEN, "this server takes no relays")
+            self.grant = verifier.verify(
                 data.token, request.header.app, request.header.uid, self.server.wall_clock()
             )
         except AuthError as exc:
@@ -262,15 +280,23 @@ class SignalingSocket:
                 f"this connection already has a {existing.direction} session for stream "
                 f"{header.stream!r}; close it first",
             )
-        session = self.server.open_session(
-            header,
-            publish=data.publish,
-            sdp=data.sdp,
-            notify=self.notify,
-            socket_sessions=len(self.sessions),
-            address=self.address,
-            max_layer=data.max_layer,
-        )
+        key = (header.app, header.stream)
+        if self.relay and data.publish:
+            raise SignalingError(ErrorCode.FORBIDDEN, "the cluster listener only serves relays' plays")
+        await self.server.prepare_offer(key, publish=data.publish, relay=self.relay)
+        try:
+            session = self.server.open_session(
+                header,
+                publish=data.publish,
+                sdp=data.sdp,
+                notify=self.notify,
+                socket_sessions=len(self.sessions),
+                address=self.address,
+                max_layer=data.max_layer,
+            )
+        except BaseException:
+            self.server.offer_failed(key, publish=data.publish)
+            raise
         self.sessions[header.stream] = session
         assert self._nursery is not None
         self._nursery.start_soon(self._run_session, session, name=repr(session))

@@ -1,11 +1,12 @@
 """A browser's side of a WebRTC transport, sans-IO: ICE controlling, DTLS client, SRTP.
 
-The counterpart of `trio_sfu.transport.peer.PeerTransport` for tests and the benchmark's legs, with
-the same surface (`receive`, `datagrams_to_send`, `get_timer`/`handle_timer`, `next_event`, `srtp`),
+The counterpart of `trio_sfu.transport.peer.PeerTransport`, for a relay that plays a stream from
+another worker or node (trio_sfu.cluster), tests and the benchmark's legs, with the same surface
+(`receive`, `datagrams_to_send`, `get_timer`/`handle_timer`, `next_event`, `srtp`),
 so one can be wired to the other in memory (`trio_sfu.testing.transport_pair`) or driven over a
 socket. Like a browser it sends connectivity checks (nominating) until one is answered, then RFC 7675
 consent checks, and answers the checks a full ICE peer sends back. It has one remote address: the
-server's candidate; a peer that gathers and pairs candidates is beyond a test double.
+server's candidate (a relay's origin is a server too, ICE-lite with one candidate a family).
 """
 
 from __future__ import annotations

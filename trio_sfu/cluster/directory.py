@@ -1,0 +1,220 @@
+"""Where each published stream is: its origin, the URL a relay plays it from.
+
+A stream is claimed before its publisher is answered, so a second publish of the same (app, stream)
+on another worker gets 409 as it would on one process. Workers on one host share the supervisor's
+table, reached over a Unix socket (`SupervisorDirectory`); a worker's claims go with its connection,
+so a worker that dies (even `kill -9`) frees its streams at once.
+
+The wire format is one JSON object a line: requests `{"id", "op": claim|release|locate, "app",
+"stream", "origin"}`, replies `{"id", "ok", "origin"}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+log = logging.getLogger(__name__)
+
+StreamKey = tuple[str, str]
+REQUEST_TIMEOUT = 2.0  # seconds a worker waits for the directory before it answers 503
+MAX_LINE = 64 * 1024  # a directory line longer than this is garbage
+
+
+class DirectoryUnavailable(Exception):
+    """The directory did not answer: cross-worker publishing and playing are refused (503)."""
+
+
+class Directory(Protocol):
+    async def claim(self, key: StreamKey, origin: str) -> str | None:
+        """Claim `key` for this worker (its relays play from `origin`); None: claimed, else the origin
+        that already holds it. Raises DirectoryUnavailable."""
+        ...
+
+    async def release(self, key: StreamKey) -> None: ...
+
+    async def locate(self, key: StreamKey) -> str | None:
+        """The origin of `key`, or None if nobody publishes it. Raises DirectoryUnavailable."""
+        ...
+
+
+# --------------------------------------------------------------------------- the supervisor's side
+
+
+@attrs.define
+class DirectoryTable:
+    """The claims of every worker, sans-IO: one request in, one reply out. Owners are the workers'
+    connections; `forget` drops everything one held."""
+
+    claims: dict[StreamKey, tuple[object, str]] = attrs.field(factory=dict)
+    malformed: int = 0
+
+    def handle(self, owner: object, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+            op, key = request["op"], (str(request["app"]), str(request["stream"]))
+            ident = request.get("id")
+        except (ValueError, KeyError, TypeError):
+            self.malformed += 1
+            return {"id": None, "ok": False, "error": "malformed directory request"}
+        if op == "claim":
+            origin = request.get("origin")
+            if not isinstance(origin, str):
+                self.malformed += 1
+                return {"id": ident, "ok": False, "error": "claim needs an origin"}
+            holder = self.claim(owner, key, origin)
+            return {"id": ident, "ok": holder is None, **({"origin": holder} if holder else {})}
+        if op == "release":
+            self.release(owner, key)
+            return {"id": ident, "ok": True}
+        if op == "locate":
+            return {"id": ident, "ok": True, "origin": self.locate(key)}
+        self.malformed += 1
+        return {"id": ident, "ok": False, "error": f"unknown op {op!r}"}
+
+    def claim(self, owner: object, key: StreamKey, origin: str) -> str | None:
+        held = self.claims.get(key)
+        if held is not None and held[0] is not owner:
+            return held[1]
+        self.claims[key] = (owner, origin)
+        return None
+
+    def release(self, owner: object, key: StreamKey) -> None:
+        held = self.claims.get(key)
+        if held is not None and held[0] is owner:
+            del self.claims[key]
+
+    def locate(self, key: StreamKey) -> str | None:
+        held = self.claims.get(key)
+        return held[1] if held else None
+
+    def forget(self, owner: object) -> list[StreamKey]:
+        gone = [key for key, (held_by, _) in self.claims.items() if held_by is owner]
+        for key in gone:
+            del self.claims[key]
+        return gone
+
+
+async def serve_directory(table: DirectoryTable, listener: trio.SocketListener) -> None:
+    """Serve the table to every worker that connects, until cancelled."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        owner = object()
+        buffer = b""
+        try:
+            async with stream:
+                while True:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    buffer += data
+                    while b"\n" in buffer:
+                        line, buffer = buffer.split(b"\n", 1)
+                        reply = table.handle(owner, line)
+                        await stream.send_all(json.dumps(reply).encode() + b"\n")
+                    if len(buffer) > MAX_LINE:
+                        log.warning("event=directory_garbage bytes=%d action=closed", len(buffer))
+                        return
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            gone = table.forget(owner)
+            if gone:
+                log.info("event=directory_worker_gone streams_released=%d", len(gone))
+
+    await trio.serve_listeners(handle, [listener])
+
+
+# --------------------------------------------------------------------------- a worker's side
+
+
+class SupervisorDirectory:
+    """A worker's view of the supervisor's table, over one Unix socket kept open for its life."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stream: trio.SocketStream | None = None
+        self._waiting: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
+        self._next_id = 0
+        self._send_lock = trio.Lock()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, then read replies until cancelled (the supervisor's end: the worker must go)."""
+        self._stream = await trio.open_unix_socket(self.path)
+        task_status.started()
+        buffer = b""
+        async with self._stream:
+            while True:
+                data = await self._stream.receive_some(65536)
+                if not data:
+                    raise DirectoryUnavailable("the supervisor closed the directory connection")
+                buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    self._dispatch(line)
+                if len(buffer) > MAX_LINE:
+                    raise DirectoryUnavailable("the supervisor sent garbage on the directory connection")
+
+    def _dispatch(self, line: bytes) -> None:
+        try:
+            reply = json.loads(line)
+            waiter = self._waiting.pop(reply["id"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("event=directory_bad_reply line=%r", line[:200])
+            return
+        waiter.send_nowait(reply)
+
+    async def _request(self, op: str, key: StreamKey, **fields: Any) -> dict[str, Any]:
+        stream = self._stream
+        if stream is None:
+            raise DirectoryUnavailable("not connected to the supervisor")
+        self._next_id += 1
+        ident = self._next_id
+        send, receive = trio.open_memory_channel[dict[str, Any]](1)
+        self._waiting[ident] = send
+        message = {"id": ident, "op": op, "app": key[0], "stream": key[1], **fields}
+        try:
+            with trio.fail_after(REQUEST_TIMEOUT):
+                async with self._send_lock:
+                    await stream.send_all(json.dumps(message).encode() + b"\n")
+                return await receive.receive()
+        except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise DirectoryUnavailable(f"the supervisor's directory did not answer ({exc!r})") from None
+        finally:
+            self._waiting.pop(ident, None)
+
+    async def claim(self, key: StreamKey, origin: str) -> str | None:
+        reply = await self._request("claim", key, origin=origin)
+        if reply.get("ok"):
+            return None
+        holder = reply.get("origin")
+        if not isinstance(holder, str):
+            raise DirectoryUnavailable(f"the directory refused the claim: {reply.get('error')}")
+        return holder
+
+    async def release(self, key: StreamKey) -> None:
+        await self._request("release", key)
+
+    async def locate(self, key: StreamKey) -> str | None:
+        origin = (await self._request("locate", key)).get("origin")
+        return origin if isinstance(origin, str) else None
+
+
+class TableDirectory:
+    """One worker's view of a table in the same process (tests, and workers run as tasks)."""
+
+    def __init__(self, table: DirectoryTable) -> None:
+        self.table = table
+
+    async def claim(self, key: StreamKey, origin: str) -> str | None:
+        return self.table.claim(self, key, origin)
+
+    async def release(self, key: StreamKey) -> None:
+        self.table.release(self, key)
+
+    async def locate(self, key: StreamKey) -> str | None:
+        return self.table.locate(key)

@@ -1,0 +1,72 @@
+"""A worker's part in the cluster: claims in the directory, and relays for streams held elsewhere.
+
+Plugged into the server as its `ClusterLink`: a publish claims its stream before it is answered (409
+if another worker holds it), a play of a stream held elsewhere waits for this worker's relay of it (503
+if the directory or the origin does not answer), and a publisher's end releases the claim.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from trio_sfu.cluster.directory import Directory, DirectoryUnavailable, StreamKey
+from trio_sfu.cluster.relay import Relays
+from trio_sfu.server.server import Server
+from trio_sfu.signaling.messages import ErrorCode, SignalingError
+
+log = logging.getLogger(__name__)
+
+
+class WorkerCluster:
+    def __init__(self, directory: Directory, *, secret: str, connect_directory: bool = True) -> None:
+        self.directory = directory
+        self.secret = secret
+        self._connect_directory = connect_directory
+        self.relays: Relays | None = None
+        self._nursery: trio.Nursery | None = None
+        self._origin = ""
+
+    async def run(
+        self, server: Server, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        origin = server.cluster_url
+        if origin is None:
+            raise RuntimeError("a worker of a cluster needs its cluster listener (cluster_secret)")
+        self._origin = origin
+        self.relays = Relays(server, self.directory, secret=self.secret, origin=origin,
+                             host=server.config.cluster_host)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            run_directory = getattr(self.directory, "run", None)
+            if self._connect_directory and run_directory is not None:
+                await nursery.start(run_directory)
+            await nursery.start(self.relays.run)
+            task_status.started()
+
+    async def claim(self, key: StreamKey) -> None:
+        try:
+            holder = await self.directory.claim(key, self._origin)
+        except DirectoryUnavailable as exc:
+            raise SignalingError(
+                ErrorCode.UNAVAILABLE, f"the cluster directory is unavailable ({exc}); try again shortly"
+            ) from None
+        if holder is not None:
+            raise SignalingError(
+                ErrorCode.CONFLICT, f"stream {key[1]!r} is already being published (on another worker)"
+            )
+
+    def release(self, key: StreamKey) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self._release, key)
+
+    async def _release(self, key: StreamKey) -> None:
+        try:
+            await self.directory.release(key)
+        except DirectoryUnavailable as exc:
+            log.warning("event=directory_release_failed app=%s stream=%s error=%r", *key, str(exc))
+
+    async def ensure_playable(self, key: StreamKey) -> None:
+        assert self.relays is not None
+        await self.relays.ensure(key)
