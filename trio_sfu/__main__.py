@@ -62,6 +62,19 @@ def _serve_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM private key of --tls-cert")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes sharing the ports (default 1: this process serves); docs/cluster.md",
+    )
+    parser.add_argument(
+        "--cluster-secret",
+        help="authenticates relays between workers and nodes (or env TRIO_SFU_CLUSTER_SECRET; "
+        "random when workers run without one)",
+    )
+    # Set by the supervisor for its workers.
+    parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--supervisor", help=argparse.SUPPRESS)
     return parser
 
 
@@ -147,6 +160,11 @@ def load_config(argv: list[str]) -> Config:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         log_level=args.log_level,
+        workers=1 if args.worker_index is not None else args.workers,
+        cluster_secret=args.cluster_secret or os.environ.get("TRIO_SFU_CLUSTER_SECRET") or None,
+        worker_index=args.worker_index,
+        supervisor=args.supervisor,
+        reuse_port=True if args.worker_index is not None else None,
     )
 
 
@@ -158,12 +176,16 @@ async def run_server(server: Server) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve)
         tls = server.config.tls
-        for host, port in server.signal_addresses:
-            print(f"signaling  {'wss' if tls else 'ws'}://{_shown(host)}:{port}/ws", flush=True)
+        worker = server.config.worker_index
+        if worker is None:
+            for host, port in server.signal_addresses:
+                print(f"signaling  {'wss' if tls else 'ws'}://{_shown(host)}:{port}/ws", flush=True)
         for host, port in server.media_addresses:
-            print(f"media      udp {_shown(host)}:{port}", flush=True)
-        for host, port in server.http_addresses:
-            print(f"http       {'https' if tls else 'http'}://{_shown(host)}:{port}/", flush=True)
+            suffix = f" (worker {worker})" if worker is not None else ""
+            print(f"media      udp {_shown(host)}:{port}{suffix}", flush=True)
+        if worker is None:
+            for host, port in server.http_addresses:
+                print(f"http       {'https' if tls else 'http'}://{_shown(host)}:{port}/", flush=True)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 log.info("event=signal signal=%s", signal.Signals(signum).name)
@@ -181,11 +203,21 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(config.log_level)
         server = Server(config)
         server.check_binds()
+        if config.supervisor is not None and config.cluster_secret is not None:
+            from trio_sfu.cluster.directory import SupervisorDirectory
+            from trio_sfu.cluster.worker import WorkerCluster
+
+            directory = SupervisorDirectory(config.supervisor)
+            server.cluster = WorkerCluster(directory, secret=config.cluster_secret)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if server.verifier.open_mode:
+    if server.verifier.open_mode and not config.worker_index:
         print(OPEN_MODE_WARNING, file=sys.stderr, flush=True)
+    if config.workers > 1:
+        from trio_sfu.cluster.supervisor import supervise
+
+        return supervise(config, argv)
     status = 0
     try:
         trio.run(run_server, server)
