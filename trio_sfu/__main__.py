@@ -14,6 +14,7 @@ import trio
 
 from trio_sfu import config as config_module
 from trio_sfu.config import Config, ConfigError, HostPort
+from trio_sfu.server.server import ClusterLink as ServerCluster
 from trio_sfu.server.server import Server
 from trio_sfu.signaling.auth import mint_token
 
@@ -71,6 +72,13 @@ def _serve_parser() -> argparse.ArgumentParser:
         "--cluster-secret",
         help="authenticates relays between workers and nodes (or env TRIO_SFU_CLUSTER_SECRET; "
         "random when workers run without one)",
+    )
+    parser.add_argument("--redis", metavar="URL", help="a cluster of nodes on Redis: redis://HOST:PORT/DB")
+    parser.add_argument("--node-name", help="this node's name in the cluster (default: the host name)")
+    parser.add_argument(
+        "--cluster-host",
+        metavar="IP",
+        help="where relays from other workers and nodes reach this one (default 127.0.0.1)",
     )
     # Set by the supervisor for its workers.
     parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
@@ -163,9 +171,33 @@ def load_config(argv: list[str]) -> Config:
         workers=1 if args.worker_index is not None else args.workers,
         cluster_secret=args.cluster_secret or os.environ.get("TRIO_SFU_CLUSTER_SECRET") or None,
         worker_index=args.worker_index,
+        redis=args.redis,
+        node_name=args.node_name,
+        cluster_host=args.cluster_host,
         supervisor=args.supervisor,
         reuse_port=True if args.worker_index is not None else None,
     )
+
+
+def cluster_link(config: Config) -> ServerCluster:
+    """This process's part in a cluster: Redis's directory if configured, else its supervisor's."""
+    import socket
+
+    from trio_sfu.cluster.directory import Directory, SupervisorDirectory
+    from trio_sfu.cluster.redis_directory import RedisDirectory
+    from trio_sfu.cluster.worker import WorkerCluster
+
+    assert config.cluster_secret is not None
+    directory: Directory
+    if config.redis is not None:
+        node = config.node_name or socket.gethostname()
+        if config.worker_index is not None:
+            node = f"{node}-w{config.worker_index}"
+        directory = RedisDirectory(config.redis, node)
+    else:
+        assert config.supervisor is not None
+        directory = SupervisorDirectory(config.supervisor)
+    return WorkerCluster(directory, secret=config.cluster_secret)
 
 
 def _shown(host: str) -> str:
@@ -203,12 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(config.log_level)
         server = Server(config)
         server.check_binds()
-        if config.supervisor is not None and config.cluster_secret is not None:
-            from trio_sfu.cluster.directory import SupervisorDirectory
-            from trio_sfu.cluster.worker import WorkerCluster
-
-            directory = SupervisorDirectory(config.supervisor)
-            server.cluster = WorkerCluster(directory, secret=config.cluster_secret)
+        if config.workers == 1 and config.cluster_secret and (config.redis or config.supervisor):
+            server.cluster = cluster_link(config)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -114,6 +114,10 @@ class Config:
     workers: int = 1
     cluster_secret: str | None = None
     cluster_host: str = "127.0.0.1"  # where a worker's cluster listener (for relays) binds
+    # A cluster of nodes (hosts) on Redis: redis://HOST:PORT/DB, this node's name in it (default: the
+    # host name); cluster_host is then the address other nodes reach this one at.
+    redis: str | None = None
+    node_name: str | None = None
     # Set by the supervisor for its workers, not by hand:
     worker_index: int | None = None
     reuse_port: bool = False
@@ -136,6 +140,11 @@ class Config:
             raise ConfigError("max_input_delay must be positive (seconds of input a socket may queue)")
         if self.http_idle_timeout <= 0:
             raise ConfigError("http_idle_timeout must be positive")
+        if self.redis is not None and not self.cluster_secret:
+            raise ConfigError(
+                "redis: a cluster of nodes needs cluster_secret (--cluster-secret or "
+                "TRIO_SFU_CLUSTER_SECRET), the same on every node"
+            )
         if not 1 <= self.workers <= 256:
             raise ConfigError("workers must be from 1 to 256 (one per core is the useful most)")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):

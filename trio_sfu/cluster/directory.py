@@ -30,6 +30,8 @@ class DirectoryUnavailable(Exception):
 
 
 class Directory(Protocol):
+    origin: str | None  # this worker's cluster URL, set by the worker once its listener is bound
+
     async def claim(self, key: StreamKey, origin: str) -> str | None:
         """Claim `key` for this worker (its relays play from `origin`); None: claimed, else the origin
         that already holds it. Raises DirectoryUnavailable."""
@@ -39,6 +41,10 @@ class Directory(Protocol):
 
     async def locate(self, key: StreamKey) -> str | None:
         """The origin of `key`, or None if nobody publishes it. Raises DirectoryUnavailable."""
+        ...
+
+    async def release_all(self) -> None:
+        """Shutting down: free every stream this worker holds at once."""
         ...
 
 
@@ -137,6 +143,8 @@ class SupervisorDirectory:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.origin: str | None = None
+        self.claims: set[StreamKey] = set()
         self._stream: trio.SocketStream | None = None
         self._waiting: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
         self._next_id = 0
@@ -190,6 +198,7 @@ class SupervisorDirectory:
     async def claim(self, key: StreamKey, origin: str) -> str | None:
         reply = await self._request("claim", key, origin=origin)
         if reply.get("ok"):
+            self.claims.add(key)
             return None
         holder = reply.get("origin")
         if not isinstance(holder, str):
@@ -197,7 +206,12 @@ class SupervisorDirectory:
         return holder
 
     async def release(self, key: StreamKey) -> None:
+        self.claims.discard(key)
         await self._request("release", key)
+
+    async def release_all(self) -> None:
+        for key in list(self.claims):
+            await self.release(key)
 
     async def locate(self, key: StreamKey) -> str | None:
         origin = (await self._request("locate", key)).get("origin")
@@ -209,6 +223,7 @@ class TableDirectory:
 
     def __init__(self, table: DirectoryTable) -> None:
         self.table = table
+        self.origin: str | None = None
 
     async def claim(self, key: StreamKey, origin: str) -> str | None:
         return self.table.claim(self, key, origin)
@@ -218,3 +233,6 @@ class TableDirectory:
 
     async def locate(self, key: StreamKey) -> str | None:
         return self.table.locate(key)
+
+    async def release_all(self) -> None:
+        self.table.forget(self)

@@ -48,6 +48,11 @@ RELAY_UID = "trio_sfu-relay"
 CONNECT_TIMEOUT = 5.0  # seconds from the origin's URL to media flowing, before the player gets 503
 RELAY_LINGER = 5.0  # seconds a relay without players stays up (a player that reloads finds it)
 RELAY_BITRATE = 100_000_000  # the REMB a relay sends: a link between servers, not a viewer's
+# Consent (RFC 7675) to the origin, checked more often than a browser does: an origin host that
+# vanishes without a word (no TCP reset) ends its relays, and their players hear publisher_gone,
+# within 10 s.
+CONSENT_INTERVAL = 2.0
+CONSENT_TIMEOUT = 8.0
 TOKEN_TTL = 300.0
 
 
@@ -73,6 +78,7 @@ class Relay:
         self._ended = trio.Event()
         self._wake = trio.Event()
         self.reason = CloseReason.PUBLISHER_GONE
+        self.started = False  # media flowed and the publication was local
         self.counters: dict[str, int] = {"rtp": 0, "srtp_failures": 0}
 
     # ---- what PublisherMedia needs of a transport (RtcpSender) ----
@@ -93,7 +99,7 @@ class Relay:
                 await self._serve(nursery, task_status)
         except* RelayFailed as group:
             raise group.exceptions[0] from None
-        except* (OSError, trio.TooSlowError, trio_websocket.HandshakeError) as group:
+        except* Exception as group:  # unreachable, refused, garbage: whatever it was, this relay ends
             raise RelayFailed(f"cannot play from the origin {self.origin}: {group.exceptions[0]!r}") from None
         finally:
             self._end_publication()
@@ -109,6 +115,7 @@ class Relay:
             nursery.start_soon(self._pump, client)
             with trio.fail_after(CONNECT_TIMEOUT):
                 await self._start(client, nursery)
+            self.started = True
             task_status.started()
             await self._ended.wait()
         finally:
@@ -149,6 +156,8 @@ class Relay:
             certificate=self.server.certificate,
             remote_address=answer.address,
             now=trio.current_time(),
+            consent_interval=CONSENT_INTERVAL,
+            consent_timeout=CONSENT_TIMEOUT,
         )
         self._media = PublisherMedia(
             self, answer.negotiated, ssrc=self.server.new_ssrc(), max_bitrate=RELAY_BITRATE
@@ -344,10 +353,11 @@ class Relays:
         self.relays[relay.key] = relay
         try:
             await relay.run(task_status=task_status)
-        except RelayFailed:
-            raise
-        except Exception:  # after the start: one relay's failure must not take the worker down
-            log.exception("event=relay_crashed app=%s stream=%s", *relay.key)
+        except RelayFailed as exc:
+            if not relay.started:
+                raise  # to `ensure`, which answers the player 503
+            # After the start: one relay's failure must not take the worker down.
+            log.warning("event=relay_failed app=%s stream=%s error=%r", *relay.key, str(exc))
         finally:
             if self.relays.get(relay.key) is relay:
                 del self.relays[relay.key]

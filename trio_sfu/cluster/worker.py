@@ -35,6 +35,7 @@ class WorkerCluster:
         if origin is None:
             raise RuntimeError("a worker of a cluster needs its cluster listener (cluster_secret)")
         self._origin = origin
+        self.directory.origin = origin
         self.relays = Relays(server, self.directory, secret=self.secret, origin=origin,
                              host=server.config.cluster_host)
         async with trio.open_nursery() as nursery:
@@ -66,6 +67,13 @@ class WorkerCluster:
             await self.directory.release(key)
         except DirectoryUnavailable as exc:
             log.warning("event=directory_release_failed app=%s stream=%s error=%r", *key, str(exc))
+
+    async def close(self) -> None:
+        """The server is shutting down: its streams are freed now, not when their claims expire."""
+        try:
+            await self.directory.release_all()
+        except DirectoryUnavailable as exc:
+            log.warning("event=directory_release_failed during=shutdown error=%r", str(exc))
 
     async def ensure_playable(self, key: StreamKey) -> None:
         assert self.relays is not None

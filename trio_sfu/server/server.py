@@ -89,6 +89,10 @@ class ClusterLink(Protocol):
         """Before a play is answered: relay the stream here if it is published elsewhere."""
         ...
 
+    async def close(self) -> None:
+        """Shutting down: release this server's claims at once."""
+        ...
+
 
 def announced_addresses(config: Config, endpoint: HostPort) -> list[str]:
     """The addresses written into ICE candidates for one media listener."""
@@ -447,6 +451,9 @@ class Server:
         """Every session gets `stream.close` (server_shutdown), sockets close, then everything stops."""
         self.shutting_down = True
         log.info("event=shutdown connections=%d", len(self.connections))
+        if self.cluster is not None:
+            with trio.move_on_after(self.config.shutdown_grace):
+                await self.cluster.close()
         self._idle = trio.Event()
         if self.connections:
             for connection in list(self.connections):

@@ -3,6 +3,11 @@
 For test peers written here (the sans-IO client peer, the benchmark's legs): a BUNDLE offer of opus
 and VP8 with rtcp-mux, a=setup:active and abs-send-time, and the few fields of an answer (from
 trio_sfu, or an offer from Janus) that such a peer needs to connect.
+
+A publisher may offer its video as simulcast layers the way Chromium does (`build_offer(rids=...)`):
+the mid, rid and repaired-rid header extensions, `a=rid:X send` per layer, `a=simulcast:send q;h;f`,
+and no a=ssrc lines for the video (the layers' SSRCs are learnt from the rid extension of their first
+packets); `simulcast_answer_problem` says whether the answer took the layers.
 """
 
 from __future__ import annotations
@@ -13,13 +18,16 @@ import struct
 
 import attrs
 
-from trio_sfu.media.negotiation import EXT_ABS_SEND_TIME, EXT_MID
+from trio_sfu.media.negotiation import EXT_ABS_SEND_TIME, EXT_MID, EXT_REPAIRED_RID, EXT_RID
 from trio_sfu.transport.certificate import Certificate
 from trio_sfu.transport.ice import ice_credential
 from trio_sfu.wire.datagram import Address
 
-ABS_SEND_TIME_ID = 2  # Chromium's ids: abs-send-time 2, mid 4
+ABS_SEND_TIME_ID = 2  # Chromium's ids: abs-send-time 2, mid 4, rid 10, repaired-rid 11
 MID_ID = 4
+RID_ID = 10
+REPAIRED_RID_ID = 11
+SIMULCAST_RIDS = ("q", "h", "f")  # Chromium's three layers, lowest first: quarter, half, full size
 OPUS_PT = 111
 VP8_PT = 96
 
@@ -50,11 +58,15 @@ class LocalParams:
         )
 
 
-def build_offer(local: LocalParams, *, publish: bool) -> str:
+def build_offer(local: LocalParams, *, publish: bool, rids: tuple[str, ...] = ()) -> str:
     """A Chromium-shaped BUNDLE offer: opus/111 and VP8/96, rtcp-mux, setup:active, abs-send-time.
 
-    A publisher sends (a=ssrc lines name its SSRCs); a subscriber only receives.
+    A publisher sends (a=ssrc lines name its SSRCs); a subscriber only receives. `rids` (a publisher
+    only): the video goes as these simulcast layers, lowest first, as Chromium offers them (see the
+    module's docstring); `local.video_ssrc` is then unused.
     """
+    if rids and not publish:
+        raise ValueError("only a publisher offers simulcast layers")
     direction = "sendonly" if publish else "recvonly"
     session_id = int.from_bytes(os.urandom(7), "big")
     lines = [
@@ -84,6 +96,7 @@ def build_offer(local: LocalParams, *, publish: bool) -> str:
                 f"a=candidate:1 1 udp 2122260223 {local.host} {local.port} typ host generation 0",
                 "a=end-of-candidates",
             ]
+        simulcast = bool(rids) and kind == "video"
         lines += [
             f"a=ice-ufrag:{local.ice_ufrag}",
             f"a=ice-pwd:{local.ice_pwd}",
@@ -92,11 +105,19 @@ def build_offer(local: LocalParams, *, publish: bool) -> str:
             f"a=mid:{mid}",
             f"a=extmap:{ABS_SEND_TIME_ID} {EXT_ABS_SEND_TIME}",
             f"a=extmap:{MID_ID} {EXT_MID}",
+        ]
+        if simulcast:
+            lines += [f"a=extmap:{RID_ID} {EXT_RID}", f"a=extmap:{REPAIRED_RID_ID} {EXT_REPAIRED_RID}"]
+        lines += [
             f"a={direction}",
             "a=rtcp-mux",
             *codec_lines,
         ]
-        if publish:
+        if simulcast:
+            # As Chromium: the stream's msid, no a=ssrc lines, then the layers.
+            lines += [f"a=msid:bench {kind}", *(f"a=rid:{rid} send" for rid in rids),
+                      f"a=simulcast:send {';'.join(rids)}"]
+        elif publish:
             msid = f"bench {kind}"
             lines += [f"a=msid:{msid}", f"a=ssrc:{ssrc} cname:{local.cname}", f"a=ssrc:{ssrc} msid:{msid}"]
     return "\r\n".join(lines) + "\r\n"
@@ -110,6 +131,8 @@ class Section:
     formats: tuple[str, ...]
     rtpmaps: dict[int, str]  # payload type -> "VP8/90000"
     extensions: dict[str, int]  # uri -> id
+    rids: dict[str, str] = attrs.field(factory=dict)  # a=rid lines: rid -> direction ("recv", "send")
+    simulcast: str = ""  # the a=simulcast value, e.g. "recv q;h;f"
 
 
 @attrs.frozen
@@ -178,6 +201,34 @@ def parse_answer(sdp: str) -> Answer:
         elif line.startswith("a=extmap:"):
             ident, _, uri = line[9:].partition(" ")
             section.extensions[uri.split()[0]] = int(ident.split("/")[0])
+        elif line.startswith("a=rid:"):
+            fields = line[6:].split()
+            if len(fields) >= 2:
+                section.rids[fields[0]] = fields[1]
+        elif line.startswith("a=simulcast:"):
+            sections[-1] = attrs.evolve(section, simulcast=" ".join(line[12:].split()))
     if ufrag is None or pwd is None or not fingerprints:
         raise ValueError("the answer lacks ICE credentials or a fingerprint")
     return Answer(ufrag, pwd, tuple(fingerprints), tuple(candidates), ssrcs, pts, tuple(sections))
+
+
+def simulcast_answer_problem(answer: Answer, rids: tuple[str, ...]) -> str | None:
+    """None if `answer` receives every layer of a simulcast offer of `rids` (a=rid:X recv for each, and
+    a=simulcast:recv listing them all), else what is wrong: a server that answers without them gets
+    one layer from a browser, and the layers' packets would not be told apart."""
+    video = next((s for s in answer.sections if s.kind == "video" and s.port != 0), None)
+    if video is None:
+        return "the answer rejects or lacks the video section"
+    missing = [rid for rid in rids if video.rids.get(rid) != "recv"]
+    direction, _, listed = video.simulcast.partition(" ")
+    # RFC 8853: alternatives are separated by commas, layers by semicolons; '~' marks a paused one.
+    received = {alt.lstrip("~") for layer in listed.split(";") for alt in layer.split(",") if alt}
+    problems = []
+    if missing:
+        problems.append(f"no 'a=rid:X recv' for {', '.join(missing)}")
+    if direction != "recv" or not set(rids) <= received:
+        problems.append(f"'a=simulcast:{video.simulcast}' instead of 'a=simulcast:recv {';'.join(rids)}'"
+                        if video.simulcast else f"no 'a=simulcast:recv {';'.join(rids)}'")
+    if EXT_RID not in video.extensions:
+        problems.append(f"the rid header extension ({EXT_RID}) was not accepted")
+    return "; ".join(problems) or None
