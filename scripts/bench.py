@@ -5,6 +5,8 @@
     scripts/bench.py --subscribers 1,10,100 --json bench-results/today.json
     scripts/bench.py --quick                           # N = 1, 5; 3 s windows (what the test runs)
     scripts/bench.py --compare "CMD_A" "CMD_B"         # A, B, A, B per N; prints ratios B/A
+    scripts/bench.py --simulcast --compare "CMD --config off.toml" default
+                                                       # a simulcast publisher; e.g. adaptation off/on
 
 The server runs as its own process, so its CPU (utime+stime from /proc) is its alone. One publisher
 process sends pre-encoded VP8 (1.5 Mbit/s, 30 fps) and Opus (20 ms) in real time over a real leg
@@ -12,6 +14,17 @@ process sends pre-encoded VP8 (1.5 Mbit/s, 30 fps) and Opus (20 ms) in real time
 hold N real play legs and count what arrives. Everything runs in a private network namespace on
 loopback (the script re-executes itself under `unshare --net` unless told not to). See
 docs/performance.md for how to read the figures.
+
+With --simulcast the publisher offers its video as Chromium does for three layers (a=rid q, h, f send,
+a=simulcast:send q;h;f, the rid header extension, no a=ssrc lines for the video) and sends them: f is
+the stream above, h and q the same frames cut to about 1/3 and 1/8 (see scripts/benchlib/publisher.py);
+every layer's VP8 descriptor marks L1T3 temporal layers. The run fails if the answer does not receive
+the three layers. Players still get one video stream each; "fwd pkt/s" and "CPU µs/pkt" count what they
+receive, never the publisher's layers.
+
+After each measurement window the bench reads the server's /metrics (if it printed an `http` start-up
+line; Janus does not) for its keyframe cache: "kf cache KB" is the largest of a few samples taken after
+the window (the cache grows from one keyframe to the next), the sum over the stream's video layers.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import media, procfs
 from benchlib.progress import Progress
+from benchlib.publisher import simulcast_summary
 from benchlib.run import (
     Options,
     python_command,
@@ -55,8 +69,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="CI mode: N=1,5, 3 s windows, 3 probes")
     parser.add_argument("--json", type=Path, help="write the results here (e.g. bench-results/NAME.json)")
     parser.add_argument("--server-cmd", help="server command line (default: this tree's python -m trio_sfu "
-                        "--signal 127.0.0.1:0 --media 127.0.0.1:0 --log-level warning); it must print the "
-                        "same 'signaling ws://...' and 'media udp ...' start-up lines")
+                        "--signal 127.0.0.1:0 --media 127.0.0.1:0 --log-level warning, and --http "
+                        "127.0.0.1:0 if it has that option); it must print the same 'signaling ws://...' and "
+                        "'media udp ...' start-up lines, and may print 'http http://...' (its /metrics is "
+                        "read for the keyframe cache)")
     parser.add_argument("--compare", nargs=2, metavar=("CMD_A", "CMD_B"),
                         help="bench two server command lines in alternation and print ratios B/A; "
                         "'default' is this tree's server, 'janus' is Debian's Janus (VideoRoom, HTTP API); "
@@ -73,7 +89,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--decrypt-every", type=int, default=8, choices=(1, 2, 4, 8, 16, 32),
                         help="subscribers unprotect 1 packet in this many (8); one leg per process: all")
     parser.add_argument("--pacing", type=float, default=2.5,
-                        help="publisher pacer rate as a multiple of the video bitrate (2.5); 0 = bursts")
+                        help="publisher pacer rate as a multiple of the video bitrate (of all layers with "
+                        "--simulcast) (2.5); 0 = bursts")
+    parser.add_argument("--simulcast", action="store_true",
+                        help="the publisher sends its video as three simulcast layers q, h, f (rids, as "
+                        "Chromium) with VP8 temporal layers; players still get one layer each")
     parser.add_argument("--media", type=Path, default=media.DEFAULT_PATH, help="pre-encoded media file")
     parser.add_argument("--regenerate-media", action="store_true", help="encode the media file again")
     parser.add_argument("--token", default="", help="token for stream.connect (open mode: empty)")
@@ -144,12 +164,14 @@ def main(argv: list[str] | None = None) -> int:
         subscribers=subscribers, duration=duration, settle=settle, probes=probes,
         legs_per_worker=args.legs_per_worker, decrypt_every=args.decrypt_every, pacing=args.pacing,
         media_path=args.media, token=args.token, keep_logs=args.keep_logs,
-        janus_event_loops=args.janus_event_loops,
+        janus_event_loops=args.janus_event_loops, simulcast=args.simulcast,
     )
     load_before = procfs.load_average()
     tree_before = tree_state()
     started = datetime.datetime.now(datetime.UTC)
     print(f"media: {loaded.summary()}", file=sys.stderr)
+    if args.simulcast:
+        print(f"simulcast layers: {simulcast_summary(loaded)}", file=sys.stderr)
     progress = Progress(enabled=not args.no_progress)
     os.chdir(ROOT)  # `python -m trio_sfu` runs this tree
     try:
@@ -197,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                 problems.append(f"probe errors: {result['probe_errors'][:2]}")
             if result.get("probe_leave_errors"):
                 problems.append(f"probes measured, then failed to leave: {result['probe_leave_errors'][:2]}")
+            if result.get("metrics_errors"):
+                problems.append(f"/metrics could not be read: {result['metrics_errors'][:2]}")
         log = result["server_log"]
         if log["errors"] or log["tracebacks"] or log["warnings"]:
             problems.append(
@@ -230,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             "servers": {label: shlex.join(command) for label, command in servers},
             "options": {"subscribers": subscribers, "duration": duration, "settle": settle,
                         "probes": probes, "rounds": rounds, "legs_per_worker": args.legs_per_worker,
-                        "decrypt_every": args.decrypt_every, "pacing": args.pacing},
+                        "decrypt_every": args.decrypt_every, "pacing": args.pacing,
+                        "simulcast": args.simulcast},
             "summary": summaries,
             "ratios_b_over_a": comparison,
             "runs": results,

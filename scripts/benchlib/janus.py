@@ -28,7 +28,15 @@ import trio
 from trio_sfu.media.negotiation import EXT_ABS_SEND_TIME, EXT_MID
 
 from . import procfs
-from .proto import JANUS_MEDIA_HOST, Answer, LocalParams, SignalingError, build_offer, parse_answer
+from .proto import (
+    JANUS_MEDIA_HOST,
+    Answer,
+    LocalParams,
+    SignalingError,
+    build_offer,
+    check_simulcast_answer,
+    parse_answer,
+)
 
 ROOM = 1234
 PLUGIN = "janus.plugin.videoroom"
@@ -269,16 +277,20 @@ class JanusSignaling:
             if data.get("videoroom") == wanted or (wanted == "configured" and data.get("configured")):
                 return event
 
-    async def negotiate(self, local: LocalParams, *, publish: bool, token: str) -> Answer:
+    async def negotiate(
+        self, local: LocalParams, *, publish: bool, token: str, rids: tuple[str, ...] = ()
+    ) -> Answer:
         if publish:
             await self.message({"request": "join", "ptype": "publisher", "room": ROOM, "display": "bench"})
             await self.event("joined")
             self.offer_sent_at = time.monotonic()
-            offer = build_offer(local, publish=True)
+            offer = build_offer(local, publish=True, rids=rids)
             await self.message({"request": "publish", "audio": True, "video": True},
                                {"type": "offer", "sdp": offer, "trickle": False})
             event = await self.event("configured")
-            return parse_answer(event["jsep"]["sdp"])
+            accepted = parse_answer(event["jsep"]["sdp"])
+            check_simulcast_answer(accepted, rids)  # untested with Janus (its VideoRoom takes rids)
+            return accepted
         listing = await self.message({"request": "listparticipants", "room": ROOM})
         participants = listing["plugindata"]["data"].get("participants", [])
         feeds = [p["id"] for p in participants if p.get("publisher")]

@@ -23,11 +23,14 @@ from trio_sfu.testing.offer import (  # noqa: F401 (the bench's modules import t
     ABS_SEND_TIME_ID,
     MID_ID,
     OPUS_PT,
+    RID_ID,
+    SIMULCAST_RIDS,
     VP8_PT,
     Answer,
     LocalParams,
     build_offer,
     parse_answer,
+    simulcast_answer_problem,
 )
 from trio_sfu.testing.signaling import SignalingClient
 from trio_sfu.transport.certificate import Certificate
@@ -66,13 +69,18 @@ class Signaling(SignalingClient):
         if message.get("method") == "stream.close":
             self.closed_by_server = str(message.get("data", {}).get("reason", "?"))
 
-    async def negotiate(self, local: LocalParams, *, publish: bool, token: str) -> Answer:
-        """stream.connect, then our offer; the server's answer."""
+    async def negotiate(
+        self, local: LocalParams, *, publish: bool, token: str, rids: tuple[str, ...] = ()
+    ) -> Answer:
+        """stream.connect, then our offer (its video as simulcast layers `rids`, if any); the server's
+        answer (SignalingError if it does not take the layers)."""
         await self.call("stream.connect", {"token": token})
         self.offer_sent_at = time.monotonic()
-        offer = build_offer(local, publish=publish)
+        offer = build_offer(local, publish=publish, rids=rids)
         reply = await self.call("stream.offer", {"publish": publish, "sdp": offer})
-        return parse_answer(reply["data"]["sdp"])
+        answer = parse_answer(reply["data"]["sdp"])
+        check_simulcast_answer(answer, rids)
+        return answer
 
     async def call(self, method: str, data: dict[str, Any]) -> dict[str, Any]:
         """A request for this leg's stream; SignalingError unless it succeeded."""
@@ -83,6 +91,12 @@ class Signaling(SignalingClient):
         if reply.get("err") != 0:
             raise SignalingError(f"{method}: error {reply.get('err')} {reply.get('err_msg')}")
         return reply
+
+
+def check_simulcast_answer(answer: Answer, rids: tuple[str, ...]) -> None:
+    """SignalingError unless the answer receives every layer of our simulcast offer (if we made one)."""
+    if rids and (problem := simulcast_answer_problem(answer, rids)) is not None:
+        raise SignalingError(f"the server did not accept the simulcast offer ({';'.join(rids)}): {problem}")
 
 
 # --------------------------------------------------------------------------- ICE + DTLS + SRTP
@@ -228,11 +242,13 @@ async def open_leg(
     on_transport: Callable[[LegTransport], None] = lambda transport: None,
     timeout: float = 20.0,
     limiter: trio.CapacityLimiter | None = None,
+    rids: tuple[str, ...] = (),
 ) -> AsyncIterator[Leg]:
     """Connect, offer, do ICE and DTLS; the leg lives (WebSocket open, consent checks) inside the block.
 
     `on_transport` is called as soon as the socket exists, so the caller's reader can feed it.
     `limiter` bounds how many legs are in set-up at once (it is released once DTLS is done).
+    `rids` (a publisher): offer the video as these simulcast layers, lowest first.
     """
     # Janus's media sockets live on a 127/8 address of a non-loopback interface (see janus.py), and
     # the kernel will not route from there to 127.0.0.1: the leg uses that address too.
@@ -246,7 +262,7 @@ async def open_leg(
         async with _signaling(url, app=app, stream=stream, uid=uid, timeout=timeout) as signaling:
             with trio.fail_after(timeout):
                 local = LocalParams.new(certificate, sock.getsockname()[1], host)
-                answer = await signaling.negotiate(local, publish=publish, token=token)
+                answer = await signaling.negotiate(local, publish=publish, token=token, rids=rids)
                 transport = LegTransport(sock, local, answer, certificate)
                 on_transport(transport)
             await transport.establish(timeout)

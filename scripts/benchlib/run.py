@@ -2,7 +2,15 @@
 measurement window; the figures; the table and the JSON.
 
 The orchestrator itself is plain blocking Python: it only starts processes, sends them commands over
-pipes, and reads /proc at the edges of the measurement window.
+pipes, and reads /proc at the edges of the measurement window. After the window it also reads the
+server's /metrics (a server that prints an `http http://...` start-up line: trio_sfu does, Janus
+does not) for its keyframe cache gauges: once at the window's end and five times in the second after
+each probe, which spreads the samples over a few seconds (the cache grows from one keyframe to the
+next, so the largest sample is what the stream's cache holds at most).
+
+"Forwarded" packets are those the subscribers receive: with a simulcast publisher (`Options.simulcast`)
+the server takes in three video layers but forwards one to each player, so the publisher's packets
+count nowhere in the per-packet figure; its delivery ratio is against audio and the top layer.
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ class Options:
     ramp_timeout: float = 60.0
     keep_logs: Path | None = None
     janus_event_loops: int = 0
+    simulcast: bool = False  # the publisher sends three simulcast video layers (see publisher.py)
 
 
 class BenchError(Exception):
@@ -66,6 +75,12 @@ class BenchError(Exception):
 
 JANUS = "janus"
 """The server command that means: Debian's Janus with a generated loopback-only configuration."""
+KEYFRAME_CACHE_BYTES = "trio_sfu_keyframe_cache_bytes"
+KEYFRAME_CACHE_PACKETS = "trio_sfu_keyframe_cache_packets"
+METRICS = (KEYFRAME_CACHE_BYTES, KEYFRAME_CACHE_PACKETS)
+"""What the bench reads from a server's /metrics: its keyframe caches (the sum over every producer:
+with the bench's one publisher, what one stream holds; with simulcast, its three layers together)."""
+METRICS_PER_PROBE = 5  # /metrics samples in the second after each probe
 
 
 def _free_port() -> int:
@@ -100,6 +115,7 @@ class ServerProcess:
         )
         self.ws_url = ""
         self.media_port = 0
+        self.http_url = ""  # from the `http http://...` start-up line, if the server prints one
         self.returncode: int | None = None
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -119,18 +135,40 @@ class ServerProcess:
                     time.sleep(0.1)
             raise BenchError(f"Janus did not answer within {timeout} s: {self.stderr_tail()}")
         while time.monotonic() < deadline:
-            for line in self.stdout_path.read_text(errors="replace").splitlines():
-                fields = line.split()
-                if line.startswith("signaling") and len(fields) >= 2:
-                    self.ws_url = fields[1]
-                elif line.startswith("media") and len(fields) >= 3 and fields[2].startswith("127.0.0.1:"):
-                    self.media_port = int(fields[2].rsplit(":", 1)[1])
+            self._read_startup_lines()
             if self.ws_url and self.media_port:
                 return
             if self.proc.poll() is not None:
                 raise BenchError(f"the server exited ({self.proc.returncode}): {self.stderr_tail()}")
             time.sleep(0.05)
         raise BenchError(f"no start-up lines from the server within {timeout} s: {self.stderr_tail()}")
+
+    def _read_startup_lines(self) -> None:
+        for line in self.stdout_path.read_text(errors="replace").splitlines():
+            fields = line.split()
+            if line.startswith("signaling") and len(fields) >= 2:
+                self.ws_url = fields[1]
+            elif line.startswith("media") and len(fields) >= 3 and fields[2].startswith("127.0.0.1:"):
+                self.media_port = int(fields[2].rsplit(":", 1)[1])
+            elif line.startswith("http ") and len(fields) >= 2 and fields[1].startswith("http://127.0.0.1:"):
+                self.http_url = fields[1].rstrip("/") + "/"
+
+    def metrics(self, names: tuple[str, ...] = METRICS) -> dict[str, float] | None:
+        """These gauges and counters (without labels) from the server's /metrics; None if the server
+        has no HTTP port it told us of. Raises OSError or ValueError if it fails to answer."""
+        if not self.http_url and not self.janus_url:
+            self._read_startup_lines()  # its http line may have come after the ones wait_ready waits for
+        if not self.http_url:
+            return None
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
+        with opener.open(self.http_url + "metrics", timeout=5) as reply:
+            text = reply.read().decode("utf-8", "replace")
+        found: dict[str, float] = {}
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and fields[0] in names:
+                found[fields[0]] = float(fields[1])
+        return found
 
     def pids(self) -> list[int]:
         return procfs.children(self.proc.pid)
@@ -344,6 +382,12 @@ def figures(start: Reading, end: Reading, server: ServerProcess, n: int) -> dict
     delivered = sum(delivered_per_leg)
     server_cpu = end.server_cpu - start.server_cpu
     published = end.publisher.get("packets", 0) - start.publisher.get("packets", 0)
+    # What one player can get: with simulcast, audio and one video layer (the top one, at best).
+    layers: list[str] = end.publisher.get("simulcast_layers") or []
+    playable = published
+    if layers:
+        keys = ("audio_packets", f"video_packets_{layers[-1]}")
+        playable = sum(end.publisher.get(key, 0) - start.publisher.get(key, 0) for key in keys)
     legs = len(delivered_per_leg)
     drops = {inode: end.drops[inode] - start.drops.get(inode, 0) for inode in end.drops}
     server_drops = sum(drops.pop(inode, 0) for inode in start.server_sockets | end.server_sockets)
@@ -363,7 +407,7 @@ def figures(start: Reading, end: Reading, server: ServerProcess, n: int) -> dict
         "server_us_per_packet": 1e6 * server_cpu / delivered if delivered else None,
         "loss_pct": 100 * lost / expected if expected else None,
         "lost_packets": lost,
-        "delivery_ratio": delivered / (published * legs) if published and legs else None,
+        "delivery_ratio": delivered / (playable * legs) if playable and legs else None,
         "per_leg_pps": {
             "min": min(delivered_per_leg) / seconds if legs else None,
             "median": _median([d / seconds for d in delivered_per_leg]),
@@ -387,10 +431,47 @@ def figures(start: Reading, end: Reading, server: ServerProcess, n: int) -> dict
             for key in ("keyframes", "keyframe_jumps", "pli", "fir", "keyframe_requests_deferred",
                         "nacked_packets", "remb_bps", "late_max_ms", "queued_max")
         },
+        **_layer_figures(start, end, layers, seconds),
         "publisher_queue_at_start_end": [start.publisher.get("queued"), end.publisher.get("queued")],
         "worker_counters": [w["counters"] for w in end.workers],
         "worker_failures": [w["failures"] for w in end.workers if w["failures"]],
         "closed_by_server": [reason for w in end.workers for reason in w["closed_by_server"]],
+    }
+
+
+def _layer_figures(start: Reading, end: Reading, layers: list[str], seconds: float) -> dict[str, Any]:
+    """A simulcast publisher's layers: packets a second each, and its per-layer keyframe counters."""
+    if not layers:
+        return {}
+    before, after = start.publisher, end.publisher
+
+    def rate(key: str) -> float:
+        return float(after.get(key, 0) - before.get(key, 0)) / seconds
+
+    return {
+        "simulcast_layers": layers,
+        "published_playable_pps": rate("audio_packets") + rate(f"video_packets_{layers[-1]}"),
+        "published_layer_pps": {rid: rate(f"video_packets_{rid}") for rid in layers},
+        "publisher_layers": {
+            rid: {key: after.get(f"{key}_{rid}", 0)
+                  for key in ("keyframes", "keyframe_jumps", "keyframe_requests_deferred")}
+            for rid in layers
+        },
+    }
+
+
+def _keyframe_cache(samples: list[dict[str, float]]) -> dict[str, Any]:
+    """The keyframe cache gauges over the samples taken after the window (empty: none were taken)."""
+    sizes = [s[KEYFRAME_CACHE_BYTES] for s in samples if KEYFRAME_CACHE_BYTES in s]
+    packets = [s[KEYFRAME_CACHE_PACKETS] for s in samples if KEYFRAME_CACHE_PACKETS in s]
+    if not sizes:
+        return {}
+    return {
+        "keyframe_cache_bytes": {"at_window_end": sizes[0], "mean": statistics.fmean(sizes),
+                                 "max": max(sizes), "samples": sizes},
+        "keyframe_cache_packets": {"at_window_end": packets[0] if packets else None,
+                                   "mean": statistics.fmean(packets) if packets else None,
+                                   "max": max(packets, default=None)},
     }
 
 
@@ -421,12 +502,12 @@ def run_case(
         progress.update(f"{label} N={n}: starting the server", 0, n)
         server.wait_ready()
         result["media_port"] = server.media_port
-        send_log = SendLog.create()
+        send_log = SendLog.create(layers=3 if options.simulcast else 1)
         publisher = Child(
             "publisher", run_publisher,
             PublisherConfig(
                 server.ws_url, str(options.media_path), options.stream, options.token, options.pacing,
-                send_log,
+                send_log, options.simulcast,
             ),
         )
         children.append(publisher)
@@ -491,6 +572,19 @@ def run_case(
         end = _reading(server, publisher, workers)
         result["server_rss"] = procfs.rss_bytes(server.pids())
         result.update(figures(start, end, server, n))
+        metric_samples: list[dict[str, float]] = []
+        result["metrics_errors"] = []
+
+        def sample_metrics() -> None:
+            try:
+                sample = server.metrics()
+            except (OSError, ValueError) as exc:
+                result["metrics_errors"].append(f"{type(exc).__name__}: {exc}")
+                return
+            if sample is not None:
+                metric_samples.append(sample)
+
+        sample_metrics()  # after the window: its figures do not pay for it
         result["rss_per_session"] = (result["server_rss"] - result["server_rss_base"]) / max(1, done)
         ramp_legs = {
             "first_rtp_s": [v for w in end.workers for v in w["first_rtp_s"]],
@@ -505,7 +599,12 @@ def run_case(
             progress.update(f"{label} N={n}: new-subscriber probes", i, options.probes)
             workers[0].send({"cmd": "probe"})
             probes.append(workers[0].wait_event("probe", timeout=30))
-            time.sleep(1.0)  # servers throttle keyframe requests (trio_sfu: 0.5 s per track)
+            # Servers throttle keyframe requests (trio_sfu: 1 s per track or layer): wait, reading
+            # the keyframe cache meanwhile (the probe is done, the next not begun).
+            for _ in range(METRICS_PER_PROBE):
+                sample_metrics()
+                time.sleep(1.0 / METRICS_PER_PROBE)
+        result.update(_keyframe_cache(metric_samples))
         result["probes"] = probes
         good = [p for p in probes if "error" not in p]
         result["probe_errors"] = [p["error"] for p in probes if "error" in p]
@@ -586,6 +685,12 @@ def summarize(results: list[dict[str, Any]], label: str, n: int) -> dict[str, An
         "legs_min": min(r["legs"] for r in runs),
         "auth_failures": sum(r["srtp_auth_failures_total"] for r in runs),
         "decrypted_packets": sum(r["decrypted_packets"] for r in runs),
+        # The largest of each run's samples (the cache peaks just before a keyframe), in KB.
+        "keyframe_cache_kb": mean(lambda r: r.get("keyframe_cache_bytes", {}).get("max") and
+                                  r["keyframe_cache_bytes"]["max"] / 1024),
+        "keyframe_cache_kb_mean": mean(lambda r: r.get("keyframe_cache_bytes", {}).get("mean") and
+                                       r["keyframe_cache_bytes"]["mean"] / 1024),
+        "keyframe_cache_packets": mean(lambda r: r.get("keyframe_cache_packets", {}).get("max")),
     }
 
 
@@ -603,14 +708,24 @@ COLUMNS = (
     ("RSS MB", "server_rss_mb", "{:.1f}"),
     ("KB/session", "rss_per_session_kb", "{:.0f}"),
     ("sub CPU %", "subscriber_cpu_max_pct", "{:.0f}"),
+    ("kf cache KB", "keyframe_cache_kb", "{:.0f}"),
 )
+OPTIONAL_COLUMNS = ("keyframe_cache_kb",)  # shown only when some row has a value (not for Janus alone)
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    return [
+        column for column in COLUMNS
+        if column[1] not in OPTIONAL_COLUMNS or any(row.get(column[1]) is not None for row in rows)
+    ]
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    cells = [[title for title, _, _ in COLUMNS]]
+    columns = _columns(rows)
+    cells = [[title for title, _, _ in columns]]
     for row in rows:
         line = []
-        for _, key, fmt in COLUMNS:
+        for _, key, fmt in columns:
             value = row.get(key)
             text = "-" if value is None else fmt.format(value)
             if key == "n" and value is not None and row.get("legs_min", value) < value:
@@ -619,7 +734,7 @@ def table(rows: list[dict[str, Any]]) -> str:
                 text += "!"
             line.append(text)
         cells.append(line)
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     lines = []
     for k, cells_row in enumerate(cells):
         lines.append("  ".join(cell.rjust(width) for cell, width in zip(cells_row, widths, strict=True)))
@@ -629,7 +744,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 RATIO_KEYS = ("server_us_per_packet", "forwarded_pps", "loss_pct", "latency_p50_ms", "latency_p99_ms",
-              "first_keyframe_ms", "rss_per_session_kb")
+              "first_keyframe_ms", "rss_per_session_kb", "keyframe_cache_kb")
+RATIO_TITLES = ("µs/pkt", "fwd pkt/s", "loss", "lat p50", "lat p99", "1st key", "KB/session", "kf cache")
 
 
 def ratios(summaries: list[dict[str, Any]], a: str, b: str) -> list[dict[str, Any]]:
@@ -648,10 +764,11 @@ def ratios(summaries: list[dict[str, Any]], a: str, b: str) -> list[dict[str, An
 
 
 def ratio_table(rows: list[dict[str, Any]]) -> str:
-    titles = ["N", "µs/pkt", "fwd pkt/s", "loss", "lat p50", "lat p99", "1st key", "KB/session"]
+    keys = [k for k in RATIO_KEYS if k not in OPTIONAL_COLUMNS or any(row[k] is not None for row in rows)]
+    titles = ["N", *(title for key, title in zip(RATIO_KEYS, RATIO_TITLES, strict=True) if key in keys)]
     cells = [titles]
     for row in rows:
-        cells.append([str(row["n"])] + ["-" if row[k] is None else f"{row[k]:.2f}" for k in RATIO_KEYS])
+        cells.append([str(row["n"])] + ["-" if row[k] is None else f"{row[k]:.2f}" for k in keys])
     widths = [max(len(r[i]) for r in cells) for i in range(len(titles))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells)
 

@@ -65,7 +65,7 @@ class SubscriberLeg:
         self.early: list[tuple[bytes, float]] = []  # SRTP that came before the keys (see run)
         self.count = 0
         # ssrc -> [extended max seq, received, first seq, seq offset to the publisher's (-1: not yet
-        # known), send-log base of its kind]
+        # known), send-log base of its kind (simulcast: of the layer it was found in)]
         self.streams: dict[bytes, list[int]] = {}
         self.decrypted = 0
         self.failed_at: tuple[int, float] | None = None  # (sequence, s after set-up) of the first bad packet
@@ -288,9 +288,11 @@ class Worker:
                                 leg.decrypted += 1
                                 if state[3] < 0 and send_log is not None:
                                     payload = plain[payload_offset(plain) :]
-                                    original = send_log.find(state[4] // SLOTS, payload)
+                                    # (simulcast: the layer the server forwards is found too)
+                                    kind, original = send_log.locate(state[4] // SLOTS, payload)
                                     if original >= 0:
                                         state[3] = (seq - original) & 0xFFFF
+                                        state[4] = kind * SLOTS
                                         counters["e2e_mapped"] += 1
                                 if (
                                     not leg.first_keyframe_at

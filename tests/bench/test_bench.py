@@ -8,14 +8,26 @@ import sys
 from pathlib import Path
 
 import pytest
+import trio
 
-from trio_sfu.testing.offer import LocalParams, build_offer, parse_answer
+from trio_sfu.media.negotiation import EXT_RID, TransportParameters, answer_publish
+from trio_sfu.testing.offer import (
+    SIMULCAST_RIDS,
+    LocalParams,
+    build_offer,
+    parse_answer,
+    simulcast_answer_problem,
+)
+from trio_sfu.wire.keyframe import vp8, vp8_keyframe_size
+from trio_sfu.wire.rtcp import Pli, serialize_compound
 from trio_sfu.wire.sdp import parse_offer
+from trio_sfu.wire.vp8 import parse_descriptor
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchlib.media import DEFAULT_PATH, Media, packetize  # noqa: E402
+from benchlib.publisher import Sender  # noqa: E402
 from benchlib.run import percentile  # noqa: E402
 from benchlib.subscriber import FINE_WIDTH, is_vp8_keyframe_start  # noqa: E402
 
@@ -34,6 +46,72 @@ def test_offers_are_accepted_by_the_server_parser() -> None:
         assert "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time" in uris
         if publish:
             assert [m.ssrcs[0].ssrc for m in offer.media] == [local.audio_ssrc, local.video_ssrc]
+
+
+def test_simulcast_offer_is_answered_with_three_layers() -> None:
+    from trio_sfu.transport.certificate import Certificate
+
+    local = LocalParams.new(Certificate.generate(), 50000)
+    offer = parse_offer(build_offer(local, publish=True, rids=SIMULCAST_RIDS))
+    audio, video = offer.media
+    assert video.simulcast_send == ("q", "h", "f") and not video.ssrcs  # as Chromium: no a=ssrc
+    assert [s.ssrc for s in audio.ssrcs] == [local.audio_ssrc]
+    assert EXT_RID in {e.uri for e in video.header_extensions}
+    ours = TransportParameters("abcd", "0123456789012345678901", "AB:CD", (("127.0.0.1", 4000),))
+    answer = parse_answer(answer_publish(offer, ours).answer)
+    assert answer.sections[1].simulcast == "recv q;h;f"
+    assert simulcast_answer_problem(answer, SIMULCAST_RIDS) is None
+    plain = parse_answer(answer_publish(parse_offer(build_offer(local, publish=True)), ours).answer)
+    assert "a=simulcast:recv q;h;f" in (simulcast_answer_problem(plain, SIMULCAST_RIDS) or "")
+
+
+class _Local:
+    audio_ssrc, video_ssrc, cname = 1111, 2223, "bench"
+
+
+class _Transport:
+    local = _Local()
+    srtp = None
+
+
+async def test_simulcast_layers() -> None:
+    """Three layers of the same frames: f as the media file's (two descriptor bytes more), h and q cut
+    but still keyframes of a half and quarter size; L1T3 TIDs 0 2 1 2 from each keyframe; a keyframe
+    request for one layer's SSRC makes only that layer's next frame a keyframe."""
+    media = Media.load(DEFAULT_PATH)
+    sender = Sender(media, _Transport(), 2.5, rids=SIMULCAST_RIDS)  # type: ignore[arg-type]
+    q, h, f = sender.layers
+    assert len({q.ssrc, h.ssrc, f.ssrc, _Local.audio_ssrc}) == 4
+    assert 1.4 < sender.pacing_bps / (2.5 * media.bitrate) < 1.55  # the pacer covers every layer
+    frames: dict[str, list[list[bytes]]] = {"q": [], "h": [], "f": []}
+    for i in range(12):
+        if i == 6:
+            later = trio.current_time() + 1  # past KEYFRAME_MIN_INTERVAL after the first keyframe
+            sender.on_rtcp(serialize_compound([Pli(sender_ssrc=1, media_ssrc=h.ssrc)]), later)
+        for layer, _, _, payload in sender.next_frame():
+            if parse_descriptor(payload, 0).frame_start:  # type: ignore[union-attr]
+                frames[layer.rid or ""].append([])
+            frames[layer.rid or ""][-1].append(payload)
+    sizes = {rid: sum(len(p) for frame in fs for p in frame) for rid, fs in frames.items()}
+    assert sizes["q"] < sizes["h"] < sizes["f"]
+    assert [p[6:] for p in frames["f"][0]] == [p[4:] for p in media.video[0].payloads]
+    for rid, picture in (("q", (160, 120)), ("h", (320, 240)), ("f", (640, 480))):
+        tids, keys = [], []
+        for frame in frames[rid]:
+            descriptor = parse_descriptor(frame[0], 0)
+            assert descriptor is not None and descriptor.wide
+            tids.append((descriptor.temporal_id, descriptor.layer_sync))
+            keys.append(vp8(frame[0]))
+            if vp8(frame[0]):
+                assert vp8_keyframe_size(frame[0]) == picture
+        expected = [(0, False), (2, True), (1, True), (2, False)] * 3
+        if rid == "h":  # asked for a keyframe at frame 6: it restarts the pattern there
+            assert keys == [True] + [False] * 5 + [True] + [False] * 5
+            expected = expected[:6] + expected[:6]
+        else:
+            assert keys == [True] + [False] * 11
+        assert tids == expected
+    assert sender.counters["keyframe_jumps_h"] == 1 and not sender.counters["keyframe_jumps"] - 1
 
 
 def test_answer_parsing() -> None:
@@ -74,12 +152,14 @@ def test_media_fixture() -> None:
 
 
 @pytest.mark.bench
-def test_quick_benchmark_end_to_end(tmp_path: Path) -> None:
-    """`scripts/bench.py --quick`: a real server process, publisher and subscribers (N = 1, 5)."""
+@pytest.mark.parametrize("simulcast", [False, True], ids=["one-layer", "simulcast"])
+def test_quick_benchmark_end_to_end(tmp_path: Path, simulcast: bool) -> None:
+    """`scripts/bench.py --quick`: a real server process, publisher and subscribers (N = 1, 5); with
+    --simulcast the publisher sends three layers and each player still gets one."""
     output = tmp_path / "quick.json"
     completed = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--no-progress",
-         "--json", str(output)],
+         "--json", str(output), *(["--simulcast"] if simulcast else [])],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
@@ -97,4 +177,10 @@ def test_quick_benchmark_end_to_end(tmp_path: Path) -> None:
         assert run["e2e_latency_ms"]["samples"] > 0
         assert run["first_keyframe_s"] is not None and not run["probe_errors"]
         assert run["server_log"]["tracebacks"] == 0 and run["server_log"]["exit_code"] == 0
-    assert "CPU µs/pkt" in completed.stdout
+        assert run["keyframe_cache_bytes"]["max"] > 0 and not run["metrics_errors"]
+        if simulcast:
+            assert run["simulcast_layers"] == ["q", "h", "f"]
+            assert all(pps > 150 for pps in run["published_layer_pps"].values())
+            # Players get one layer: what each receives is what the publisher sends of audio and f.
+            assert 0.9 < run["delivery_ratio"] < 1.1
+    assert "CPU µs/pkt" in completed.stdout and "kf cache KB" in completed.stdout
