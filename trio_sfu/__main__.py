@@ -215,6 +215,9 @@ async def run_server(server: Server) -> None:
         for host, port in server.media_addresses:
             suffix = f" (worker {worker})" if worker is not None else ""
             print(f"media      udp {_shown(host)}:{port}{suffix}", flush=True)
+        for host, port in server.cluster_addresses:
+            suffix = f" (worker {worker})" if worker is not None else ""
+            print(f"cluster    ws://{_shown(host)}:{port}/ws{suffix}", flush=True)
         if worker is None:
             for host, port in server.http_addresses:
                 print(f"http       {'https' if tls else 'http'}://{_shown(host)}:{port}/", flush=True)
