@@ -132,6 +132,7 @@ async def test_players_on_another_worker_get_the_stream_through_one_relay() -> N
             publication_b = b.server.router.lookup(("live", "cam"))
             assert publication_a is not None and publication_b is not None
             assert len(publication_a.players) == 1 and len(publication_b.players) == 2
+            assert b.server.snapshot().relayed_in == 1 and a.server.snapshot().relayed_in == 0
             for index in range(5, 60):
                 send_video(pub, index)
                 await trio.sleep(0.005)

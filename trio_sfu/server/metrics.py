@@ -56,6 +56,18 @@ class ServerCollector(Collector):
         yield streams
 
         yield GaugeMetricFamily("trio_sfu_connections", "Open signaling WebSockets", value=snap.connections)
+        yield GaugeMetricFamily(
+            "trio_sfu_relayed_streams",
+            "Streams played here through a relay from the worker or node that holds them",
+            value=snap.relayed_in,
+        )
+        worker = self.server.config.worker_index
+        if worker is not None:
+            info = GaugeMetricFamily(
+                "trio_sfu_worker", "Which worker of `--workers N` answered this scrape", labels=["worker"]
+            )
+            info.add_metric([str(worker)], 1)
+            yield info
 
         for name, help_text in (
             ("rtp_packets", "RTP packets received and sent"),

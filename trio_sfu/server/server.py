@@ -65,6 +65,7 @@ class StatsSnapshot:
     http_responses: dict[int, int]
     keyframe_cache_bytes: int = 0  # held by all producers' keyframe caches
     keyframe_cache_packets: int = 0
+    relayed_in: int = 0  # streams played here from another worker or node (trio_sfu.cluster)
 
     @property
     def sessions(self) -> int:
@@ -188,6 +189,7 @@ class Server:
             http_responses=dict(self.http_responses),
             keyframe_cache_bytes=sum(p.keyframe_cache_bytes for p in producers),
             keyframe_cache_packets=sum(len(p.keyframe_cache) for p in producers),
+            relayed_in=sum(1 for p in self.router.publications() if not isinstance(p.publisher, Session)),
         )
 
     def open_session(
