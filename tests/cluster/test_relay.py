@@ -201,3 +201,34 @@ async def test_a_play_of_a_stream_published_nowhere_is_still_404() -> None:
         local = LocalParams.new(Certificate.generate(), 9)
         reply = await sig.offer("nothing", build_offer(local, publish=False), publish=False)
         assert reply["err"] == 404
+
+
+async def test_garbage_on_the_cluster_paths_disturbs_no_relay() -> None:
+    """Garbage frames on the cluster listener and garbage datagrams at a relay's UDP socket: answered
+    or dropped and counted; the relayed player goes on receiving."""
+    import socket as stdlib_socket
+
+    async with (
+        two_workers() as (a, b),
+        a.client("pub") as pub_sig,
+        b.client("p1") as p1_sig,
+        open_client(pub_sig, endpoint(), publish=True) as pub,
+        open_client(p1_sig, endpoint(), publish=False) as p1,
+    ):
+        host, port = a.server.cluster_addresses[0]
+        async with a.client(RELAY_UID, f"ws://{host}:{port}/ws") as garbage:
+            for frame in ("not json", "{}", '{"method": "stream.offer"}', "x" * 10_000):
+                reply = await garbage.send_raw(frame)
+                assert reply["err"] in (400, 401, 426), reply
+        relay = b.server.cluster.relays.relays[("live", "cam")]  # type: ignore[union-attr]
+        assert relay._endpoint is not None
+        with stdlib_socket.socket(stdlib_socket.AF_INET, stdlib_socket.SOCK_DGRAM) as sock:
+            junk = (b"", bytes(20), b"\x80" + bytes(40), b"\x16\xfe\xfd" + bytes(9), bytes(1500))
+            for datagram in junk:
+                sock.sendto(datagram, relay._endpoint.local_address)
+        for index in range(40):
+            send_video(pub, index)
+            await trio.sleep(0.005)
+        await until(lambda: len(video_indexes(p1)) >= 30)
+        assert relay.counters["srtp_failures"] >= 1  # the fake RTP, counted and dropped
+        assert not relay._ended.is_set()
