@@ -221,14 +221,90 @@ async def test_garbage_on_the_cluster_paths_disturbs_no_relay() -> None:
                 reply = await garbage.send_raw(frame)
                 assert reply["err"] in (400, 401, 426), reply
         relay = b.server.cluster.relays.relays[("live", "cam")]  # type: ignore[union-attr]
-        assert relay._endpoint is not None
+        endpoint_of_relay = relay.legs[0].endpoint
+        assert endpoint_of_relay is not None
         with stdlib_socket.socket(stdlib_socket.AF_INET, stdlib_socket.SOCK_DGRAM) as sock:
             junk = (b"", bytes(20), b"\x80" + bytes(40), b"\x16\xfe\xfd" + bytes(9), bytes(1500))
             for datagram in junk:
-                sock.sendto(datagram, relay._endpoint.local_address)
+                sock.sendto(datagram, endpoint_of_relay.local_address)
         for index in range(40):
             send_video(pub, index)
             await trio.sleep(0.005)
         await until(lambda: len(video_indexes(p1)) >= 30)
         assert relay.counters["srtp_failures"] >= 1  # the fake RTP, counted and dropped
-        assert not relay._ended.is_set()
+        assert not relay.ended.is_set()
+
+
+LAYER_SIZES = {"q": (320, 180), "h": (640, 360), "f": (1280, 720)}
+
+
+def layer_keyframe(rid: str, index: int) -> bytes:
+    """A VP8 keyframe's first packet (descriptor S=1, frame tag with P=0, start code, size), then the
+    layer's name and the frame index, so a player's packets say which layer they came from."""
+    width, height = LAYER_SIZES[rid]
+    size = width.to_bytes(2, "little") + height.to_bytes(2, "little")
+    header = b"\x10" + b"\x50\x00\x00" + b"\x9d\x01\x2a" + size
+    return header + rid.encode() + index.to_bytes(4, "big") + bytes(100 * len(rid))
+
+
+def layers_seen(client: Client) -> list[str]:
+    out = []
+    for _, packet in client.transport.received.rtp:
+        parsed = parse_rtp(packet)
+        assert parsed is not None
+        payload = packet[parsed.header_length :]
+        if payload[:1] == b"\x10" and payload[4:7] == b"\x9d\x01\x2a":
+            out.append(payload[11:12].decode())
+    return out
+
+
+
+async def test_all_simulcast_layers_travel_and_players_there_get_their_own() -> None:
+    """A simulcast publisher on A: B's relay takes each layer on a leg of its own and publishes them as
+    one track's layers again, so B's players are adapted and capped there (one gets the top layer, one
+    capped to the lowest gets that)."""
+    from ..support.media_model import rtp_packet as rtp_with_extensions
+
+    rids = ("q", "h", "f")
+    ssrcs = {"q": 0x1111, "h": 0x2222, "f": 0x3333}
+    async with (
+        two_workers() as (a, b),
+        a.client("pub") as pub_sig,
+        b.client("p1") as p1_sig,
+        b.client("p2") as p2_sig,
+        open_client(pub_sig, endpoint(), publish=True, rids=rids) as pub,
+    ):
+        def send_frame(index: int) -> None:
+            for rid in rids:
+                packet = rtp_with_extensions(
+                    1000 + index, index * 3000, ssrcs[rid], VP8_PT, layer_keyframe(rid, index),
+                    extensions=[(10, rid.encode())],
+                )
+                pub.transport.send_rtp(packet)
+
+        async def stream(count: int, start: int = 0) -> None:
+            for index in range(start, start + count):
+                send_frame(index)
+                await trio.sleep(0.02)
+
+        await stream(10)
+        async with open_client(p1_sig, endpoint(), publish=False) as p1:
+            relay = b.server.cluster.relays.relays[("live", "cam")]  # type: ignore[union-attr]
+            assert len(relay.legs) == 3
+            publication = b.server.router.lookup(("live", "cam"))
+            assert publication is not None
+            video = [p for p in publication.producers if p.kind == "video"]
+            assert [p.rid for p in video] == ["q", "h", "f"] and all(p.layers == video for p in video)
+            # Three relay players at the origin, each pinned to its layer.
+            origin = a.server.router.lookup(("live", "cam"))
+            assert origin is not None
+            assert sorted(str(p.rid) for p in origin.producers if p.kind == "video" and p.consumers) == [
+                "f", "h", "q"]
+            async with open_client(p2_sig, endpoint(), publish=False, max_layer=0) as p2:
+                await stream(60, 10)
+                await until(lambda: len(layers_seen(p2)) >= 30)
+                assert set(layers_seen(p2)) == {"q"}, "".join(layers_seen(p2))  # capped to the lowest, at B
+
+            await until(lambda: len(layers_seen(p1)) >= 30)
+            assert layers_seen(p1)[-10:] == ["f"] * 10  # the top layer, through the relay
+            assert [p.pixels for p in video] == [320 * 180, 640 * 360, 1280 * 720]

@@ -590,3 +590,19 @@ def test_without_an_estimate_loss_moves_a_player_down_a_step_and_quiet_up_again(
     assert consumer.producer is bench.layers["q"]  # not yet: the loss was recent
     keep_sending(bench, 5.0, media)
     assert consumer.producer is bench.layers["h"]  # quiet for long enough: up one
+
+
+def test_a_new_player_starts_within_its_cap_even_while_no_layer_sends() -> None:
+    """A pause (or a relay's first moments): nothing is active, yet a capped player must not start
+    above its cap; by picture size where known, else by what each layer last sent."""
+    from trio_sfu.media.simulcast import start_layer
+
+    bench = Bench()
+    bench.start_layers({"q": 40, "h": 400, "f": 1200})
+    layers = list(bench.layers.values())
+    assert start_layer(layers, bench.now, max_rank=0).rid == "q"
+    later = bench.now + 5  # every layer idle
+    assert choose_layer(layers, later) is None
+    assert start_layer(layers, later, max_rank=0).rid == "q"
+    assert start_layer(layers, later, max_rank=1).rid == "h"
+    assert start_layer(layers, later).rid == "f"

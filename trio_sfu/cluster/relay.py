@@ -60,36 +60,172 @@ class RelayFailed(Exception):
     """The origin could not be played (refused, unreachable, or its answer unusable)."""
 
 
+class RelayLeg:
+    """One WebRTC leg from the origin: its own WebSocket session, UDP socket, client peer and media
+    (PublisherMedia: the origin is this leg's publisher). A simulcast stream takes a leg per layer."""
+
+    def __init__(self, relay: Relay, *, layer: str | None, kinds: tuple[str, ...]) -> None:
+        self.relay = relay
+        self.layer = layer  # the rid asked for (None: the origin's best, and the audio)
+        self.kinds = kinds
+        self.totals: Totals = relay.server.totals
+        self.peer: ClientPeer | None = None
+        self.endpoint: UdpEndpoint | None = None
+        self.media: PublisherMedia | None = None
+        self.connected = trio.Event()
+        self._wake = trio.Event()
+        self.counters: dict[str, int] = {"rtp": 0, "srtp_failures": 0}
+
+    def send_rtcp(self, packet: bytes) -> bool | None:
+        """PublisherMedia's RtcpSender: reports, PLI and NACK to the origin."""
+        peer, endpoint = self.peer, self.endpoint
+        if peer is None or endpoint is None or peer.srtp is None:
+            return None
+        return endpoint.send(peer.srtp.protect_rtcp(packet), peer.remote_address)
+
+    async def open(self, nursery: trio.Nursery, *, layer_rid: str | None = None) -> dict[str, Any]:
+        """Connect, play, wait for DTLS; the origin's reply data. `layer_rid`: the rid this leg's
+        video producer goes by here."""
+        relay = self.relay
+        app, stream = relay.key
+        ws = await trio_websocket.connect_websocket_url(nursery, relay.origin, message_queue_size=64)
+        relay.sockets.append(ws)
+        client = SignalingClient(ws, app, RELAY_UID, auto_ack=True)
+        client.on_server_request = relay.on_origin_request
+        nursery.start_soon(relay.pump, client)
+        token = mint_token(relay.secret, app, uid=RELAY_UID, play=True, ttl=TOKEN_TTL, now=time.time())
+        reply = await client.connect(token)
+        if reply.get("err") != 0:
+            raise RelayFailed(f"the origin refused the relay's stream.connect: {reply.get('err_msg')}")
+        endpoint = self.endpoint = UdpEndpoint.bind(HostPort(relay.host, 0))
+        local = RelayLocal(
+            ice_ufrag=ice_credential(8),
+            ice_pwd=ice_credential(24),
+            fingerprint=relay.server.certificate.fingerprint("sha-256"),
+            address=endpoint.local_address,
+        )
+        data: dict[str, Any] = {"publish": False, "sdp": relay_offer(local, self.kinds)}
+        if self.layer is not None:
+            data["layer"] = self.layer
+        reply = await client.request("stream.offer", stream, data)
+        if reply.get("err") != 0:
+            raise RelayFailed(f"the origin refused to play {stream!r}: {reply.get('err_msg')}")
+        try:
+            answer = read_answer(reply["data"]["sdp"], family_v6=":" in relay.host)
+        except (SdpError, KeyError, TypeError) as exc:
+            raise RelayFailed(f"the origin's answer is unusable: {exc}") from None
+        description = answer.description
+        self.peer = ClientPeer(
+            local_ufrag=local.ice_ufrag,
+            local_pwd=local.ice_pwd,
+            remote_ufrag=description.ice_ufrag,
+            remote_pwd=description.ice_pwd,
+            remote_fingerprints=description.fingerprints,
+            certificate=relay.server.certificate,
+            remote_address=answer.address,
+            now=trio.current_time(),
+            consent_interval=CONSENT_INTERVAL,
+            consent_timeout=CONSENT_TIMEOUT,
+        )
+        self.media = PublisherMedia(
+            self, answer.negotiated, ssrc=relay.server.new_ssrc(), max_bitrate=RELAY_BITRATE,
+            layer_rid=layer_rid,
+        )
+        nursery.start_soon(self._read, endpoint)
+        nursery.start_soon(self._timers)
+        await self.connected.wait()
+        if relay.ended.is_set():
+            raise RelayFailed("the origin's transport failed before media flowed")
+        return dict(reply["data"])
+
+    async def _read(self, endpoint: UdpEndpoint) -> None:
+        peer = self.peer
+        assert peer is not None
+        while True:
+            data, source = await endpoint.receive()
+            now = trio.current_time()
+            if data and 128 <= data[0] <= 191:
+                self._on_media(data, now)
+                continue
+            peer.receive(data, source, now)
+            self._flush()
+            self._wake.set()
+
+    def _on_media(self, data: bytes, now: float) -> None:
+        peer, media = self.peer, self.media
+        if peer is None or media is None or peer.srtp is None:
+            return
+        if is_rtcp(data):
+            plain = peer.srtp.unprotect_rtcp(data)
+            if plain is not None:
+                media.on_rtcp(plain, now)
+        else:
+            plain = peer.srtp.unprotect_rtp(data)
+            if plain is not None:
+                self.counters["rtp"] += 1
+                media.on_rtp(plain, now)
+        if plain is None:
+            self.counters["srtp_failures"] += 1
+
+    def _flush(self) -> None:
+        peer, endpoint = self.peer, self.endpoint
+        if peer is None or endpoint is None:
+            return
+        while (event := peer.next_event()) is not None:
+            if isinstance(event, Connected):
+                self.connected.set()
+            else:
+                self.relay.end(CloseReason.PUBLISHER_GONE, f"the transport to the origin ended: {event!r}")
+                self.connected.set()  # an open() still waiting gives up
+        for data, address in peer.datagrams_to_send():
+            endpoint.send(data, address)
+
+    async def _timers(self) -> None:
+        peer, media = self.peer, self.media
+        assert peer is not None and media is not None
+        while True:
+            now = trio.current_time()
+            timer = peer.get_timer()
+            if timer is not None and now >= timer:
+                peer.handle_timer(now)
+            self._flush()
+            wake = media.tick(now, time.time()) if self.connected.is_set() else math.inf
+            timer = peer.get_timer()
+            deadline = min(wake, math.inf if timer is None else timer, now + 1.0)
+            self._wake = trio.Event()
+            with trio.move_on_at(deadline):
+                await self._wake.wait()
+
+    def close(self) -> None:
+        if self.endpoint is not None:
+            self.endpoint.close()
+
+
 class Relay:
-    """One stream played from `origin` and published in `server`'s router until it ends."""
+    """One stream played from `origin` and published in `server`'s router until it ends.
+
+    The first leg asks for the audio and the origin's best video layer; the origin's reply lists the
+    stream's simulcast layers (lowest first), and each other layer comes on a leg of its own, pinned
+    to it at the origin. Here the legs' video producers are one track's layers again (named by their
+    rids), so local players are adapted between them as they would be at the origin.
+    """
 
     def __init__(self, server: Server, key: StreamKey, origin: str, secret: str, host: str) -> None:
         self.server = server
         self.key = key
         self.origin = origin
-        self._secret = secret
-        self._host = host
-        self.totals: Totals = server.totals
+        self.secret = secret
+        self.host = host
+        self.legs: list[RelayLeg] = []
+        self.sockets: list[trio_websocket.WebSocketConnection] = []
         self.publication: Publication | None = None
-        self._peer: ClientPeer | None = None
-        self._endpoint: UdpEndpoint | None = None
-        self._media: PublisherMedia | None = None
-        self._connected = trio.Event()
-        self._ended = trio.Event()
-        self._wake = trio.Event()
+        self.ended = trio.Event()
         self.reason = CloseReason.PUBLISHER_GONE
         self.started = False  # media flowed and the publication was local
-        self.counters: dict[str, int] = {"rtp": 0, "srtp_failures": 0}
 
-    # ---- what PublisherMedia needs of a transport (RtcpSender) ----
-
-    def send_rtcp(self, packet: bytes) -> bool | None:
-        peer, endpoint = self._peer, self._endpoint
-        if peer is None or endpoint is None or peer.srtp is None:
-            return None
-        return endpoint.send(peer.srtp.protect_rtcp(packet), peer.remote_address)
-
-    # ---- life ----
+    @property
+    def counters(self) -> dict[str, int]:
+        return {name: sum(leg.counters[name] for leg in self.legs) for name in ("rtp", "srtp_failures")}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Play the stream from its origin; started() once media flows and the publication is local.
@@ -103,85 +239,63 @@ class Relay:
             raise RelayFailed(f"cannot play from the origin {self.origin}: {group.exceptions[0]!r}") from None
         finally:
             self._end_publication()
-            if self._endpoint is not None:
-                self._endpoint.close()
+            for leg in self.legs:
+                leg.close()
 
     async def _serve(self, nursery: trio.Nursery, task_status: trio.TaskStatus[None]) -> None:
-        with trio.fail_after(CONNECT_TIMEOUT):
-            ws = await trio_websocket.connect_websocket_url(nursery, self.origin, message_queue_size=64)
         try:
-            client = SignalingClient(ws, self.key[0], RELAY_UID, auto_ack=True)
-            client.on_server_request = self._on_origin_request
-            nursery.start_soon(self._pump, client)
             with trio.fail_after(CONNECT_TIMEOUT):
-                await self._start(client, nursery)
+                first = RelayLeg(self, layer=None, kinds=("audio", "video"))
+                self.legs.append(first)
+                reply = await first.open(nursery)
+                rids = [str(rid) for rid in reply.get("layers") or []]
+                carried = reply.get("layer")
+                if len(rids) > 1 and carried in rids:
+                    assert first.media is not None
+                    for producer in first.media.producers:
+                        if producer.kind == "video":
+                            producer.rename(str(carried))  # the origin pinned the first leg to it
+                    for rid in (rid for rid in rids if rid != carried):
+                        leg = RelayLeg(self, layer=rid, kinds=("video",))
+                        self.legs.append(leg)
+                        await leg.open(nursery, layer_rid=rid)
+            self._publish(rids)
             self.started = True
             task_status.started()
-            await self._ended.wait()
+            await self.ended.wait()
         finally:
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
-                await ws.aclose()
+                for ws in self.sockets:
+                    await ws.aclose()
             nursery.cancel_scope.cancel()
 
-    async def _start(self, client: SignalingClient, nursery: trio.Nursery) -> None:
-        stream = self.key[1]
-        token = mint_token(
-            self._secret, self.key[0], uid=RELAY_UID, play=True, ttl=TOKEN_TTL, now=time.time()
-        )
-        reply = await client.connect(token)
-        if reply.get("err") != 0:
-            raise RelayFailed(f"the origin refused the relay's stream.connect: {reply.get('err_msg')}")
-        endpoint = self._endpoint = UdpEndpoint.bind(HostPort(self._host, 0))
-        local = RelayLocal(
-            ice_ufrag=ice_credential(8),
-            ice_pwd=ice_credential(24),
-            fingerprint=self.server.certificate.fingerprint("sha-256"),
-            address=endpoint.local_address,
-        )
-        reply = await client.offer(stream, relay_offer(local), publish=False)
-        if reply.get("err") != 0:
-            raise RelayFailed(f"the origin refused to play {stream!r}: {reply.get('err_msg')}")
-        try:
-            answer = read_answer(reply["data"]["sdp"], family_v6=":" in self._host)
-        except (SdpError, KeyError, TypeError) as exc:
-            raise RelayFailed(f"the origin's answer is unusable: {exc}") from None
-        description = answer.description
-        self._peer = ClientPeer(
-            local_ufrag=local.ice_ufrag,
-            local_pwd=local.ice_pwd,
-            remote_ufrag=description.ice_ufrag,
-            remote_pwd=description.ice_pwd,
-            remote_fingerprints=description.fingerprints,
-            certificate=self.server.certificate,
-            remote_address=answer.address,
-            now=trio.current_time(),
-            consent_interval=CONSENT_INTERVAL,
-            consent_timeout=CONSENT_TIMEOUT,
-        )
-        self._media = PublisherMedia(
-            self, answer.negotiated, ssrc=self.server.new_ssrc(), max_bitrate=RELAY_BITRATE
-        )
-        nursery.start_soon(self._read, endpoint)
-        nursery.start_soon(self._timers)
-        await self._connected.wait()
-        if self._ended.is_set():
-            raise RelayFailed("the origin's transport failed before media flowed")
-        self.publication = self.server.router.publish(self.key, self, self._media.producers)
-        nursery.start_soon(self._linger)
-        log.info("event=relay_started app=%s stream=%s origin=%s", self.key[0], self.key[1], self.origin)
+    def _publish(self, rids: list[str]) -> None:
+        """The legs' producers as one publication: a simulcast stream's video layers share a list."""
+        producers = [p for leg in self.legs if leg.media is not None for p in leg.media.producers]
+        video = {str(p.rid): p for p in producers if p.kind == "video" and p.rid is not None}
+        if len(rids) > 1 and set(rids) <= set(video):
+            layers = [video[rid] for rid in rids]
+            for layer in layers:
+                layer.layers = layers
+            others = [p for p in producers if p not in layers]
+            producers = [*others, *layers]
+        self.publication = self.server.router.publish(self.key, self, producers)
+        log.info("event=relay_started app=%s stream=%s origin=%s legs=%d layers=%s",
+                 self.key[0], self.key[1], self.origin, len(self.legs), ",".join(rids) or "-")
 
-    async def _pump(self, client: SignalingClient) -> None:
+    async def pump(self, client: SignalingClient) -> None:
         await client.pump()
         self.end(CloseReason.PUBLISHER_GONE, "the origin's WebSocket closed")
 
     def end(self, reason: CloseReason, why: str) -> None:
-        if not self._ended.is_set():
+        if not self.ended.is_set():
             self.reason = reason
             log.info("event=relay_ended app=%s stream=%s reason=%s why=%r",
                      self.key[0], self.key[1], reason.value, why)
-            self._ended.set()
-            self._connected.set()  # a start still waiting gives up
+            self.ended.set()
+            for leg in self.legs:
+                leg.connected.set()  # a start still waiting gives up
 
     def _end_publication(self) -> None:
         publication, self.publication = self.publication, None
@@ -189,9 +303,9 @@ class Relay:
             self.server.router.unpublish(publication)
             publication.end(self.reason)
 
-    # ---- the origin's requests ----
+    # ---- the origin's requests (on every leg's WebSocket: each is handled once) ----
 
-    def _on_origin_request(self, message: dict[str, Any]) -> None:
+    def on_origin_request(self, message: dict[str, Any]) -> None:
         method, data = message.get("method"), message.get("data")
         if not isinstance(data, dict):
             data = {}
@@ -218,65 +332,6 @@ class Relay:
         for player in publication.players:
             if isinstance(player, Session):
                 player.notify_publisher_mute({"video": flags["video"], "audio": flags["audio"]})
-
-    # ---- media ----
-
-    async def _read(self, endpoint: UdpEndpoint) -> None:
-        peer = self._peer
-        assert peer is not None
-        while True:
-            data, source = await endpoint.receive()
-            now = trio.current_time()
-            if data and 128 <= data[0] <= 191:
-                self._on_media(data, now)
-                continue
-            peer.receive(data, source, now)
-            self._flush()
-            self._wake.set()
-
-    def _on_media(self, data: bytes, now: float) -> None:
-        peer, media = self._peer, self._media
-        if peer is None or media is None or peer.srtp is None:
-            return
-        if is_rtcp(data):
-            plain = peer.srtp.unprotect_rtcp(data)
-            if plain is not None:
-                media.on_rtcp(plain, now)
-        else:
-            plain = peer.srtp.unprotect_rtp(data)
-            if plain is not None:
-                self.counters["rtp"] += 1
-                media.on_rtp(plain, now)
-        if plain is None:
-            self.counters["srtp_failures"] += 1
-
-    def _flush(self) -> None:
-        peer, endpoint = self._peer, self._endpoint
-        if peer is None or endpoint is None:
-            return
-        while (event := peer.next_event()) is not None:
-            if isinstance(event, Connected):
-                self._connected.set()
-            else:
-                self.end(CloseReason.PUBLISHER_GONE, f"the transport to the origin ended: {event!r}")
-        for data, address in peer.datagrams_to_send():
-            endpoint.send(data, address)
-
-    async def _timers(self) -> None:
-        peer, media = self._peer, self._media
-        assert peer is not None and media is not None
-        while True:
-            now = trio.current_time()
-            timer = peer.get_timer()
-            if timer is not None and now >= timer:
-                peer.handle_timer(now)
-            self._flush()
-            wake = media.tick(now, time.time()) if self._connected.is_set() else math.inf
-            timer = peer.get_timer()
-            deadline = min(wake, math.inf if timer is None else timer, now + 1.0)
-            self._wake = trio.Event()
-            with trio.move_on_at(deadline):
-                await self._wake.wait()
 
     async def _linger(self) -> None:
         idle_since: float | None = None

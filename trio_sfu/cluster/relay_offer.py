@@ -55,8 +55,8 @@ class RelayLocal:
     address: Address  # its UDP socket (the host candidate)
 
 
-def relay_offer(local: RelayLocal) -> str:
-    """A BUNDLE recvonly offer of audio and video with every codec the server forwards."""
+def relay_offer(local: RelayLocal, kinds: tuple[str, ...] = ("audio", "video")) -> str:
+    """A BUNDLE recvonly offer of `kinds` with every codec the server forwards."""
     host, port = local.address
     family = "IP6" if ":" in host else "IP4"
     lines = [
@@ -64,12 +64,14 @@ def relay_offer(local: RelayLocal) -> str:
         f"o=- {int.from_bytes(os.urandom(7), 'big')} 2 IN {family} {host}",
         "s=trio_sfu relay",
         "t=0 0",
-        "a=group:BUNDLE 0 1",
+        f"a=group:BUNDLE {' '.join(str(i) for i in range(len(kinds)))}",
         "a=extmap-allow-mixed",
         "a=msid-semantic: WMS",
     ]
     video_formats = " ".join(f"{pt} {rtx}" for pt, _, _, rtx in VIDEO_CODECS)
-    for index, (kind, formats) in enumerate((("audio", str(OPUS[0])), ("video", video_formats))):
+    formats_of = {"audio": str(OPUS[0]), "video": video_formats}
+    for index, kind in enumerate(kinds):
+        formats = formats_of[kind]
         lines += [
             f"m={kind} {port if index == 0 else 9} UDP/TLS/RTP/SAVPF {formats}",
             f"c=IN {family} {host}",

@@ -19,7 +19,7 @@ from trio_sfu.media.negotiation import NegotiatedTrack
 from trio_sfu.media.rewriter import HeaderMap
 from trio_sfu.wire.keyframe import detector, vp8_keyframe_size
 from trio_sfu.wire.rtcp import ReportBlock, SenderReport
-from trio_sfu.wire.rtp import RtpHeader
+from trio_sfu.wire.rtp import RtpHeader, parse_rtp
 from trio_sfu.wire.vp8 import parse_descriptor
 
 if TYPE_CHECKING:
@@ -164,6 +164,19 @@ class Producer:
         self._temporal_frames = [0] * TEMPORAL_LAYERS
         self.temporal_rates: list[float] = []
         self.temporal_fps: list[float] = []
+
+    def rename(self, rid: str) -> None:
+        """This stream turns out to be simulcast layer `rid` (a relay's first leg): measured as one."""
+        self.rid = rid
+        if self.negotiated.codec.name.lower() == "vp8":
+            self._keyframe_size = vp8_keyframe_size
+            if self._temporal_octets is None:
+                self._temporal_octets = [0] * TEMPORAL_LAYERS
+            if self._gop:  # the keyframe that came before the name: its size ranks the layer now
+                header = parse_rtp(self._gop[0])
+                size = vp8_keyframe_size(memoryview(self._gop[0])[header.header_length :]) if header else None
+                if size is not None:
+                    self.pixels = size[0] * size[1]
 
     def receive(self, packet: bytes, header: RtpHeader, now: float) -> None:
         """A decrypted packet from the publisher: remember it, then hand it to every consumer."""

@@ -44,7 +44,17 @@ def _extension_id(negotiated: Negotiated, uri: str) -> int | None:
 
 
 class PublisherMedia(MediaHandler):
-    def __init__(self, transport: RtcpSender, negotiated: Negotiated, *, ssrc: int, max_bitrate: int) -> None:
+    def __init__(
+        self,
+        transport: RtcpSender,
+        negotiated: Negotiated,
+        *,
+        ssrc: int,
+        max_bitrate: int,
+        layer_rid: str | None = None,
+    ) -> None:
+        """`layer_rid`: the video is one layer of a simulcast track whose layers come apart (a relay
+        plays each on a leg of its own), by this rid."""
         self.transport = transport
         self.ssrc = ssrc  # the server's own SSRC on this leg, for its RTCP
         self.max_bitrate = max_bitrate
@@ -52,7 +62,8 @@ class PublisherMedia(MediaHandler):
         self._by_rid: dict[tuple[str, str], Producer] = {}  # (mid, rid) of a simulcast layer
         for track in negotiated.tracks:
             if not track.rids:
-                self.producers.append(Producer(track, self))
+                rid = layer_rid if track.kind == "video" else None
+                self.producers.append(Producer(track, self, rid=rid))
                 continue
             layers = [Producer(track, self, rid=rid) for rid in track.rids]
             for layer in layers:

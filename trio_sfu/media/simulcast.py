@@ -34,8 +34,22 @@ Option: TypeAlias = "tuple[Producer, int | None]"  # a layer; its highest tempor
 
 def active_layers(layers: Sequence[Producer], now: float) -> list[Producer]:
     """The layers sending now, lowest first (ties keep the publisher's order)."""
-    active = [layer for layer in layers if now - layer.last_received_at < IDLE_AFTER]
-    return sorted(active, key=lambda layer: (layer.pixels, layer.byte_rate))
+    return ranked([layer for layer in layers if now - layer.last_received_at < IDLE_AFTER])
+
+
+def ranked(layers: Sequence[Producer]) -> list[Producer]:
+    """Lowest first: by picture size, then by what they sent in the last rate window."""
+    return sorted(layers, key=lambda layer: (layer.pixels, layer.byte_rate))
+
+
+def start_layer(layers: Sequence[Producer], now: float, max_rank: int | None = None) -> Producer:
+    """Where a new player starts: the best layer sending now within its cap; while none sends (a pause,
+    a relay's first seconds), the best by what was last seen, within the cap all the same."""
+    chosen = choose_layer(layers, now, max_rank=max_rank)
+    if chosen is not None:
+        return chosen
+    every = ranked(layers)
+    return every[min(len(every) - 1, max_rank)] if max_rank is not None else every[-1]
 
 
 def choose_layer(
@@ -123,6 +137,7 @@ class LayerControl:
         self.estimate_bps: float | None = None
         self.max_rank: int | None = None  # the player's cap (0: the lowest layer)
         self.adaptive = True  # False: the best option sending, whatever the estimate (no probes)
+        self.pinned = False  # True: the layer it started on, always (a relay's leg)
         self._estimate_at = -1e9
         self._congested_at = -1e9
         self._up_since: float | None = None
@@ -167,6 +182,9 @@ class LayerControl:
 
     def choose(self, playing: Option, layers: Sequence[Producer], now: float) -> Option | None:
         """The option the player should get (None: nothing sends, stay); sets `probe_bps`."""
+        if self.pinned:
+            self.probe_bps = 0.0
+            return None
         options = layer_options(layers, now, self.max_rank)
         if not options:
             self.probe_bps = 0.0

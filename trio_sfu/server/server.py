@@ -202,6 +202,7 @@ class Server:
         socket_sessions: int,
         address: str,
         max_layer: int | None = None,
+        relay_layer: str | None = None,
     ) -> Session:
         """Check the limits, answer the offer and join the router: a session ready to run (its client
         gets the answer before any media can flow). SignalingError says what the client must change."""
@@ -253,6 +254,7 @@ class Server:
             max_bitrate=self.config.max_publisher_bitrate,
             max_layer=max_layer,
             adaptation=self.config.simulcast_adaptation,
+            relay_layer=relay_layer,
         )
         session.attach(publication)
         self.limits.session_started(address)

@@ -17,11 +17,12 @@ import trio
 from trio_sfu.media.consumer import Consumer
 from trio_sfu.media.negotiation import Negotiated
 from trio_sfu.media.player import PlayerMedia
+from trio_sfu.media.producer import Producer
 from trio_sfu.media.publisher import PublisherMedia
 from trio_sfu.media.router import Publication, Router
-from trio_sfu.media.simulcast import choose_layer
+from trio_sfu.media.simulcast import active_layers, start_layer
 from trio_sfu.server.transport_driver import TransportDriver, TransportEnded
-from trio_sfu.signaling.messages import CloseReason, Header
+from trio_sfu.signaling.messages import CloseReason, ErrorCode, Header, SignalingError
 from trio_sfu.transport.peer import Failure, PeerClosed
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class Session:
         max_bitrate: int,
         max_layer: int | None = None,
         adaptation: bool = True,
+        relay_layer: str | None = None,
     ) -> None:
         self.header = header
         self.publish = publish
@@ -101,6 +103,8 @@ class Session:
         self._max_bitrate = max_bitrate
         self._max_layer = max_layer  # a player's cap on simulcast layers (0: the lowest)
         self._adaptation = adaptation  # False: a player keeps the best layer, whatever its link
+        # A relay's leg: pinned to this simulcast layer ("": the best one when it starts), never moved.
+        self._relay_layer = relay_layer
         self.muted = {kind: False for kind in KINDS}
         self.publication: Publication | None = None
         self.publisher_media: PublisherMedia | None = None
@@ -109,6 +113,32 @@ class Session:
         self._scope = trio.CancelScope()
         self.done = trio.Event()  # set when its tasks are gone and it has left the router
         transport.on_ended = self._transport_ended
+
+    def _relay_leg_layer(self, producer: Producer) -> Producer | None:
+        """The layer a relay's leg asked for (SignalingError 404 if the stream has no such layer)."""
+        if not self._relay_layer or len(producer.layers) < 2:
+            return None
+        for layer in producer.layers:
+            if layer.rid == self._relay_layer:
+                return layer
+        rids = ", ".join(str(layer.rid) for layer in producer.layers)
+        message = f"no layer {self._relay_layer!r} in this stream (it has {rids})"
+        raise SignalingError(ErrorCode.NOT_FOUND, message)
+
+    def video_rid(self) -> str | None:
+        """The simulcast layer this player's video starts on (None: no simulcast)."""
+        video = next((c for c, _ in self.consumers if len(c.producer.layers) > 1), None)
+        return None if video is None else video.producer.rid
+
+    def layer_rids(self) -> list[str]:
+        """The rids of the video layers this player's stream has, lowest first (empty: no simulcast)."""
+        now = trio.current_time()
+        for consumer, _ in self.consumers:
+            if len(consumer.producer.layers) > 1:
+                ranked = active_layers(consumer.producer.layers, now)
+                rest = [layer for layer in consumer.producer.layers if layer not in ranked]
+                return [str(layer.rid) for layer in rest + ranked]
+        return []
 
     @property
     def key(self) -> tuple[str, str]:
@@ -138,9 +168,12 @@ class Session:
         self.publication = publication
         played = list(self.negotiated.tracks)
         now = trio.current_time()
-        for track, producer in zip(played, publication.producers_for(played), strict=True):
-            # A simulcast track: start on the best layer sending now (its keyframe is asked for at once).
-            producer = choose_layer(producer.layers, now, max_rank=self._max_layer) or producer
+        # A simulcast track: start on the best layer sending now (its keyframe is asked for at once).
+        starts = [
+            self._relay_leg_layer(producer) or start_layer(producer.layers, now, max_rank=self._max_layer)
+            for producer in publication.producers_for(played)
+        ]
+        for track, producer in zip(played, starts, strict=True):
             send, receive = trio.open_memory_channel[bytes](self.BACKLOG)
             consumer = Consumer(self, producer, track, self.transport, ChannelBacklog(send))
             consumer.update_mute(publication.muted[track.kind], now)
@@ -150,6 +183,8 @@ class Session:
         player = PlayerMedia([c for c, _ in self.consumers], cname=cname, send_rtcp=self.transport.send_rtcp)
         player.max_rank = self._max_layer
         player.layers.adaptive = self._adaptation
+        if self._relay_layer is not None:
+            player.layers.pinned = True  # a relay leg carries one layer, whatever happens
         self.transport.handler = player
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -65,6 +65,7 @@ class SignalingHost(Protocol):
         socket_sessions: int,
         address: str,
         max_layer: int | None = None,
+        relay_layer: str | None = None,
     ) -> Session: ...
 
     def session_ended(self, session: Session, address: str) -> None: ...
@@ -283,6 +284,8 @@ class SignalingSocket:
         key = (header.app, header.stream)
         if self.relay and data.publish:
             raise SignalingError(ErrorCode.FORBIDDEN, "the cluster listener only serves relays' plays")
+        if data.layer is not None and not self.relay:
+            raise SignalingError(ErrorCode.BAD_REQUEST, "data.layer is for relays between servers")
         await self.server.prepare_offer(key, publish=data.publish, relay=self.relay)
         try:
             session = self.server.open_session(
@@ -293,6 +296,7 @@ class SignalingSocket:
                 socket_sessions=len(self.sessions),
                 address=self.address,
                 max_layer=data.max_layer,
+                relay_layer=data.layer if data.layer is not None else ("" if self.relay else None),
             )
         except BaseException:
             self.server.offer_failed(key, publish=data.publish)
@@ -307,7 +311,11 @@ class SignalingSocket:
             session.direction,
             self.remote,
         )
-        return {"publish": data.publish, "sdp": session.negotiated.answer}
+        reply: dict[str, Any] = {"publish": data.publish, "sdp": session.negotiated.answer}
+        if self.relay:
+            # A relay plays each other layer on a leg of its own; this leg carries `layer`.
+            reply["layers"], reply["layer"] = session.layer_rids(), session.video_rid()
+        return reply
 
     async def _run_session(self, session: Session) -> None:
         try:

@@ -86,8 +86,12 @@ class OfferData:
     sdp: str
     # Extension (docs/protocol.md): a player's cap on simulcast layers, 0 the lowest; null: none.
     max_layer: int | None = None
+    # Cluster listener only (docs/cluster.md): the simulcast layer (rid) a relay leg carries.
+    layer: str | None = None
 
     def check(self) -> None:
+        if self.layer is not None and not (0 < len(self.layer) <= 16 and self.layer.isalnum()):
+            raise SignalingError(ErrorCode.BAD_REQUEST, "data.layer: a simulcast rid (letters and digits)")
         if self.max_layer is not None and not 0 <= self.max_layer <= MAX_LAYER_INDEX:
             raise SignalingError(
                 ErrorCode.BAD_REQUEST,

@@ -155,13 +155,17 @@ async def open_client(
     connect: bool = True,
     wait_connected: bool = True,
     claimed_fingerprint: str | None = None,
+    rids: tuple[str, ...] = (),
+    max_layer: int | None = None,
     **peer_options: Any,
 ) -> AsyncIterator[Client]:
     """Offer over `signaling`, then run ICE and DTLS over `endpoint` for as long as the block runs.
 
     `connect=False` skips stream.connect (for a second session on the same WebSocket);
     `wait_connected=False` returns as soon as the transport runs (for tests of failed handshakes);
-    `claimed_fingerprint` goes in the offer instead of the client certificate's (a lying client).
+    `claimed_fingerprint` goes in the offer instead of the client certificate's (a lying client);
+    `rids`: a publisher offers its video as these simulcast layers (packets must carry the rid);
+    `max_layer`: a player's cap on simulcast layers (the offer's extension field).
     """
     certificate = _certificate()
     local = LocalParams.new(certificate, endpoint.local_address[1], endpoint.local_address[0])
@@ -170,9 +174,10 @@ async def open_client(
         reply = await signaling.request("stream.connect", stream, {"token": token})
         if reply.get("err") != 0:
             raise RuntimeError(f"stream.connect: {reply}")
-    reply = await signaling.request(
-        "stream.offer", stream, {"publish": publish, "sdp": build_offer(offered, publish=publish)}
-    )
+    data: dict[str, Any] = {"publish": publish, "sdp": build_offer(offered, publish=publish, rids=rids)}
+    if max_layer is not None:
+        data["max_layer"] = max_layer
+    reply = await signaling.request("stream.offer", stream, data)
     if reply.get("err") != 0:
         raise RuntimeError(f"stream.offer: {reply}")
     answer = parse_answer(reply["data"]["sdp"])
