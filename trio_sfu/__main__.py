@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if server.verifier.open_mode and not config.worker_index:
+    if server.verifier.open_mode and config.worker_index is None:
         print(OPEN_MODE_WARNING, file=sys.stderr, flush=True)
     if config.workers > 1:
         from trio_sfu.cluster.supervisor import supervise

@@ -61,14 +61,26 @@ class Worker:
                 nursery.cancel_scope.cancel()
 
 
+class SlowDirectory(TableDirectory):
+    """The table, answering after `delay` as one over a socket does (so requests can interleave)."""
+
+    def __init__(self, table: DirectoryTable, delay: float) -> None:
+        super().__init__(table)
+        self.delay = delay
+
+    async def locate(self, key: tuple[str, str]) -> str | None:
+        await trio.sleep(self.delay)
+        return await super().locate(key)
+
+
 @contextlib.asynccontextmanager
-async def two_workers() -> AsyncIterator[tuple[Worker, Worker]]:
+async def two_workers(delay: float = 0.0) -> AsyncIterator[tuple[Worker, Worker]]:
     table = DirectoryTable()
     async with trio.open_nursery() as nursery:
         workers = []
         for _ in range(2):
             server = Server(CONFIG)
-            server.cluster = WorkerCluster(TableDirectory(table), secret=SECRET)
+            server.cluster = WorkerCluster(SlowDirectory(table, delay), secret=SECRET)
             await nursery.start(server.serve)
             workers.append(Worker(server, nursery))
         yield workers[0], workers[1]
@@ -308,3 +320,26 @@ async def test_all_simulcast_layers_travel_and_players_there_get_their_own() -> 
             await until(lambda: len(layers_seen(p1)) >= 30)
             assert layers_seen(p1)[-10:] == ["f"] * 10  # the top layer, through the relay
             assert [p.pixels for p in video] == [320 * 180, 640 * 360, 1280 * 720]
+
+
+async def test_players_arriving_together_share_one_relay() -> None:
+    """Six players ask B for the stream at the same moment (the directory answers in 50 ms, as over a
+    socket): one relay starts, every offer is answered."""
+    async with (
+        two_workers(delay=0.05) as (a, b),
+        a.client("pub") as pub_sig,
+        open_client(pub_sig, endpoint(), publish=True) as pub,
+    ):
+        send_video(pub, 0)
+        answered: list[int] = []
+
+        async def play(index: int) -> None:
+            async with b.client(f"p{index}") as sig, open_client(sig, endpoint(), publish=False):
+                answered.append(index)
+                await trio.sleep(0.3)
+
+        async with trio.open_nursery() as nursery:
+            for index in range(6):
+                nursery.start_soon(play, index)
+        assert sorted(answered) == list(range(6))
+        assert b.server.cluster.relays.counters == {"started": 1, "failed": 0}  # type: ignore[union-attr]

@@ -373,33 +373,36 @@ class Relays:
         """Make `key` playable here if another worker holds it. Nothing to do when it is local or
         published nowhere (the offer then gets its 404). Raises SignalingError 503 when the
         directory or the origin fails."""
-        while key in self._starting:
-            await self._starting[key].wait()
+        while (starting := self._starting.get(key)) is not None:
+            await starting.wait()  # another player of this stream is starting its relay: join it
         if self.server.router.lookup(key) is not None:
             return
-        try:
-            origin = await self.directory.locate(key)
-        except DirectoryUnavailable as exc:
-            raise SignalingError(
-                ErrorCode.UNAVAILABLE, f"the cluster directory is unavailable ({exc}); try again shortly"
-            ) from None
-        if origin is None or origin == self.origin:
-            return
-        assert self._nursery is not None
+        # Claimed before the first await: a second player arriving meanwhile waits for this start.
         started = self._starting[key] = trio.Event()
-        relay = Relay(self.server, key, origin, self.secret, self.host)
         try:
-            await self._nursery.start(self._run, relay)
-            self.counters["started"] += 1
-        except RelayFailed as exc:
-            self.counters["failed"] += 1
-            log.warning("event=relay_failed app=%s stream=%s origin=%s error=%r", *key, origin, str(exc))
-            raise SignalingError(
-                ErrorCode.UNAVAILABLE,
-                f"stream {key[1]!r} is published on another worker that could not be reached; try again",
-            ) from None
+            try:
+                origin = await self.directory.locate(key)
+            except DirectoryUnavailable as exc:
+                raise SignalingError(
+                    ErrorCode.UNAVAILABLE, f"the cluster directory is unavailable ({exc}); try again shortly"
+                ) from None
+            if origin is None or origin == self.origin:
+                return
+            assert self._nursery is not None
+            relay = Relay(self.server, key, origin, self.secret, self.host)
+            try:
+                await self._nursery.start(self._run, relay)
+                self.counters["started"] += 1
+            except RelayFailed as exc:
+                self.counters["failed"] += 1
+                log.warning("event=relay_failed app=%s stream=%s origin=%s error=%r", *key, origin, str(exc))
+                raise SignalingError(
+                    ErrorCode.UNAVAILABLE,
+                    f"stream {key[1]!r} is published on another worker that could not be reached; try again",
+                ) from None
         finally:
-            del self._starting[key]
+            if self._starting.get(key) is started:
+                del self._starting[key]
             started.set()
 
     async def _run(
