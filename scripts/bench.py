@@ -7,6 +7,8 @@
     scripts/bench.py --compare "CMD_A" "CMD_B"         # A, B, A, B per N; prints ratios B/A
     scripts/bench.py --simulcast --compare "CMD --config off.toml" default
                                                        # a simulcast publisher; e.g. adaptation off/on
+    scripts/bench.py --compare "CMD --workers 1" "CMD --workers 2" --find-capacity
+                                                       # the largest N each holds loss-free; the ratio
 
 The server runs as its own process, so its CPU (utime+stime from /proc) is its alone. One publisher
 process sends pre-encoded VP8 (1.5 Mbit/s, 30 fps) and Opus (20 ms) in real time over a real leg
@@ -25,6 +27,26 @@ receive, never the publisher's layers.
 After each measurement window the bench reads the server's /metrics (if it printed an `http` start-up
 line; Janus does not) for its keyframe cache: "kf cache KB" is the largest of a few samples taken after
 the window (the cache grows from one keyframe to the next), the sum over the stream's video layers.
+
+A server of several workers (`python -m trio_sfu --workers N`: a supervisor printing `supervisor N
+workers, pid P`, each worker its own `media udp ... (worker i)` line): the server's CPU is the whole
+process tree's (supervisor and workers), and each run also prints and records (see
+benchlib/run.py:_cluster_figures for the exact definitions):
+  - per worker: its CPU (share of one core), the legs that landed on it (the kernel spreads the
+    WebSockets; a leg belongs to the worker whose media port its answer named) and its CPU per packet
+    those legs received; the supervisor's CPU;
+  - the origin worker (the one the publisher's answer named) and "relay added latency p50/p99": the
+    end-to-end latency percentiles of the legs on other workers (served through a relay) minus those
+    of the legs on the origin;
+  - "relay CPU per packet": the origin's CPU per packet it sent (to its players and to each relay), the
+    other workers' CPU per packet their players got, and from those an estimate of the relay's receive
+    side and of what one relayed packet costs both ends together.
+
+--find-capacity steps N up from --capacity-start by --capacity-step to --capacity-max for each server
+command (alternating them), then bisects to --capacity-resolution, and reports the largest N each held
+loss-free (see benchlib/capacity.py for the criteria) and, with --compare, the ratio B/A. The bench's
+own processes (publisher, subscribers) share the machine's CPUs with the server: a run where they or
+the whole machine were saturated is flagged.
 """
 
 from __future__ import annotations
@@ -38,14 +60,19 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import attrs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import media, procfs
+from benchlib.capacity import Criteria, capacity_lines, find_capacity
 from benchlib.progress import Progress
 from benchlib.publisher import simulcast_summary
 from benchlib.run import (
     Options,
+    cluster_lines,
     python_command,
     ratio_table,
     ratios,
@@ -83,7 +110,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--janus-event-loops", type=int, default=os.cpu_count() or 2,
                         help="Janus's event_loops setting (default: one per CPU); 0 = Janus's default, "
                         "one media thread per handle")
-    parser.add_argument("--rounds", type=int, help="runs per (server, N); default 1, or 2 with --compare")
+    parser.add_argument("--rounds", type=int, help="runs per (server, N); default 1, or 2 with --compare "
+                        "(--find-capacity: 1; N holds only if every round holds)")
     parser.add_argument("--probes", type=int, help="new subscribers timed after the window (5)")
     parser.add_argument("--legs-per-worker", type=int, default=75, help="subscriber legs per process (75)")
     parser.add_argument("--decrypt-every", type=int, default=8, choices=(1, 2, 4, 8, 16, 32),
@@ -98,6 +126,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--regenerate-media", action="store_true", help="encode the media file again")
     parser.add_argument("--token", default="", help="token for stream.connect (open mode: empty)")
     parser.add_argument("--keep-logs", type=Path, help="copy each run's server stdout/stderr here")
+    parser.add_argument("--find-capacity", action="store_true",
+                        help="instead of --subscribers: find the largest N each server holds loss-free "
+                        "(criteria: scripts/benchlib/capacity.py)")
+    parser.add_argument("--capacity-start", type=int, default=100, help="first N tried (100)")
+    parser.add_argument("--capacity-step", type=int, default=100, help="N grows by this while it holds (100)")
+    parser.add_argument("--capacity-max", type=int, default=1000, help="the largest N tried (1000)")
+    parser.add_argument("--capacity-resolution", type=int, default=25,
+                        help="bisect until the last N that held and the first that did not are this "
+                        "close (25)")
+    parser.add_argument("--max-loss-pct", type=float, default=0.01,
+                        help="--find-capacity: the most loss (%%) that still counts as loss-free (0.01)")
+    parser.add_argument("--max-p99-ms", type=float, default=50.0,
+                        help="--find-capacity: the highest end-to-end latency p99 that still holds (50)")
     parser.add_argument("--no-netns", action="store_true",
                         help="do not re-execute in a private network namespace")
     parser.add_argument("--no-progress", action="store_true")
@@ -159,7 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         servers = [("janus" if args.server_cmd == "janus" else "server", command(args.server_cmd))]
     else:
         servers = [("trio_sfu", python_command())]
-    rounds = args.rounds or (2 if args.compare else 1)
+    rounds = args.rounds or (2 if args.compare and not args.find_capacity else 1)
+    criteria = Criteria(
+        start=args.capacity_start, step=args.capacity_step, max=args.capacity_max,
+        resolution=args.capacity_resolution, max_loss_pct=args.max_loss_pct, max_p99_ms=args.max_p99_ms,
+    )
+    capacity: dict[str, dict[str, Any]] = {}
     options = Options(
         subscribers=subscribers, duration=duration, settle=settle, probes=probes,
         legs_per_worker=args.legs_per_worker, decrypt_every=args.decrypt_every, pacing=args.pacing,
@@ -175,7 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     progress = Progress(enabled=not args.no_progress)
     os.chdir(ROOT)  # `python -m trio_sfu` runs this tree
     try:
-        results = run_all(servers, options, rounds, progress)
+        if args.find_capacity:
+            results, capacity = find_capacity(servers, options, criteria, rounds, progress)
+            subscribers = sorted({result["n"] for result in results})
+        else:
+            results = run_all(servers, options, rounds, progress)
     finally:
         progress.close()
     summaries = [s for n in subscribers for label, _ in servers if (s := summarize(results, label, n))]
@@ -190,6 +240,12 @@ def main(argv: list[str] | None = None) -> int:
                 problems.append(
                     f"subscriber processes saturated ({result['subscriber_cpu_pct']} % of a core): "
                     "the figures are not trustworthy"
+                )
+            if result.get("machine_saturated"):
+                problems.append(
+                    f"the machine's CPUs were {result['machine_cpu_busy_pct']} % busy (server "
+                    f"{result['server_cpu_pct']:.0f} % + bench {result['bench_cpu_pct']:.0f} % of a core, "
+                    "the rest elsewhere): the load generator competes with the server"
                 )
             if result.get("ramp_incomplete"):
                 problems.append(
@@ -231,10 +287,15 @@ def main(argv: list[str] | None = None) -> int:
             problems.append(f"server exit code {log['exit_code']} after SIGTERM")
         if problems:
             print(f"{result['server']} N={result['n']} round {result['round']}: " + "; ".join(problems))
+        for line in cluster_lines(result) if result.get("ok") else []:
+            print(f"{result['server']} N={result['n']} round {result['round']}: {line}")
     comparison = ratios(summaries, servers[0][0], servers[1][0]) if args.compare else []
     if comparison:
         print(f"\nratios {servers[1][0]}/{servers[0][0]} (below 1: {servers[1][0]} uses less / is faster):")
         print(ratio_table(comparison))
+    if capacity:
+        print()
+        print("\n".join(capacity_lines(capacity, criteria)))
 
     load_after = procfs.load_average()
     tree_after = tree_state()
@@ -255,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
             "options": {"subscribers": subscribers, "duration": duration, "settle": settle,
                         "probes": probes, "rounds": rounds, "legs_per_worker": args.legs_per_worker,
                         "decrypt_every": args.decrypt_every, "pacing": args.pacing,
-                        "simulcast": args.simulcast},
+                        "simulcast": args.simulcast,
+                        **({"find_capacity": attrs.asdict(criteria)} if args.find_capacity else {})},
+            **({"capacity": capacity} if args.find_capacity else {}),
             "summary": summaries,
             "ratios_b_over_a": comparison,
             "runs": results,
@@ -263,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(document, indent=1, default=str) + "\n")
         print(f"results: {args.json}")
-    return 0 if all(r.get("ok") for r in results) else 1
+    # --find-capacity: a run that fails is an N not held, not a failed search.
+    return 0 if args.find_capacity or all(r.get("ok") for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -34,6 +34,15 @@ def children(pid: int) -> list[int]:
     return tree
 
 
+def cmdline(pid: int) -> list[str]:
+    """The process's argv ([] if it is gone or a kernel thread)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0")[:-1]]
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """utime + stime (all threads) of each process, summed."""
     total = 0
@@ -42,6 +51,15 @@ def cpu_seconds(pids: list[int]) -> float:
         if fields is not None:
             total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
     return total / CLOCK_TICK
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine, all CPUs, since boot (/proc/stat): whatever runs,
+    the server, the bench or anything else. Idle and iowait are not busy."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is in user)
+    busy = total - fields[3] - fields[4]
+    return busy / CLOCK_TICK, total / CLOCK_TICK
 
 
 def rss_bytes(pids: list[int]) -> int:

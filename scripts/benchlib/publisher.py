@@ -444,7 +444,10 @@ async def publisher_main(conn: Connection, config: PublisherConfig) -> None:
             ) as leg:
                 sender = Sender(media, leg.transport, config.pacing, config.send_log, rids)
                 leg.transport.rtcp_handler = sender.on_rtcp
-                conn.send({"event": "ready", "setup_s": leg.connected_at - leg.offer_sent_at})
+                conn.send({
+                    "event": "ready", "setup_s": leg.connected_at - leg.offer_sent_at,
+                    "media_port": leg.transport.answer.address[1],  # the server's (worker's) port
+                })
                 async with trio.open_nursery() as inner:
                     inner.start_soon(sender.run)
                     inner.start_soon(_control, conn, sender, leg, inner.cancel_scope)

@@ -45,6 +45,7 @@ from .sendlog import SendLog
 from .subscriber import COARSE_WIDTH, FINE_WIDTH, WorkerConfig, run_worker
 
 SATURATED = 0.90  # of one core
+MACHINE_SATURATED = 0.90  # of all the machine's CPUs
 
 
 @attrs.define
@@ -83,6 +84,11 @@ with the bench's one publisher, what one stream holds; with simulcast, its three
 METRICS_PER_PROBE = 5  # /metrics samples in the second after each probe
 
 
+MEDIA_LINE = re.compile(r"media\s+udp\s+127\.0\.0\.1:(\d+)(?:\s+\(worker (\d+)\))?\s*$")
+SUPERVISOR_LINE = re.compile(r"supervisor\s+(\d+) workers?, pid (\d+)")
+CLUSTER_LINE = re.compile(r"cluster\s+(\S+)\s+\(worker (\d+)\)")
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -114,12 +120,19 @@ class ServerProcess:
             start_new_session=True,
         )
         self.ws_url = ""
-        self.media_port = 0
+        self.media_port = 0  # a single process's (its last 127.0.0.1 one), or worker 0's
         self.http_url = ""  # from the `http http://...` start-up line, if the server prints one
+        # `--workers N` (a `supervisor N workers, pid P` line): each worker's media port and cluster URL
+        # from its `media udp 127.0.0.1:PORT (worker i)` and `cluster ws://... (worker i)` lines.
+        self.workers: int | None = None
+        self.supervisor_pid = 0
+        self.worker_media_ports: dict[int, int] = {}
+        self.worker_cluster_urls: dict[int, str] = {}
         self.returncode: int | None = None
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Read the `signaling ws://...` and `media udp ...` start-up lines (Janus: ask its HTTP API)."""
+        """Read the `signaling ws://...` and `media udp ...` start-up lines (Janus: ask its HTTP API);
+        a supervisor of N workers: until every worker printed its media line."""
         deadline = time.monotonic() + timeout
         if self.janus_url:
             while time.monotonic() < deadline:
@@ -136,7 +149,8 @@ class ServerProcess:
             raise BenchError(f"Janus did not answer within {timeout} s: {self.stderr_tail()}")
         while time.monotonic() < deadline:
             self._read_startup_lines()
-            if self.ws_url and self.media_port:
+            workers_ready = self.workers is None or len(self.worker_media_ports) >= self.workers
+            if self.ws_url and self.media_port and workers_ready:
                 return
             if self.proc.poll() is not None:
                 raise BenchError(f"the server exited ({self.proc.returncode}): {self.stderr_tail()}")
@@ -144,12 +158,21 @@ class ServerProcess:
         raise BenchError(f"no start-up lines from the server within {timeout} s: {self.stderr_tail()}")
 
     def _read_startup_lines(self) -> None:
-        for line in self.stdout_path.read_text(errors="replace").splitlines():
+        # Only whole lines: the last one may still be being written (several processes print here).
+        for line in self.stdout_path.read_text(errors="replace").split("\n")[:-1]:
             fields = line.split()
             if line.startswith("signaling") and len(fields) >= 2:
                 self.ws_url = fields[1]
-            elif line.startswith("media") and len(fields) >= 3 and fields[2].startswith("127.0.0.1:"):
-                self.media_port = int(fields[2].rsplit(":", 1)[1])
+            elif media := MEDIA_LINE.match(line):
+                if media[2] is None:
+                    self.media_port = int(media[1])
+                else:  # a worker's (a restarted worker prints it again, maybe with another port)
+                    self.worker_media_ports[int(media[2])] = int(media[1])
+                    self.media_port = self.worker_media_ports[min(self.worker_media_ports)]
+            elif cluster := CLUSTER_LINE.match(line):
+                self.worker_cluster_urls[int(cluster[2])] = cluster[1]
+            elif supervisor := SUPERVISOR_LINE.match(line):
+                self.workers, self.supervisor_pid = int(supervisor[1]), int(supervisor[2])
             elif line.startswith("http ") and len(fields) >= 2 and fields[1].startswith("http://127.0.0.1:"):
                 self.http_url = fields[1].rstrip("/") + "/"
 
@@ -172,6 +195,22 @@ class ServerProcess:
 
     def pids(self) -> list[int]:
         return procfs.children(self.proc.pid)
+
+    def process_groups(self) -> dict[str, list[int]]:
+        """A supervisor's process tree by role: `worker i` (the process started with `--worker-index i`
+        and its descendants) and `supervisor` (the rest: the supervisor, and any wrapper around it);
+        {} for a single process."""
+        if self.workers is None:
+            return {}
+        tree = self.pids()
+        groups: dict[str, list[int]] = {}
+        for pid in tree:
+            args = procfs.cmdline(pid)
+            if "--worker-index" in args[:-1]:
+                groups[f"worker {args[args.index('--worker-index') + 1]}"] = procfs.children(pid)
+        in_workers = {pid for pids in groups.values() for pid in pids}
+        groups["supervisor"] = [pid for pid in tree if pid not in in_workers]
+        return groups
 
     def stderr_tail(self, lines: int = 5) -> str:
         text = self.stderr_path.read_text(errors="replace").strip().splitlines()
@@ -304,22 +343,67 @@ class Reading:
     server_sockets: set[int]
     publisher: dict[str, Any]
     workers: list[dict[str, Any]]
+    # A supervisor's processes by role (ServerProcess.process_groups): CPU seconds and pids.
+    server_groups: dict[str, tuple[float, tuple[int, ...]]]
+    machine_cpu: tuple[float, float]  # (busy, total) CPU seconds of the machine, all CPUs
+
+
+@attrs.define
+class Baseline:
+    """A supervisor's processes' CPU seconds over `seconds` with the publisher sending and no player
+    (taken before the ramp-up), and the packets the publisher sent meanwhile."""
+
+    seconds: float
+    cpu: dict[str, float]
+    published: int
+
+
+BASELINE_S = 3.0
+
+
+def _baseline(server: ServerProcess, publisher: Child, seconds: float = BASELINE_S) -> Baseline:
+    def read() -> tuple[float, dict[str, tuple[float, tuple[int, ...]]], int]:
+        publisher.send({"cmd": "snapshot"})
+        at = time.monotonic()
+        groups = {
+            role: (procfs.cpu_seconds(pids), tuple(sorted(pids)))
+            for role, pids in server.process_groups().items()
+        }
+        return at, groups, int(publisher.wait_event("snapshot", timeout=10).get("packets", 0))
+
+    at, before, sent = read()
+    time.sleep(seconds)
+    at_end, after, sent_end = read()
+    return Baseline(
+        seconds=at_end - at,
+        cpu={role: cpu - before[role][0] for role, (cpu, pids) in after.items()
+             if role in before and before[role][1] == pids},
+        published=sent_end - sent,
+    )
 
 
 def _reading(server: ServerProcess, publisher: Child, workers: list[Child]) -> Reading:
     for child in (publisher, *workers):
         child.send({"cmd": "snapshot"})
     at = time.monotonic()
-    server_cpu = procfs.cpu_seconds(server.pids())
+    machine_cpu = procfs.machine_cpu()
+    pids = server.pids()
+    server_cpu = procfs.cpu_seconds(pids)
+    groups = {
+        role: (procfs.cpu_seconds(group), tuple(sorted(group)))
+        for role, group in server.process_groups().items()
+    }
     child_cpu = {child.name: procfs.cpu_seconds([child.pid]) for child in (publisher, *workers)}
     drops = procfs.udp_drops()
-    server_sockets = procfs.socket_inodes(server.pids())
+    server_sockets = procfs.socket_inodes(pids)
     return Reading(
         at=at,
         server_cpu=server_cpu,
         child_cpu=child_cpu,
         drops=drops,
         server_sockets=server_sockets,
+        server_groups=groups,
+        machine_cpu=machine_cpu,
         publisher=publisher.wait_event("snapshot", timeout=10),
         workers=[worker.wait_event("snapshot", timeout=10) for worker in workers],
     )
@@ -351,9 +435,20 @@ def _diff_lists(after: list[int], before: list[int]) -> list[int]:
     return [a - (before[i] if i < len(before) else 0) for i, a in enumerate(after)]
 
 
-def figures(start: Reading, end: Reading, server: ServerProcess, n: int) -> dict[str, Any]:
+def figures(
+    start: Reading,
+    end: Reading,
+    server: ServerProcess,
+    n: int,
+    origin_port: int | None = None,
+    baseline: Baseline | None = None,
+) -> dict[str, Any]:
+    """The window's figures. `origin_port`: the media port the publisher's answer named (with
+    --workers N: the origin worker's); `baseline`: see _cluster_figures."""
     seconds = end.at - start.at
     delivered_per_leg: list[int] = []
+    leg_ports: list[int] = []  # the server media port each leg's answer named, as delivered_per_leg
+    e2e_by_port: dict[int, tuple[list[int], list[int]]] = {}
     expected = 0
     fine = [0] * len(start.workers[0]["fine"])
     coarse = [0] * len(start.workers[0]["coarse"])
@@ -364,6 +459,16 @@ def figures(start: Reading, end: Reading, server: ServerProcess, n: int) -> dict
     srtp_window: dict[str, int] = {}
     for before, after in zip(start.workers, end.workers, strict=True):
         delivered_per_leg += _diff_lists(after["packets"], before["packets"])
+        leg_ports += after.get("ports", [0] * len(after["packets"]))
+        for port, histogram in after.get("e2e_by_port", {}).items():
+            earlier = before.get("e2e_by_port", {}).get(port, {"fine": [], "coarse": []})
+            total = e2e_by_port.setdefault(
+                port, ([0] * len(histogram["fine"]), [0] * len(histogram["coarse"]))
+            )
+            for i, count in enumerate(_diff_lists(histogram["fine"], earlier["fine"])):
+                total[0][i] += count
+            for i, count in enumerate(_diff_lists(histogram["coarse"], earlier["coarse"])):
+                total[1][i] += count
         expected += sum(_diff_lists(after["expected"], before["expected"]))
         fine = [a + b for a, b in zip(fine, _diff_lists(after["fine"], before["fine"]), strict=True)]
         coarse = [a + b for a, b in zip(coarse, _diff_lists(after["coarse"], before["coarse"]), strict=True)]
@@ -396,6 +501,8 @@ def figures(start: Reading, end: Reading, server: ServerProcess, n: int) -> dict
     }
     subscriber_cpu = [load for name, load in children.items() if name.startswith("subscribers")]
     lost = expected - delivered
+    machine_busy = end.machine_cpu[0] - start.machine_cpu[0]
+    machine_total = end.machine_cpu[1] - start.machine_cpu[1]
     return {
         "window_s": seconds,
         "legs": legs,
@@ -426,6 +533,15 @@ def figures(start: Reading, end: Reading, server: ServerProcess, n: int) -> dict
         "subscriber_cpu_pct": [round(100 * load, 1) for load in subscriber_cpu],
         "subscriber_saturated": any(load > SATURATED for load in subscriber_cpu),
         "publisher_cpu_pct": round(100 * children.get("publisher", 0.0), 1),
+        # The bench's own processes (publisher and subscribers), share of one core; and how busy the
+        # whole machine was (every CPU, whatever ran), share of all its CPUs.
+        "bench_cpu_pct": round(100 * sum(children.values()), 1),
+        "machine_cpu_busy_pct": round(100 * machine_busy / machine_total, 1) if machine_total > 0 else None,
+        "machine_saturated": machine_total > 0 and machine_busy / machine_total > MACHINE_SATURATED,
+        **_cluster_figures(
+            start, end, server, seconds, origin_port, delivered_per_leg, leg_ports, e2e_by_port,
+            published, baseline,
+        ),
         "publisher": {
             key: end.publisher.get(key)
             for key in ("keyframes", "keyframe_jumps", "pli", "fir", "keyframe_requests_deferred",
@@ -437,6 +553,154 @@ def figures(start: Reading, end: Reading, server: ServerProcess, n: int) -> dict
         "worker_failures": [w["failures"] for w in end.workers if w["failures"]],
         "closed_by_server": [reason for w in end.workers for reason in w["closed_by_server"]],
     }
+
+
+def _cluster_figures(
+    start: Reading,
+    end: Reading,
+    server: ServerProcess,
+    seconds: float,
+    origin_port: int | None,
+    delivered_per_leg: list[int],
+    leg_ports: list[int],
+    e2e_by_port: dict[int, tuple[list[int], list[int]]],
+    published: int,
+    baseline: Baseline | None,
+) -> dict[str, Any]:
+    """A server of several workers (`--workers N`): its CPU per process, its legs per worker, and what
+    the relay costs. Empty for a single process.
+
+    `server_processes`: per `worker i` (and `supervisor`) its CPU over the window as a share of one
+    core (None if the worker was restarted during the window: its pids changed); for a worker also
+    its media port, whether it is the origin (the worker the publisher's answer named), how many legs
+    landed on it (their answers named its port), the packets a second those legs received, its CPU
+    per packet they received (`us_per_packet`), and the end-to-end latency of its legs.
+
+    `relay` (when some legs landed on the origin and some elsewhere):
+      - `direct` / `relayed`: legs, and the end-to-end latency (publisher's send -> the player's
+        kernel receive timestamp, p50/p99 of all their packets) of the legs on the origin worker /
+        of the legs on the others, which get the stream through a relay from the origin.
+      - `added_latency_p50_ms` / `added_latency_p99_ms`: relayed minus direct, per percentile.
+      - `relays`: workers other than the origin with legs (each holds one relay leg of the stream, so
+        the origin sends that many copies more).
+      - `relayed_packets`: packets sent origin -> relays in the window, estimated as `relays` x the
+        median packets one leg received in the window (the bench cannot count them: each worker's
+        /metrics is not reachable alone).
+      - `origin_us_per_packet`: the origin's CPU / (its legs' packets + `relayed_packets`): its CPU per
+        packet it sent, to a player or to a relay, everything included.
+      - `relaying_us_per_packet`: the other workers' CPU / the packets their legs received: the same
+        for them, the relay's receive side included.
+      The relay's own cost, from the idle baseline (`Baseline`: the server's CPU for a few seconds
+      before the ramp-up, the publisher sending and nobody playing):
+      - `publisher_ingest_us_per_packet`: the origin's CPU then / the packets the publisher sent then:
+        what taking in one packet costs a worker (receive, unprotect, RTCP, timers), no forwarding.
+      - `origin_forward_us_per_packet`: (the origin's CPU in the window - that ingest cost x the
+        packets published in the window) / (its legs' packets + `relayed_packets`): the origin's CPU
+        per packet it sends, to a player or a relay.
+      - `relay_receive_us_per_packet`: (the other workers' CPU in the window - their idle CPU in the
+        baseline - their legs' packets x `origin_forward_us_per_packet`) / `relayed_packets`: what is
+        left of their CPU once forwarding is paid for at the origin's rate, per packet relayed to
+        them: the receive side of the relay leg (compare it with `publisher_ingest_us_per_packet`).
+        It assumes forwarding costs the same in every worker; it is a difference of two large numbers,
+        so it is noisy (CPU times are read in 10 ms ticks).
+      - `relay_cpu_us_per_packet`: `origin_forward_us_per_packet` + `relay_receive_us_per_packet`:
+        what one packet relayed from the origin to another worker costs, both ends together.
+    At low N every per-packet figure is dominated by fixed costs; they mean something from ~100
+    players on. With --simulcast the relays' input is not what a player receives: their figures are off.
+    """
+    if not end.server_groups:
+        return {}
+    port_to_worker = {port: index for index, port in server.worker_media_ports.items()}
+    origin = port_to_worker.get(origin_port) if origin_port is not None else None
+    processes: dict[str, dict[str, Any]] = {}
+    cpu_by_worker: dict[int, float | None] = {}
+    for role, (cpu_end, pids_end) in sorted(end.server_groups.items()):
+        cpu_start, pids_start = start.server_groups.get(role, (0.0, ()))
+        restarted = pids_start != pids_end
+        cpu = None if restarted else cpu_end - cpu_start
+        entry: dict[str, Any] = {
+            "cpu_pct": None if cpu is None else round(100 * cpu / seconds, 1),
+            "restarted": restarted,
+        }
+        if role.startswith("worker "):
+            index = int(role.split()[1])
+            cpu_by_worker[index] = cpu
+            port = server.worker_media_ports.get(index)
+            delivered = [d for d, p in zip(delivered_per_leg, leg_ports, strict=True) if p == port]
+            packets = sum(delivered)
+            fine, coarse = e2e_by_port.get(port or -1, ([], []))
+            entry.update({
+                "media_port": port,
+                "origin": index == origin,
+                "legs": len(delivered),
+                "forwarded_pps": packets / seconds,
+                "us_per_packet": 1e6 * cpu / packets if cpu is not None and packets else None,
+                "e2e_latency_ms": _latency(fine, coarse),
+            })
+            if baseline is not None and role in baseline.cpu:
+                entry["idle_cpu_pct"] = round(100 * baseline.cpu[role] / baseline.seconds, 1)
+        processes[role] = entry
+    out: dict[str, Any] = {
+        "server_processes": processes,
+        "origin_worker": origin,
+        "legs_per_worker": {role: p["legs"] for role, p in processes.items() if "legs" in p},
+    }
+    others = [i for i in cpu_by_worker if i != origin and processes[f"worker {i}"]["legs"]]
+    if origin is None or not others or not processes[f"worker {origin}"]["legs"]:
+        return out
+    direct = processes[f"worker {origin}"]
+    histograms = [e2e_by_port.get(server.worker_media_ports[i], ([], [])) for i in others]
+    relayed_latency = _latency(_summed([h[0] for h in histograms]), _summed([h[1] for h in histograms]))
+    direct_latency = direct["e2e_latency_ms"]
+
+    def added(q: str) -> float | None:
+        a, b = relayed_latency[q], direct_latency[q]
+        return None if a is None or b is None else round(a - b, 3)
+
+    relay: dict[str, Any] = {
+        "direct": {"legs": direct["legs"], **direct_latency},
+        "relayed": {"legs": sum(processes[f"worker {i}"]["legs"] for i in others), **relayed_latency},
+        "added_latency_p50_ms": added("p50"),
+        "added_latency_p99_ms": added("p99"),
+        "relays": len(others),
+    }
+    out["relay"] = relay
+    origin_cpu = cpu_by_worker.get(origin)
+    other_cpus = [cpu_by_worker[i] for i in others]
+    relayed_packets = len(others) * (statistics.median(delivered_per_leg) if delivered_per_leg else 0)
+    origin_sent = direct["forwarded_pps"] * seconds + relayed_packets
+    other_sent = sum(processes[f"worker {i}"]["forwarded_pps"] for i in others) * seconds
+    if origin_cpu is None or not relayed_packets or not other_sent or None in other_cpus:
+        return out
+    other_cpu = sum(cpu for cpu in other_cpus if cpu is not None)
+    relay.update({
+        "relayed_packets": relayed_packets,
+        "origin_us_per_packet": 1e6 * origin_cpu / origin_sent,
+        "relaying_us_per_packet": 1e6 * other_cpu / other_sent,
+    })
+    origin_role = f"worker {origin}"
+    if baseline is None or origin_role not in baseline.cpu or not baseline.published:
+        return out
+    ingest = baseline.cpu[origin_role] / baseline.published  # CPU seconds per packet taken in
+    forward = (origin_cpu - ingest * published) / origin_sent
+    idle = sum(baseline.cpu.get(f"worker {i}", 0.0) for i in others) / baseline.seconds * seconds
+    receive = (other_cpu - idle - forward * other_sent) / relayed_packets
+    relay.update({
+        "publisher_ingest_us_per_packet": 1e6 * ingest,
+        "origin_forward_us_per_packet": 1e6 * forward,
+        "relay_receive_us_per_packet": 1e6 * receive,
+        "relay_cpu_us_per_packet": 1e6 * (forward + receive),
+    })
+    return out
+
+
+def _summed(histograms: list[list[int]]) -> list[int]:
+    out: list[int] = []
+    for histogram in histograms:
+        out += [0] * (len(histogram) - len(out))
+        for i, count in enumerate(histogram):
+            out[i] += count
+    return out
 
 
 def _layer_figures(start: Reading, end: Reading, layers: list[str], seconds: float) -> dict[str, Any]:
@@ -502,6 +766,9 @@ def run_case(
         progress.update(f"{label} N={n}: starting the server", 0, n)
         server.wait_ready()
         result["media_port"] = server.media_port
+        if server.workers is not None:
+            result["server_workers"] = server.workers
+            result["worker_media_ports"] = dict(sorted(server.worker_media_ports.items()))
         send_log = SendLog.create(layers=3 if options.simulcast else 1)
         publisher = Child(
             "publisher", run_publisher,
@@ -515,6 +782,7 @@ def run_case(
         worker_config = WorkerConfig(
             server.ws_url, options.stream, options.token, options.decrypt_every,
             setup_concurrency=options.setup_concurrency, send_log=send_log,
+            latency_by_port=server.workers is not None,
         )
         workers = [Child(f"subscribers-{i}", run_worker, worker_config) for i in range(worker_count)]
         children += workers
@@ -522,10 +790,17 @@ def run_case(
         if ready.get("event") == "failed":
             raise BenchError(f"publisher: {ready['error']}")
         result["publisher_setup_s"] = ready.get("setup_s")
+        origin_port = ready.get("media_port")
+        result["publisher_media_port"] = origin_port
         for worker in workers:
             worker.wait_event("worker_ready", timeout=30)
         time.sleep(0.5)
         result["server_rss_base"] = procfs.rss_bytes(server.pids())
+        baseline = None
+        if server.workers is not None:  # the origin's input cost, for the relay's (see _cluster_figures)
+            progress.update(f"{label} N={n}: idle baseline", 0, 1)
+            baseline = _baseline(server, publisher)
+            result["idle_baseline"] = attrs.asdict(baseline)
 
         # Ramp-up: every worker sets up its legs (a few at a time each).
         for i, worker in enumerate(workers):
@@ -571,7 +846,7 @@ def run_case(
             time.sleep(min(0.25, end_at - now))
         end = _reading(server, publisher, workers)
         result["server_rss"] = procfs.rss_bytes(server.pids())
-        result.update(figures(start, end, server, n))
+        result.update(figures(start, end, server, n, origin_port, baseline))
         metric_samples: list[dict[str, float]] = []
         result["metrics_errors"] = []
 
@@ -648,7 +923,7 @@ def run_all(
     return results
 
 
-def _latency_of(result: dict[str, Any]) -> dict[str, Any]:
+def latency_of(result: dict[str, Any]) -> dict[str, Any]:
     e2e: dict[str, Any] = result["e2e_latency_ms"]
     return e2e if e2e["samples"] else result["latency_ms"]
 
@@ -672,8 +947,8 @@ def summarize(results: list[dict[str, Any]], label: str, n: int) -> dict[str, An
         "server_cpu_pct": mean(lambda r: r["server_cpu_pct"]),
         "loss_pct": mean(lambda r: r["loss_pct"]),
         # End to end (the publisher's send log) when there are samples, else from abs-send-time.
-        "latency_p50_ms": mean(lambda r: _latency_of(r)["p50"]),
-        "latency_p99_ms": mean(lambda r: _latency_of(r)["p99"]),
+        "latency_p50_ms": mean(lambda r: latency_of(r)["p50"]),
+        "latency_p99_ms": mean(lambda r: latency_of(r)["p99"]),
         "abs_send_time_latency_p50_ms": mean(lambda r: r["latency_ms"]["p50"]),
         "abs_send_time_latency_p99_ms": mean(lambda r: r["latency_ms"]["p99"]),
         "first_rtp_ms": mean(lambda r: r["first_rtp_s"] and 1000 * r["first_rtp_s"]),
@@ -691,6 +966,11 @@ def summarize(results: list[dict[str, Any]], label: str, n: int) -> dict[str, An
         "keyframe_cache_kb_mean": mean(lambda r: r.get("keyframe_cache_bytes", {}).get("mean") and
                                        r["keyframe_cache_bytes"]["mean"] / 1024),
         "keyframe_cache_packets": mean(lambda r: r.get("keyframe_cache_packets", {}).get("max")),
+        "machine_cpu_busy_pct": mean(lambda r: r.get("machine_cpu_busy_pct")),
+        # --workers N: see _cluster_figures
+        "relay_added_latency_p50_ms": mean(lambda r: r.get("relay", {}).get("added_latency_p50_ms")),
+        "relay_added_latency_p99_ms": mean(lambda r: r.get("relay", {}).get("added_latency_p99_ms")),
+        "relay_cpu_us_per_packet": mean(lambda r: r.get("relay", {}).get("relay_cpu_us_per_packet")),
     }
 
 
@@ -746,6 +1026,56 @@ def table(rows: list[dict[str, Any]]) -> str:
 RATIO_KEYS = ("server_us_per_packet", "forwarded_pps", "loss_pct", "latency_p50_ms", "latency_p99_ms",
               "first_keyframe_ms", "rss_per_session_kb", "keyframe_cache_kb")
 RATIO_TITLES = ("µs/pkt", "fwd pkt/s", "loss", "lat p50", "lat p99", "1st key", "KB/session", "kf cache")
+
+
+def _num(value: float | None, fmt: str = "{:.1f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def cluster_lines(result: dict[str, Any]) -> list[str]:
+    """A --workers N run, in a few lines: CPU and legs per worker, the relay's latency and CPU."""
+    processes = result.get("server_processes")
+    if not processes:
+        return []
+    parts = []
+    for role, p in processes.items():
+        if role.startswith("worker "):
+            origin = " (origin)" if p["origin"] else ""
+            restarted = " RESTARTED" if p["restarted"] else ""
+            parts.append(
+                f"w{role.split()[1]}{origin}: {p['legs']} legs, {_num(p['cpu_pct'], '{:.0f}')} % CPU, "
+                f"{_num(p['us_per_packet'])} µs/pkt{restarted}"
+            )
+    parts.append(f"supervisor {_num(processes.get('supervisor', {}).get('cpu_pct'))} %")
+    lines = ["workers: " + "; ".join(parts)]
+    relay = result.get("relay")
+    if relay is None:
+        if result.get("origin_worker") is None:
+            lines.append("relay: the publisher's answer named no worker's media port")
+        else:
+            lines.append("relay: not measured (all legs on one worker)")
+        return lines
+    direct, relayed = relay["direct"], relay["relayed"]
+    lines.append(
+        f"relay added latency p50/p99 {_num(relay['added_latency_p50_ms'], '{:+.2f}')}/"
+        f"{_num(relay['added_latency_p99_ms'], '{:+.2f}')} ms (e2e p50/p99: {direct['legs']} legs on the "
+        f"origin {_num(direct['p50'], '{:.2f}')}/{_num(direct['p99'], '{:.2f}')} ms, "
+        f"{relayed['legs']} relayed {_num(relayed['p50'], '{:.2f}')}/{_num(relayed['p99'], '{:.2f}')} ms)"
+    )
+    if "origin_us_per_packet" in relay:
+        lines.append(
+            f"CPU per packet sent, all included: origin {_num(relay['origin_us_per_packet'])} µs (to its "
+            f"players and {relay['relays']} relay leg(s)), relaying workers "
+            f"{_num(relay['relaying_us_per_packet'])} µs (to their players; the relay's input included)"
+        )
+    if "relay_cpu_us_per_packet" in relay:
+        lines.append(
+            f"relay CPU per relayed packet ~{_num(relay['relay_cpu_us_per_packet'])} µs = the origin "
+            f"sends it {_num(relay['origin_forward_us_per_packet'])} + the relaying worker takes it in "
+            f"{_num(relay['relay_receive_us_per_packet'])} (a publisher's packet costs its worker "
+            f"{_num(relay['publisher_ingest_us_per_packet'])} to take in; estimates, see _cluster_figures)"
+        )
+    return lines
 
 
 def ratios(summaries: list[dict[str, Any]], a: str, b: str) -> list[dict[str, Any]]:

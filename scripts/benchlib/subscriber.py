@@ -5,6 +5,11 @@ set whose descriptor Trio waits on, so one wake-up serves every socket that has 
 is read until EAGAIN. Per RTP packet the loop does only: sequence accounting per SSRC, the latency
 from abs-send-time (the header is not encrypted), and SRTP unprotect for 1 packet in 8 — every packet
 until the leg's first keyframe, and every packet on legs chosen to decrypt all.
+
+With `WorkerConfig.latency_by_port`, the end-to-end latency histograms are kept per server media port
+(the port the leg's answer named): a server of several worker processes (`--workers N`) gives each its
+own port, so the orchestrator can tell the legs of the worker holding the publisher from those served
+through a relay.
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ class WorkerConfig:
     rcvbuf: int = 1 << 21
     coalesce: float = 0.002  # seconds the receive thread sleeps between rounds (see receive_loop)
     send_log: SendLog | None = None  # the publisher's, for end-to-end latency (see sendlog.py)
+    # Keep the end-to-end latency per server media port (a server of several workers; not Janus, which
+    # has a port per session).
+    latency_by_port: bool = False
 
 
 class SubscriberLeg:
@@ -154,12 +162,13 @@ class Worker:
         self.config = config
         self.certificate = Certificate.generate("bench-subscriber")
         self.epoll = select.epoll()
-        self.by_fd: dict[int, tuple[SubscriberLeg, LegTransport]] = {}
+        self.by_fd: dict[int, tuple[SubscriberLeg, LegTransport, list[int], list[int]]] = {}
         self.legs: list[SubscriberLeg] = []
         self.fine = [0] * FINE_BUCKETS
         self.coarse = [0] * COARSE_BUCKETS
-        self.e2e_fine = [0] * FINE_BUCKETS
-        self.e2e_coarse = [0] * COARSE_BUCKETS
+        # The server's media port (from the leg's answer) -> the end-to-end histograms (fine, coarse)
+        # of the legs it serves.
+        self.e2e_by_port: dict[int, tuple[list[int], list[int]]] = {}
         self.counters: collections.Counter[str] = collections.Counter()
         self.failures: list[str] = []
         self.limiter = trio.CapacityLimiter(config.setup_concurrency)
@@ -192,7 +201,6 @@ class Worker:
         monotonic, realtime, sleep = time.monotonic, time.time, time.sleep
         timespec = struct.Struct("@qq").unpack
         fine, coarse = self.fine, self.coarse
-        e2e_fine, e2e_coarse = self.e2e_fine, self.e2e_coarse
         send_log = self.config.send_log
         sent_times = send_log.times if send_log is not None else None
         counters = self.counters
@@ -210,7 +218,7 @@ class Worker:
                     entry = by_fd.get(fd)
                     if entry is None:
                         continue
-                    leg, transport = entry
+                    leg, transport, e2e_fine, e2e_coarse = entry
                     try:
                         data, ancillary, _, _ = transport.sock.recvmsg(2048, 64)
                     except OSError:  # EAGAIN after all, or a socket closed under us
@@ -314,7 +322,11 @@ class Worker:
     def register(self, leg: SubscriberLeg, transport: LegTransport) -> None:
         leg.fd = transport.sock.fileno()
         transport.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        self.by_fd[leg.fd] = (leg, transport)
+        port = transport.answer.address[1] if self.config.latency_by_port else 0
+        e2e = self.e2e_by_port.get(port)
+        if e2e is None:
+            e2e = self.e2e_by_port[port] = ([0] * FINE_BUCKETS, [0] * COARSE_BUCKETS)
+        self.by_fd[leg.fd] = (leg, transport, *e2e)
         self.epoll.register(leg.fd, select.EPOLLIN)
 
     def unregister(self, leg: SubscriberLeg) -> None:
@@ -415,12 +427,16 @@ class Worker:
             if leg.transport.srtp is not None:
                 srtp.update(leg.transport.srtp.counters)
             transport.update(leg.transport.counters)
+        e2e = {port: (list(fine), list(coarse)) for port, (fine, coarse) in list(self.e2e_by_port.items())}
+        fine_by_port = [fine for fine, _ in e2e.values()]
+        coarse_by_port = [coarse for _, coarse in e2e.values()]
         return {
             "event": "snapshot",
             "at": time.monotonic(),
             "legs": len(self.legs),
             "active": sum(leg.active for leg in self.legs),
             "packets": [leg.received() for leg in list(self.legs)],
+            "ports": [leg.transport.answer.address[1] for leg in list(self.legs)],  # as "packets"
             "expected": [leg.expected() for leg in list(self.legs)],
             "decrypted": sum(leg.decrypted for leg in self.legs),
             "decrypted_all_legs": sum(leg.decrypted for leg in self.legs if leg.decrypt_all),
@@ -431,8 +447,13 @@ class Worker:
             "setup_s": [leg.connected_at - leg.offer_sent_at for leg in self.legs],
             "fine": list(self.fine),
             "coarse": list(self.coarse),
-            "e2e_fine": list(self.e2e_fine),
-            "e2e_coarse": list(self.e2e_coarse),
+            "e2e_fine": [sum(c) for c in zip(*fine_by_port, strict=True)] or [0] * FINE_BUCKETS,
+            "e2e_coarse": [sum(c) for c in zip(*coarse_by_port, strict=True)] or [0] * COARSE_BUCKETS,
+            "e2e_by_port": {
+                port: {"fine": fine, "coarse": coarse}
+                for port, (fine, coarse) in e2e.items()
+                if self.config.latency_by_port
+            },
             "counters": dict(self.counters),
             "closed_by_server": [
                 leg.signaling.closed_by_server for leg in self.legs

@@ -26,9 +26,10 @@ from trio_sfu.wire.vp8 import parse_descriptor
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from benchlib.capacity import Criteria, shortfall  # noqa: E402
 from benchlib.media import DEFAULT_PATH, Media, packetize  # noqa: E402
 from benchlib.publisher import Sender  # noqa: E402
-from benchlib.run import percentile  # noqa: E402
+from benchlib.run import ServerProcess, percentile  # noqa: E402
 from benchlib.subscriber import FINE_WIDTH, is_vp8_keyframe_start  # noqa: E402
 
 
@@ -184,3 +185,110 @@ def test_quick_benchmark_end_to_end(tmp_path: Path, simulcast: bool) -> None:
             # Players get one layer: what each receives is what the publisher sends of audio and f.
             assert 0.9 < run["delivery_ratio"] < 1.1
     assert "CPU µs/pkt" in completed.stdout and "kf cache KB" in completed.stdout
+
+
+def _startup(tmp_path: Path, text: str) -> ServerProcess:
+    server = ServerProcess.__new__(ServerProcess)  # no process: only the start-up line parsing
+    server.stdout_path = tmp_path / "server.stdout"
+    server.stdout_path.write_text(text)
+    server.ws_url, server.media_port, server.http_url = "", 0, ""
+    server.workers, server.supervisor_pid = None, 0
+    server.worker_media_ports, server.worker_cluster_urls = {}, {}
+    server._read_startup_lines()
+    return server
+
+
+def test_startup_lines(tmp_path: Path) -> None:
+    """One process; a supervisor and its workers (interleaved, the last line still being written)."""
+    single = _startup(
+        tmp_path,
+        "signaling  ws://127.0.0.1:8080/ws\nmedia      udp [::1]:40001\nmedia      udp 127.0.0.1:40000\n"
+        "http       http://127.0.0.1:8081/\n",
+    )
+    assert (single.ws_url, single.media_port, single.http_url) == (
+        "ws://127.0.0.1:8080/ws", 40000, "http://127.0.0.1:8081/"
+    )
+    assert single.workers is None and not single.worker_media_ports
+    cluster = _startup(
+        tmp_path,
+        "signaling  ws://127.0.0.1:8080/ws\nhttp       http://127.0.0.1:8081/\nsupervisor 2 workers, pid 77\n"
+        "media      udp 127.0.0.1:40001 (worker 1)\nmedia      udp 127.0.0.1:40000 (worker 0)\n"
+        "cluster    ws://127.0.0.1:9001/ws (worker 1)\nmedia      udp 127.0.0.1:4",
+    )
+    assert (cluster.workers, cluster.supervisor_pid) == (2, 77)
+    assert cluster.worker_media_ports == {0: 40000, 1: 40001} and cluster.media_port == 40000
+    assert cluster.worker_cluster_urls == {1: "ws://127.0.0.1:9001/ws"}
+
+
+def test_capacity_criteria() -> None:
+    good = {"ok": True, "n": 100, "legs": 100, "legs_failed": 0, "loss_pct": 0.0, "delivery_ratio": 1.0,
+            "e2e_latency_ms": {"p99": 12.0, "samples": 10}, "closed_by_server": []}
+    criteria = Criteria(max_p99_ms=50)
+    assert shortfall(good, criteria) is None
+    assert "p99" in (shortfall({**good, "e2e_latency_ms": {"p99": 80.0, "samples": 10}}, criteria) or "")
+    assert "loss" in (shortfall({**good, "loss_pct": 0.5}, criteria) or "")
+    assert "delivery" in (shortfall({**good, "delivery_ratio": 0.5}, criteria) or "")
+    assert "legs" in (shortfall({**good, "legs": 90}, criteria) or "")
+    assert "failed" in (shortfall({"ok": False, "error": "boom"}, criteria) or "")
+
+
+def test_capacity_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Step up until a run fails, then bisect; servers alternate; a ceiling is said to be one."""
+    import benchlib.capacity as capacity
+    from benchlib.progress import Progress
+    from benchlib.run import Options
+
+    limits = {"A": 230, "B": 5000}
+    order: list[tuple[str, int]] = []
+
+    def fake_run(label: str, command: list[str], n: int, *args: object) -> dict[str, object]:
+        order.append((label, n))
+        p99 = 10.0 if n <= limits[label] else 90.0
+        return {"ok": True, "server": label, "n": n, "legs": n, "legs_failed": 0, "loss_pct": 0.0,
+                "delivery_ratio": 1.0, "e2e_latency_ms": {"p99": p99, "samples": 1}, "closed_by_server": []}
+
+    monkeypatch.setattr(capacity, "run_case", fake_run)
+    criteria = Criteria(start=100, step=100, max=400, resolution=10)
+    _, report = capacity.find_capacity(
+        [("A", ["a"]), ("B", ["b"])], Options(subscribers=[]), criteria, 1, Progress(enabled=False)
+    )
+    assert [n for label, n in order if label == "A"] == [100, 200, 300, 250, 225, 237, 231]
+    assert order[:4] == [("A", 100), ("B", 100), ("A", 200), ("B", 200)]
+    assert report["A"]["capacity"] == 225 and report["A"]["failed_at"] == 231  # within resolution
+    assert report["B"]["capacity"] == 400 and report["B"]["at_ceiling"]
+    lines = "\n".join(capacity.capacity_lines(report, criteria))
+    assert ">=400" in lines and "raise the ceiling" in lines
+
+
+@pytest.mark.bench
+def test_workers_benchmark(tmp_path: Path) -> None:
+    """`--workers 2`: the CPU of the supervisor and both workers, the legs per worker (from their
+    answers' ports), and with legs on both workers the relay's added latency."""
+    output = tmp_path / "workers.json"
+    server = (f"{sys.executable} -m trio_sfu --signal 127.0.0.1:0 --http 127.0.0.1:0 --media 127.0.0.1:0 "
+              "--log-level warning --workers 2")
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--server-cmd", server, "--subscribers", "8",
+         "--duration", "2", "--settle", "0.5", "--probes", "1", "--no-progress", "--json", str(output)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    run = json.loads(output.read_text())["runs"][0]
+    assert run["ok"], run.get("error")
+    assert run["legs"] == 8 and run["legs_failed"] == 0, run["leg_failures"]
+    assert run["server_workers"] == 2 and len(run["worker_media_ports"]) == 2
+    assert run["origin_worker"] in (0, 1)
+    assert sum(run["legs_per_worker"].values()) == 8
+    processes = run["server_processes"]
+    assert set(processes) == {"supervisor", "worker 0", "worker 1"}
+    assert all(p["cpu_pct"] is not None and not p["restarted"] for p in processes.values())
+    assert processes["worker 0"]["cpu_pct"] > 0 and processes["worker 1"]["cpu_pct"] > 0
+    # The server's CPU is the whole tree's: the supervisor's and the workers' (10 ms ticks apart).
+    assert abs(sum(p["cpu_pct"] for p in processes.values()) - run["server_cpu_pct"]) < 5
+    assert run["server_log"]["tracebacks"] == 0 and run["server_log"]["exit_code"] == 0
+    assert "workers: w0" in completed.stdout
+    if all(run["legs_per_worker"].values()):  # the kernel put legs on both (all but ~1 run in 128)
+        relay = run["relay"]
+        assert relay["direct"]["samples"] > 0 and relay["relayed"]["samples"] > 0
+        assert relay["added_latency_p50_ms"] is not None and relay["relay_cpu_us_per_packet"] is not None
+        assert "relay added latency p50/p99" in completed.stdout
