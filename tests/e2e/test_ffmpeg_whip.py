@@ -3,9 +3,10 @@
 FFmpeg is a WebRTC client nobody here wrote, with quirks of its own (DESIGN.md, "Facts about real
 peers"): it offers `a=setup:passive`, so the server must be the DTLS client; H264 PT 106 with RTX 105
 and `ssrc-group:FID`, Opus 111 (stereo 48 kHz only), `a=ssrc` lines and no candidates; it sends STUN to
-the first host candidate of the answer. The server does not speak WHIP, so tests/peers/whip_front.py puts a
-small WHIP endpoint in front of its signaling WebSocket. The publisher runs in its own process
-(`python -m tests.peers.whip_front`): PyAV's `mux` holds the GIL while the muxer blocks on the handshake.
+the first host candidate of the answer. It publishes to the server's own WHIP endpoint (`POST
+/whip/live/cam` on the HTTP port, with a bearer token: the server runs with a token secret here), in
+its own process (`python -m tests.peers.ffmpeg_whip`): PyAV's `mux` holds the GIL while the muxer blocks
+on the handshake.
 
 PyAV's FFmpeg is built with GnuTLS, whose self-generated DTLS certificate is ECDSA on P-224. The
 server's OpenSSL (4.0, from `cryptography`) has no P-224 group at all, so it refuses that certificate
@@ -33,13 +34,14 @@ from trio_websocket import open_websocket_url
 
 from trio_sfu.media.negotiation import TransportParameters, answer_publish
 from trio_sfu.server.server import Server
+from trio_sfu.signaling.auth import mint_token
 from trio_sfu.transport.certificate import Certificate
 from trio_sfu.wire.sdp import parse_offer
 
 from ..conftest import Client, fixture_sdp, outside_private_namespace
 from ..peers.aiortc_peers import TONE_HZ, AsyncioThread, Player
 from ..peers.browser_peers import serving
-from ..peers.whip_front import FPS, HEIGHT, WIDTH, WhipFront
+from ..peers.ffmpeg_whip import FPS, HEIGHT, WIDTH
 from ..support.aiortc_sessions import wait_for
 
 ROOT = Path(__file__).parents[2]
@@ -103,7 +105,7 @@ def p256_certificate(folder: Path) -> tuple[Path, Path]:
 
 
 class FfmpegPublisher:
-    """The WHIP muxer in a child process (tests/peers/whip_front.py run as a script); JSON lines on stdout."""
+    """The WHIP muxer in a child process (tests/peers/ffmpeg_whip.py as a script); JSON lines on stdout."""
 
     def __init__(self, process: trio.Process) -> None:
         self.process = process
@@ -142,7 +144,7 @@ class FfmpegPublisher:
 async def ffmpeg_publisher(
     url: str, *args: str, stderr: Any = subprocess.DEVNULL
 ) -> AsyncIterator[FfmpegPublisher]:
-    command = [sys.executable, "-m", "tests.peers.whip_front", url, *args]
+    command = [sys.executable, "-m", "tests.peers.ffmpeg_whip", url, *args]
     async with trio.open_nursery() as nursery:
         process: trio.Process = await nursery.start(
             functools.partial(
@@ -157,15 +159,20 @@ async def ffmpeg_publisher(
                 process.kill()
 
 
-@asynccontextmanager
-async def serving_with_front() -> AsyncIterator[tuple[Server, WhipFront]]:
-    """The real server on loopback (signaling and media on free ports) and a WHIP front to it."""
-    async with serving() as (server, _), trio.open_nursery() as nursery:
-        host, port = server.signal_addresses[0]
-        front = WhipFront(f"ws://{host}:{port}/ws")
-        await nursery.start(front.serve)
-        yield server, front
-        nursery.cancel_scope.cancel()
+SECRET = "a-token-secret-for-the-ffmpeg-whip-tests-0123456789"
+
+
+def whip_url(server: Server, stream: str = "cam") -> str:
+    host, port = server.http_addresses[0]
+    return f"http://{host}:{port}/whip/live/{stream}"
+
+
+def publish_token() -> str:
+    return mint_token(SECRET, "live", uid="ffmpeg", publish=True, now=time.time())
+
+
+def play_token() -> str:
+    return mint_token(SECRET, "live", play=True, now=time.time())
 
 
 @needs_ffmpeg
@@ -173,19 +180,20 @@ async def test_ffmpeg_publishes_aiortc_plays(aio: AsyncioThread, tmp_path: Path)
     """FFmpeg publishes H264 + Opus over WHIP with the server as DTLS client; an aiortc player decodes
     320x240 pictures whose counters FFmpeg encoded, in order, and the 440 Hz tone; DELETE closes."""
     cert_file, key_file = p256_certificate(tmp_path)
-    async with serving_with_front() as (server, front):
-        args = ("--cert-file", str(cert_file), "--key-file", str(key_file))
-        async with ffmpeg_publisher(front.url("live", "cam"), *args) as publisher:
+    async with serving(token_secret=SECRET) as (server, _):
+        args = ("--cert-file", str(cert_file), "--key-file", str(key_file),
+                "--authorization", publish_token())
+        async with ffmpeg_publisher(whip_url(server), *args) as publisher:
             live = await publisher.next_event()
-            assert live["event"] == "live", (live, front.errors)
-            (session,) = front.sessions.values()
-            assert "a=setup:active" in session.answer.splitlines()
+            assert live["event"] == "live", live
+            (resource,) = server.http.whip.resources.values()
+            assert "a=setup:active" in resource.session.negotiated.answer.splitlines()
             player = Player(video_codec="video/H264")
             host, port = server.signal_addresses[0]
             async with open_websocket_url(f"ws://{host}:{port}/ws") as ws, trio.open_nursery() as nursery:
                 client = Client(ws, uid="aiortc-player")
                 nursery.start_soon(client.pump)
-                assert (await client.connect())["err"] == 0
+                assert (await client.connect(play_token()))["err"] == 0
                 player.offered_at = time.monotonic()
                 reply = await client.offer("cam", await aio.call(player.offer), publish=False)
                 assert reply["err"] == 0, reply
@@ -212,11 +220,9 @@ async def test_ffmpeg_publishes_aiortc_plays(aio: AsyncioThread, tmp_path: Path)
     assert set(counters) <= set(range(min(stopping["video_frames"], 256))), counters
     assert counters == sorted(counters) and len(set(counters)) >= 2 * FPS * 0.9, counters
     assert abs(frequency - TONE_HZ) < 10, frequency
-    # The muxer's DELETE reached the front, which closed the publication: the player is told.
+    # The muxer closed (DTLS close_notify, then its DELETE): the resource is gone, the player is told.
     assert events[-1]["event"] == "closed", events
-    # (FFmpeg sends DTLS close_notify just before its DELETE: the session may be gone by then, 404.)
-    assert session.deleted.is_set() and session.closed_reply is not None
-    assert session.closed_reply["err"] in (0, 404), session.closed_reply
+    assert not server.http.whip.resources
     assert closed["method"] == "stream.close", closed
     # FFmpeg closes DTLS before its DELETE; either way its players hear that it closed on purpose.
     assert closed["data"]["reason"] == "publisher_closed", closed
@@ -231,15 +237,14 @@ async def test_ffmpeg_default_certificate_is_refused(caplog: pytest.LogCaptureFi
     """FFmpeg's own certificate (GnuTLS: ECDSA P-224) fails the handshake: the server's OpenSSL has no
     P-224 group. The session ends as transport_failed, the muxer reports the DTLS failure, and the
     server's log line tells the operator what FFmpeg needs instead."""
-    async with serving_with_front() as (_, front):
-        async with ffmpeg_publisher(front.url("live", "cam"), "--no-audio") as publisher:
+    async with serving(token_secret=SECRET) as (server, _):
+        url = whip_url(server)
+        async with ffmpeg_publisher(url, "--no-audio", "--authorization", publish_token()) as publisher:
             event = await publisher.next_event()
             with trio.fail_after(10):
                 await publisher.process.wait()
         assert event["event"] == "error" and "DTLS session failed" in event["error"], event
-        (session,) = front.sessions.values()
-        await wait_for(lambda: session.server_requests, 5, "the server's stream.close to the front")
-        (closed,) = session.server_requests
-        assert closed["method"] == "stream.close" and closed["data"]["reason"] == "transport_failed", closed
+        await wait_for(lambda: not server.http.whip.resources, 15, "the failed WHIP session to end")
+        assert server.router.lookup(("live", "cam")) is None
     ended = [r.getMessage() for r in caplog.records if "event=transport_ended" in r.getMessage()]
     assert ended and "wrong curve" in ended[0] and "P-256" in ended[0] and "cert_file" in ended[0], ended

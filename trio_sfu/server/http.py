@@ -25,6 +25,7 @@ import trio
 
 from trio_sfu.server import metrics
 from trio_sfu.server.listeners import bound_addresses, tcp_listeners
+from trio_sfu.server.whip import SDP, TRICKLE, HttpError, WhipService
 
 if TYPE_CHECKING:
     from trio_sfu.server.server import Server
@@ -32,7 +33,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 16 * 1024  # request line and headers; above it: 431
-MAX_BODY = 4 * 1024  # nothing here takes a body; a small one is read and ignored, a larger one is 413
+# Bodies: WHIP and WHEP offers up to the signaling message limit (browser offers are 5-6 KiB); the other
+# routes take none: a small one is read and ignored, a larger one is 413.
+MAX_BODY = 4 * 1024
+BODY_ROUTES = (b"/whip/", b"/whep/", b"/session/")
 MAX_REQUESTS_PER_CONNECTION = 1000
 READ_SIZE = 16 * 1024
 SEND_TIMEOUT = 10.0
@@ -86,6 +90,7 @@ class HttpFrontend:
         self.registry = metrics.make_registry(server)
         self.files = load_web_files()
         self.connections = 0
+        self.whip = WhipService(server)
         self.routes: dict[str, Callable[[], Response]] = {
             "/healthz": self._healthz,
             "/metrics": self._metrics,
@@ -136,10 +141,10 @@ class HttpFrontend:
         connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         timeout = self.server.config.http_idle_timeout
         for _ in range(MAX_REQUESTS_PER_CONNECTION):
-            request: h11.Request | None = None
+            received: tuple[h11.Request, bytes] | None = None
             try:
                 with trio.move_on_after(timeout):
-                    request = await self._read_request(connection, stream)
+                    received = await self._read_request(connection, stream)
             except h11.RemoteProtocolError as exc:
                 if connection.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     status = exc.error_status_hint if 400 <= exc.error_status_hint < 500 else 400
@@ -149,19 +154,23 @@ class HttpFrontend:
             except _BodyTooLarge:
                 await self._send(stream, connection, _text(413, "request body too large"), close=True)
                 return
-            if request is None:  # closed, or idle/slow for too long
+            if received is None:  # closed, or idle/slow for too long
                 return
-            response = self._respond(request)
+            request, body = received
+            response = await self._respond(request, body, stream)
             keep = connection.their_state is h11.DONE
             await self._send(stream, connection, response, head=request.method == b"HEAD", close=not keep)
             if connection.our_state is not h11.DONE or connection.their_state is not h11.DONE:
                 return
             connection.start_next_cycle()
 
-    async def _read_request(self, connection: h11.Connection, stream: trio.abc.Stream) -> h11.Request | None:
-        """The next request, its (small) body read and dropped; None when the peer closed."""
+    async def _read_request(
+        self, connection: h11.Connection, stream: trio.abc.Stream
+    ) -> tuple[h11.Request, bytes] | None:
+        """The next request and its (bounded) body; None when the peer closed."""
         request: h11.Request | None = None
-        body = 0
+        body = bytearray()
+        limit = MAX_BODY
         while True:
             event = connection.next_event()
             if event is h11.NEED_DATA:
@@ -177,15 +186,17 @@ class HttpFrontend:
                 if size > MAX_HEADER_BYTES:
                     raise h11.RemoteProtocolError("request headers too large", error_status_hint=431)
                 request = event
+                if event.target.startswith(BODY_ROUTES):
+                    limit = max(MAX_BODY, self.server.config.max_message_size)
                 length = _content_length(event)
-                if length is not None and length > MAX_BODY:
+                if length is not None and length > limit:
                     raise _BodyTooLarge
             elif isinstance(event, h11.Data):
-                body += len(event.data)
-                if body > MAX_BODY:
+                body += event.data
+                if len(body) > limit:
                     raise _BodyTooLarge
             elif isinstance(event, h11.EndOfMessage):
-                return request
+                return None if request is None else (request, bytes(body))
             elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                 return None
 
@@ -209,14 +220,68 @@ class HttpFrontend:
 
     # ---- routes ----
 
-    def _respond(self, request: h11.Request) -> Response:
+    async def _respond(self, request: h11.Request, body: bytes, stream: trio.abc.Stream) -> Response:
         path = request.target.decode("ascii", "replace").split("?", 1)[0]
+        parts = path.strip("/").split("/")
+        if parts[0] in ("whip", "whep", "session"):
+            return await self._whip(request, parts, body, stream)
         route = self.routes.get(path)
         if route is None:
             return _text(404, f"not found: {path[:200]}; try / (the demo page), /healthz or /metrics")
         if request.method not in (b"GET", b"HEAD"):
             return _text(405, "method not allowed: use GET or HEAD", [("allow", "GET, HEAD")])
         return route()
+
+    async def _whip(
+        self, request: h11.Request, parts: list[str], body: bytes, stream: trio.abc.Stream
+    ) -> Response:
+        """WHIP and WHEP (trio_sfu/server/whip.py): POST /whip|whep/APP/STREAM, then DELETE or PATCH
+        /session/ID; OPTIONS anywhere there (CORS preflight)."""
+        method = request.method.decode("ascii", "replace")
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in request.headers}
+        cors = [
+            ("access-control-allow-origin", "*"),
+            ("access-control-expose-headers", "Location, ETag, Accept-Patch, Accept-Post"),
+        ]
+        creating = parts[0] in ("whip", "whep")
+        allowed = "POST, OPTIONS" if creating else "DELETE, PATCH, OPTIONS"
+        if method == "OPTIONS":
+            return Response(204, b"", headers=[
+                *cors,
+                ("access-control-allow-methods", allowed),
+                ("access-control-allow-headers", "Authorization, Content-Type, If-Match"),
+                ("access-control-max-age", "86400"),
+                ("accept-post" if creating else "accept-patch", SDP if creating else TRICKLE),
+            ])
+        try:
+            if creating:
+                if method != "POST":
+                    raise HttpError(405, "use POST (with an SDP offer) here", [("allow", allowed)])
+                if len(parts) != 3:
+                    raise HttpError(404, f"{parts[0].upper()} resources are /{parts[0]}/APP/STREAM")
+                address = _peer_address(stream)
+                resource = await self.whip.open(
+                    publish=parts[0] == "whip", app=parts[1], stream=parts[2],
+                    authorization=headers.get("authorization"), content_type=headers.get("content-type"),
+                    body=body, address=address,
+                )
+                return Response(201, resource.session.negotiated.answer.encode(), SDP, headers=[
+                    *cors,
+                    ("location", f"/session/{resource.ident}"),
+                    ("etag", resource.etag),
+                    ("accept-patch", TRICKLE),
+                ])
+            if len(parts) != 2:
+                raise HttpError(404, "sessions are /session/ID (the Location of the 201)")
+            if method == "DELETE":
+                await self.whip.delete(parts[1])
+                return Response(200, b"", headers=cors)
+            if method == "PATCH":
+                self.whip.patch(parts[1], headers.get("content-type"), headers.get("if-match"), body)
+                return Response(204, b"", headers=cors)
+            raise HttpError(405, f"use {allowed} on a session", [("allow", allowed)])
+        except HttpError as exc:
+            return _text(exc.status, exc.message, [*cors, *exc.headers])
 
     def _file(self, name: str, content_type: str) -> Callable[[], Response]:
         def serve() -> Response:
@@ -258,6 +323,14 @@ class HttpFrontend:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+def _peer_address(stream: trio.abc.Stream) -> str:
+    """The client's IP (for per-address limits), "" where the stream has none (tests' memory streams)."""
+    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    if isinstance(inner, trio.SocketStream):
+        return str(inner.socket.getpeername()[0])
+    return ""
 
 
 def _content_length(request: h11.Request) -> int | None:

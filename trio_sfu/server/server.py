@@ -339,6 +339,7 @@ class Server:
                 self.candidates = self._candidates(endpoints)
                 for endpoint in endpoints:
                     nursery.start_soon(self.mux.serve, endpoint, name="media-mux")
+                await nursery.start(self.http.whip.run)  # WHIP/WHEP sessions (tests use it unlistened)
                 if listen:
                     signal = self.config.signal
                     listeners = await tcp_listeners(

@@ -77,13 +77,14 @@ class Grant:
     play: Scope
     expires_at: float | None
 
-    def check_request(self, app: str, uid: str, now: float) -> None:
-        """Refuse a request made after expiry (401) or for another app or user (403)."""
+    def check_request(self, app: str, uid: str | None, now: float) -> None:
+        """Refuse a request made after expiry (401) or for another app or user (403). `uid` None:
+        the request names no user (WHIP, WHEP): the token's is taken."""
         if self.expires_at is not None and self.expires_at <= now - LEEWAY:
             raise AuthError(401, f"token expired; {_REFRESH_HINT}")
         if app != self.app and self.app != OPEN_GRANT_APP:
             raise AuthError(403, f"token is for app {self.app!r}, not {app!r}")
-        if self.uid is not None and uid != self.uid:
+        if self.uid is not None and uid is not None and uid != self.uid:
             raise AuthError(403, f"token is for uid {self.uid!r}, not {uid!r}")
 
     def check_publish(self, stream: str) -> None:
@@ -240,7 +241,7 @@ class TokenVerifier:
         """The only JWS algorithm accepted, or None in open mode."""
         return self._algorithm
 
-    def verify(self, token: str, app: str, uid: str, now: float) -> Grant:
+    def verify(self, token: str, app: str, uid: str | None, now: float) -> Grant:
         """Turn a client's token into a Grant for this request, or raise AuthError (401/403)."""
         if self._algorithm is None:
             return Grant(app=OPEN_GRANT_APP, uid=None, publish=True, play=True, expires_at=None)
