@@ -219,7 +219,11 @@ class Consumer:
         pictures = self.pictures
         descriptor = None
         if pictures is not None:
-            descriptor = parse_descriptor(packet, header.header_length)
+            last = self.producer.last_descriptor
+            if last is not None and last[0] is packet:
+                descriptor = last[1]  # parsed once, by the producer, for all its players
+            else:
+                descriptor = parse_descriptor(packet, header.header_length)
             if (
                 descriptor is not None
                 and descriptor.temporal_id >= 0

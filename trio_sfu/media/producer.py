@@ -20,7 +20,7 @@ from trio_sfu.media.rewriter import HeaderMap
 from trio_sfu.wire.keyframe import detector, vp8_keyframe_size
 from trio_sfu.wire.rtcp import ReportBlock, SenderReport
 from trio_sfu.wire.rtp import RtpHeader, parse_rtp
-from trio_sfu.wire.vp8 import parse_descriptor
+from trio_sfu.wire.vp8 import Vp8Descriptor, parse_descriptor
 
 if TYPE_CHECKING:
     from trio_sfu.media.consumer import Consumer
@@ -164,6 +164,8 @@ class Producer:
         self._temporal_frames = [0] * TEMPORAL_LAYERS
         self.temporal_rates: list[float] = []
         self.temporal_fps: list[float] = []
+        # The packet being fanned out and its VP8 descriptor, parsed once here for all its players.
+        self.last_descriptor: tuple[bytes, Vp8Descriptor | None] | None = None
 
     def rename(self, rid: str) -> None:
         """This stream turns out to be simulcast layer `rid` (a relay's first leg): measured as one."""
@@ -188,6 +190,7 @@ class Producer:
         temporal_octets = self._temporal_octets
         if temporal_octets is not None:
             descriptor = parse_descriptor(packet, header.header_length)
+            self.last_descriptor = (packet, descriptor)
             if descriptor is not None and descriptor.temporal_id >= 0:
                 temporal_octets[descriptor.temporal_id] += len(packet)
                 if descriptor.frame_start:

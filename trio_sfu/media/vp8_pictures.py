@@ -43,36 +43,39 @@ class Vp8Pictures:
 
     def rewrite(self, packet: bytes, descriptor: Vp8Descriptor, payload_start: int) -> bytes:
         """`packet` (its payload at `payload_start`, its descriptor `descriptor`) with its picture id
-        and TL0PICIDX renumbered."""
-        if descriptor.picture_at < 0 and descriptor.tl0_at < 0:
-            return packet
+        and TL0PICIDX renumbered; `packet` itself when the numbers stay as they are (a player that
+        never switched nor dropped a picture: no copy on the packet path)."""
         picture_at = payload_start + descriptor.picture_at
         tl0_at = payload_start + descriptor.tl0_at
-        out = bytearray(packet)
+        picture = written = descriptor.picture_id
         if descriptor.picture_at >= 0:
-            picture = descriptor.picture_id
             if self.needs_sync:
                 self._drops.clear()
                 if self._last_picture is not None:
                     self._picture_offset = (self._last_picture + 1 - picture) & PICTURE_ID_MASK
             written = (picture + self._picture_offset + self._drops_after(picture)) & PICTURE_ID_MASK
+            last = self._last_picture
+            if last is None or 0 < (written - last) & PICTURE_ID_MASK < 0x4000:
+                self._last_picture = written  # the newest only: a late packet must not move it back
+        tl0 = written_tl0 = packet[tl0_at] if descriptor.tl0_at >= 0 else 0
+        if descriptor.tl0_at >= 0:
+            if self.needs_sync and self._last_tl0 is not None:
+                self._tl0_offset = (self._last_tl0 + 1 - tl0) & 0xFF
+            written_tl0 = (tl0 + self._tl0_offset) & 0xFF
+            if self._last_tl0 is None or 0 < (written_tl0 - self._last_tl0) & 0xFF < 0x80:
+                self._last_tl0 = written_tl0
+        self.needs_sync = False
+        if written == picture and written_tl0 == tl0:
+            return packet
+        out = bytearray(packet)
+        if descriptor.picture_at >= 0:
             if descriptor.wide:
                 out[picture_at] = 0x80 | (written >> 8)
                 out[picture_at + 1] = written & 0xFF
             else:
                 out[picture_at] = written & 0x7F
-            last = self._last_picture
-            if last is None or 0 < (written - last) & PICTURE_ID_MASK < 0x4000:
-                self._last_picture = written  # the newest only: a late packet must not move it back
         if descriptor.tl0_at >= 0:
-            tl0 = out[tl0_at]
-            if self.needs_sync and self._last_tl0 is not None:
-                self._tl0_offset = (self._last_tl0 + 1 - tl0) & 0xFF
-            written_tl0 = (tl0 + self._tl0_offset) & 0xFF
             out[tl0_at] = written_tl0
-            if self._last_tl0 is None or 0 < (written_tl0 - self._last_tl0) & 0xFF < 0x80:
-                self._last_tl0 = written_tl0
-        self.needs_sync = False
         return bytes(out)
 
     def _drops_after(self, picture: int) -> int:
