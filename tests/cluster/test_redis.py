@@ -192,3 +192,31 @@ async def test_a_slow_redis_is_cut_at_the_timeout(redis: RedisServer) -> None:
             assert not slow.available
         finally:
             redis.process.send_signal(18)  # SIGCONT
+
+
+async def test_a_node_shutting_down_releases_its_claims_at_once(redis: RedisServer) -> None:
+    """SIGTERM's path: the node's claims leave Redis before its sessions end (not CLAIM_TTL later),
+    its own clients hear server_shutdown and the relayed players elsewhere publisher_gone."""
+    async with (
+        two_nodes(redis) as (a, b),
+        a.client("pub") as pub_sig,
+        b.client("p1") as p1_sig,
+        open_client(pub_sig, endpoint(), publish=True) as pub,
+        open_client(p1_sig, endpoint(), publish=False),
+    ):
+        send_video(pub, 0)
+        assert redis.cli("GET", "trio_sfu:stream:live:cam") == a.server.cluster_url
+        started = time.monotonic()
+        await a.server.shutdown()
+        assert redis.cli("EXISTS", "trio_sfu:stream:live:cam") == "0"
+        assert redis.cli("EXISTS", "trio_sfu:node:a") == "0"
+        assert time.monotonic() - started < a.server.config.shutdown_grace + 1
+        told = {}
+        for name, sig in (("publisher", pub_sig), ("relayed player", p1_sig)):
+            with trio.fail_after(10):
+                while True:
+                    message = await sig.next_server_request()
+                    if message["method"] == "stream.close":
+                        told[name] = message["data"]["reason"]
+                        break
+        assert told == {"publisher": "server_shutdown", "relayed player": "publisher_gone"}

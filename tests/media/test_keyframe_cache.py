@@ -186,3 +186,22 @@ def test_an_unmuted_player_starts_from_the_cache_without_asking_the_publisher() 
     stream.frame(VP8_DELTA)
     sequences = [header(p).sequence for p in sink.rtp]
     assert sequences == [(sequences[0] + i) & 0xFFFF for i in range(len(sequences))]
+
+
+def test_an_unmute_never_replays_a_keyframe_from_before_the_mute() -> None:
+    """The cached keyframe is older than the mute (the publisher sent no new one since): replaying it
+    would show the player pictures from before the ones it saw last. The publisher is asked instead."""
+    stream = Stream()
+    stream.frame(VP8_KEYFRAME)
+    consumer, sink = stream.player()
+    for _ in range(3):
+        stream.frame(VP8_DELTA)
+    consumer.muted_by_player = True
+    consumer.update_mute(False, stream.now)
+    for _ in range(3):
+        stream.frame(VP8_DELTA)  # no keyframe while muted
+    sent, requests = len(sink.rtp), stream.producer.keyframe_requests
+    consumer.muted_by_player = False
+    consumer.update_mute(False, stream.now)
+    assert len(sink.rtp) == sent and stream.producer.keyframe_requests == requests + 1
+    assert consumer.awaiting_keyframe

@@ -280,3 +280,26 @@ def test_keep_sending_without_temporal_layers_keeps_whole_layers() -> None:
     media, _ = player_media(bench, consumer)
     keep_sending(bench, 1.0, media)
     assert consumer.temporal_choice is None and consumer.counters["temporal_drops"] == 0
+
+
+def test_a_switch_keyframe_sharing_a_dropped_frames_timestamp_is_forwarded() -> None:
+    """Simulcast layers are encoded in step, so their frames share timestamps: the TL2 frame of f
+    that a capped player drops and h's keyframe that moves it to h can carry the same one. The
+    decision for f's frame must not be taken for the keyframe (the player would never get it)."""
+    bench = Bench()
+    streams = three_layers(bench)
+    run_all(bench, streams, 1.2)
+    consumer = bench.player("f")
+    consumer.select_layer(bench.layers["f"], bench.now, temporal=1)
+    f, h = streams["f"], streams["h"]
+    while PATTERN[f.frame % len(PATTERN)] != 2:
+        bench.now += FRAME
+        f.next_frame(advance=False)
+        h.next_frame(advance=False)
+    consumer.select_layer(bench.layers["h"], bench.now, temporal=1)
+    bench.now += FRAME
+    assert f.next_frame(advance=False) == 2  # dropped for this player
+    sent = len(consumer.sink.rtp)  # type: ignore[attr-defined]
+    h.next_frame(keyframe=True, advance=False, packets=2)  # same timestamp: the switch
+    assert consumer.producer is bench.layers["h"]
+    assert len(consumer.sink.rtp) == sent + 2  # type: ignore[attr-defined]

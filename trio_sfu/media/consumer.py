@@ -99,6 +99,7 @@ class Consumer:
         "_frame_forwarded",
         "_frame_timestamp",
         "_gated",
+        "_muted_at",
         "_resent_at",
         "_resent_output",
         "_rtx_sequence",
@@ -180,6 +181,7 @@ class Consumer:
         self._rtx_tokens_at = 0.0
         self._timestamp_offset = 0
         self.muted_by_player = False
+        self._muted_at = 0.0
         # Video is forwarded from a keyframe on: at the start and after every unmute.
         starts_keyframe = detector(played.codec.name) if self.kind == "video" else None
         self._starts_keyframe = starts_keyframe or (lambda payload: True)
@@ -373,6 +375,9 @@ class Consumer:
         self.rewriter.expect(layer.ssrc)  # back to a layer played before: its packets are no stragglers
         self.awaiting_keyframe = False
         self.temporal = self.temporal_target  # the switch is at a keyframe: any layer may follow
+        # Simulcast layers share capture timestamps: the decision taken for the old layer's frame at
+        # this keyframe's timestamp (a dropped TL2 frame, say) must not be taken for the keyframe.
+        self._frame_timestamp = -1
         self.switched_at = self.rewriter.next_sequence
         if self.pictures is not None:
             self.pictures.needs_sync = True
@@ -413,12 +418,15 @@ class Consumer:
         muted = publisher_muted or self.muted_by_player
         if muted and not self.rewriter.muted:
             self.rewriter.mute(now)
+            self._muted_at = now
         elif not muted and self.rewriter.muted:
             self.rewriter.unmute(now)
             self.awaiting_keyframe = self._gated
-            # The latest keyframe and what followed it, at once: the encoder's next frames refer to
-            # them, whether it kept sending while muted (Chromium sends black frames) or paused.
-            if self.awaiting_keyframe and not self.start_from_cache(now):
+            # The latest keyframe and what followed it, at once, if that keyframe came after the
+            # mute began (the publisher kept sending: Chromium sends black frames); an older one would
+            # show the player pictures from before what it saw last. Else the publisher is asked.
+            fresh = self.producer.keyframe_cached_at >= self._muted_at
+            if self.awaiting_keyframe and not (fresh and self.start_from_cache(now)):
                 self.producer.request_keyframe(now)
 
     # ---- RTCP from the player ----

@@ -139,6 +139,7 @@ class Producer:
         self._gop: list[bytes] = []  # the latest keyframe's packets and all since, in arrival order
         self._gop_bytes = 0
         self._gop_timestamp = -1  # the keyframe's RTP timestamp: its other packets do not restart it
+        self.keyframe_cached_at = -1e9  # when the cached keyframe arrived
         self.gop_overflows = 0
         self.last_received_at = -1e9  # when a packet last came: a layer the publisher stopped is idle
         self.consumers: list[Consumer] = []
@@ -186,7 +187,7 @@ class Producer:
         self.octets += len(packet)
         self.last_received_at = now
         if self._starts_keyframe is not None:
-            self._remember(packet, header)
+            self._remember(packet, header, now)
         temporal_octets = self._temporal_octets
         if temporal_octets is not None:
             descriptor = parse_descriptor(packet, header.header_length)
@@ -200,7 +201,7 @@ class Producer:
         for consumer in self.consumers:
             consumer.forward(packet, header, now)
 
-    def _remember(self, packet: bytes, header: RtpHeader) -> None:
+    def _remember(self, packet: bytes, header: RtpHeader, now: float) -> None:
         """Keep the packets from the latest keyframe on, for players that start now."""
         payload = memoryview(packet)[header.header_length :]
         assert self._starts_keyframe is not None
@@ -208,6 +209,7 @@ class Producer:
             self._gop = [packet]
             self._gop_bytes = len(packet)
             self._gop_timestamp = header.timestamp
+            self.keyframe_cached_at = now
             if self._keyframe_size is not None:
                 size = self._keyframe_size(payload)
                 if size is not None:
