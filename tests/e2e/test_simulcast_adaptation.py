@@ -469,9 +469,22 @@ def judge(samples: list[Sample], settled: int | None, hold: list[Sample], recove
         print(f"{name}'s video inbound-rtp at the end: {shown}")
 
     problems = []
-    wide_off_top = [(round(s.at), s.width("wide")) for s in samples if s.width("wide") < TOP_WIDTH]
+    # The wide player must be on the top layer whenever the publisher sends it (a browser may stop its
+    # top layer for a while on its own, CPU or bandwidth permitting: Firefox did under the suite's
+    # load, and then the server rightly moves everyone off it).
+    pairs = enumerate(itertools.pairwise(samples), 1)
+    top_silent = {i for i, (a, b) in pairs if b.sent.get("f", 0) <= a.sent.get("f", 0)}
+    back_within = 4  # samples (s) for a player to be moved up again once the top layer resumes
+    wide_off_top = [
+        (round(s.at), s.width("wide"))
+        for i, s in enumerate(samples)
+        if s.width("wide") < TOP_WIDTH and not set(range(i - back_within, i + 1)) & top_silent
+    ]
     if wide_off_top:
-        problems.append(f"the wide player was off the top layer: (t, width) {wide_off_top}")
+        problems.append(f"the wide player was off the top layer while it was sent: (t, width) {wide_off_top}")
+    if top_silent:
+        print(f"the publisher sent nothing of its top layer in the samples at "
+              f"{[round(samples[i].at) for i in sorted(top_silent)]} s")
     if settled is None:
         problems.append(f"the narrow player decoded no lower layer within {SETTLE_WITHIN:.0f} s")
     over = f"over {HOLD_SECONDS} s"

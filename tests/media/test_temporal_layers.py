@@ -233,6 +233,22 @@ def test_a_late_packet_of_a_forwarded_frame_keeps_its_numbers_amid_drops() -> No
     assert seen[2][0] == seen[0][0] and seen[1][0] == (seen[0][0] + 1) & 0x7FFF
 
 
+@pytest.fixture
+def caps_on_every_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Temporal caps on the higher layers too (off by default: media/simulcast.py says why)."""
+    monkeypatch.setattr("trio_sfu.media.simulcast.TEMPORAL_CAPS_ABOVE_LOWEST", True)
+
+
+def test_by_default_only_the_lowest_layer_has_temporal_caps() -> None:
+    bench = Bench()
+    streams = three_layers(bench)
+    run_all(bench, streams, 2.2)
+    options = layer_options(list(bench.layers.values()), bench.now)
+    assert [(layer.rid, tid) for layer, tid in options] == [
+        ("q", 0), ("q", 1), ("q", None), ("h", None), ("f", None)]
+
+
+@pytest.mark.usefixtures("caps_on_every_layer")
 def test_options_rank_spatial_first_then_temporal_with_a_frame_rate_floor() -> None:
     bench = Bench()
     streams = three_layers(bench)
@@ -254,6 +270,7 @@ def test_options_rank_spatial_first_then_temporal_with_a_frame_rate_floor() -> N
     assert step is not None and (step[0].rid, step[1]) == ("f", 1)
 
 
+@pytest.mark.usefixtures("caps_on_every_layer")
 def test_a_congested_player_drops_a_temporal_layer_before_a_spatial_one() -> None:
     """Through PlayerMedia: an estimate between f's TL1 and its whole rate caps f at TL1 at once,
     with no keyframe and no change of layer."""
