@@ -14,11 +14,11 @@ import trio
 import trio.testing
 from trio_websocket import wrap_client_stream
 
+from trio_sfu.cluster.signaling_client import SignalingClient
 from trio_sfu.config import Config, HostPort
 from trio_sfu.server.server import Server
 from trio_sfu.server.udp import DatagramEndpoint, UdpEndpoint
 from trio_sfu.testing.network import MemoryNetwork
-from trio_sfu.testing.signaling import SignalingClient
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

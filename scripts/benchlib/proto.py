@@ -1,6 +1,6 @@
 """A client leg as a browser would run it: signaling, an SDP offer, ICE (controlling), DTLS, SRTP.
 
-The transport is trio_sfu's sans-IO client peer (`trio_sfu.testing.client_peer`), the same one the
+The transport is trio_sfu's sans-IO client peer (`trio_sfu.transport.client_peer`), the same one the
 tests run against the server in memory; this module gives it a connected UDP socket and a clock.
 Nothing here is on the per-packet path of a subscriber (see `subscriber.py`).
 """
@@ -18,7 +18,7 @@ import attrs
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from trio_sfu.testing.client_peer import ClientPeer
+from trio_sfu.cluster.signaling_client import SignalingClient
 from trio_sfu.testing.offer import (  # noqa: F401 (the bench's modules import them from here)
     ABS_SEND_TIME_ID,
     MID_ID,
@@ -32,8 +32,8 @@ from trio_sfu.testing.offer import (  # noqa: F401 (the bench's modules import t
     parse_answer,
     simulcast_answer_problem,
 )
-from trio_sfu.testing.signaling import SignalingClient
 from trio_sfu.transport.certificate import Certificate
+from trio_sfu.transport.client_peer import ClientPeer
 from trio_sfu.transport.peer import Failed, TransportState
 from trio_sfu.transport.srtp import SrtpSession
 

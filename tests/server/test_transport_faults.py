@@ -13,11 +13,11 @@ import pytest
 import trio
 import trio.testing
 
+from trio_sfu.cluster.signaling_client import SignalingClient
 from trio_sfu.config import Config
 from trio_sfu.server.session import Session
 from trio_sfu.testing.client_transport import Client, Endpoint, open_client, rtp_packet
 from trio_sfu.testing.offer import OPUS_PT, VP8_PT
-from trio_sfu.testing.signaling import SignalingClient
 from trio_sfu.transport.peer import Connected, Failed, Failure
 from trio_sfu.wire.datagram import Address
 from trio_sfu.wire.rtp import RtpHeader, parse_rtp

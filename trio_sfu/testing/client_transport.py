@@ -16,10 +16,10 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from trio_sfu.testing.client_peer import ClientEvent, ClientPeer
+from trio_sfu.cluster.signaling_client import SignalingClient
 from trio_sfu.testing.offer import LocalParams, build_offer, parse_answer
-from trio_sfu.testing.signaling import SignalingClient
 from trio_sfu.transport.certificate import Certificate
+from trio_sfu.transport.client_peer import ClientEvent, ClientPeer
 from trio_sfu.transport.peer import Connected
 from trio_sfu.wire.datagram import Address
 from trio_sfu.wire.rtp import is_rtcp

@@ -13,8 +13,8 @@ from typing import Any
 import attrs
 from aioice import stun
 
-from trio_sfu.testing.client_peer import ClientEvent, ClientPeer
 from trio_sfu.transport.certificate import Certificate
+from trio_sfu.transport.client_peer import ClientEvent, ClientPeer
 from trio_sfu.transport.ice import ice_credential
 from trio_sfu.transport.peer import PeerTransport, TransportEvent
 from trio_sfu.wire.datagram import Address, Kind, classify
