@@ -45,6 +45,8 @@ WEB_FILES = {  # path -> (file in trio_sfu/web, content type)
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/whip.html": ("whip.html", "text/html; charset=utf-8"),  # WHIP publish and WHEP play with fetch
+    "/whip.js": ("whip.js", "text/javascript; charset=utf-8"),
 }
 # The page loads only itself and its module, and talks to the signaling WebSocket on another port.
 CONTENT_SECURITY_POLICY = (
