@@ -105,6 +105,8 @@ class Config:
     # Players of a simulcast stream move between layers (and VP8 temporal layers) with their own
     # bandwidth. False: each plays the best layer sending (up to its max_layer), whatever its link.
     simulcast_adaptation: bool = True
+    # The operator API (/admin/...; docs/operations.md) answers only this bearer token; unset: off.
+    admin_token: str | None = None
     shutdown_grace: float = 2.0
     http_idle_timeout: float = 10.0  # seconds to send a whole request (and between keep-alive requests)
     http_max_connections: int = 256

@@ -24,6 +24,7 @@ import h11
 import trio
 
 from trio_sfu.server import metrics
+from trio_sfu.server.admin import AdminApi, AdminError
 from trio_sfu.server.listeners import bound_addresses, tcp_listeners
 from trio_sfu.server.whip import SDP, TRICKLE, HttpError, WhipService
 
@@ -36,7 +37,7 @@ MAX_HEADER_BYTES = 16 * 1024  # request line and headers; above it: 431
 # Bodies: WHIP and WHEP offers up to the signaling message limit (browser offers are 5-6 KiB); the other
 # routes take none: a small one is read and ignored, a larger one is 413.
 MAX_BODY = 4 * 1024
-BODY_ROUTES = (b"/whip/", b"/whep/", b"/session/")
+BODY_ROUTES = (b"/whip/", b"/whep/", b"/session/")  # (the operator API takes no bodies)
 MAX_REQUESTS_PER_CONNECTION = 1000
 READ_SIZE = 16 * 1024
 SEND_TIMEOUT = 10.0
@@ -93,6 +94,7 @@ class HttpFrontend:
         self.files = load_web_files()
         self.connections = 0
         self.whip = WhipService(server)
+        self.admin = AdminApi(server)
         self.routes: dict[str, Callable[[], Response]] = {
             "/healthz": self._healthz,
             "/metrics": self._metrics,
@@ -227,6 +229,8 @@ class HttpFrontend:
         parts = path.strip("/").split("/")
         if parts[0] in ("whip", "whep", "session"):
             return await self._whip(request, parts, body, stream)
+        if parts[0] == "admin":
+            return self._admin(request, parts)
         route = self.routes.get(path)
         if route is None:
             return _text(404, f"not found: {path[:200]}; try / (the demo page), /healthz or /metrics")
@@ -284,6 +288,17 @@ class HttpFrontend:
             raise HttpError(405, f"use {allowed} on a session", [("allow", allowed)])
         except HttpError as exc:
             return _text(exc.status, exc.message, [*cors, *exc.headers])
+
+    def _admin(self, request: h11.Request, parts: list[str]) -> Response:
+        """The operator API (trio_sfu/server/admin.py)."""
+        authorization = next(
+            (value.decode("latin-1") for name, value in request.headers if name == b"authorization"), None
+        )
+        try:
+            status, value = self.admin.handle(request.method.decode("ascii", "replace"), parts, authorization)
+        except AdminError as exc:
+            return _json({"error": exc.message}, exc.status)
+        return _json(value, status)
 
     def _file(self, name: str, content_type: str) -> Callable[[], Response]:
         def serve() -> Response:

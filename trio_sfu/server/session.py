@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -95,6 +96,9 @@ class Session:
     ) -> None:
         self.header = header
         self.publish = publish
+        self.ident = secrets.token_urlsafe(9)  # the operator API's name for it
+        self.started_at = trio.current_time()
+        self.remote = ""  # the client's address, for the operator API (set by whoever runs it)
         self.negotiated = negotiated
         self.transport = transport
         self.router = router

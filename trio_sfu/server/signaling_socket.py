@@ -301,6 +301,7 @@ class SignalingSocket:
         except BaseException:
             self.server.offer_failed(key, publish=data.publish)
             raise
+        session.remote = self.remote
         self.sessions[header.stream] = session
         assert self._nursery is not None
         self._nursery.start_soon(self._run_session, session, name=repr(session))

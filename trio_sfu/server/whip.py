@@ -133,6 +133,7 @@ class WhipService:
                 raise
         except SignalingError as exc:
             raise HttpError(STATUS_OF.get(exc.code, 400), exc.message) from None
+        session.remote = address
         resource = Resource(secrets.token_urlsafe(12), session, address, ice_ufrag=offer.ice_ufrag)
         self.resources[resource.ident] = resource
         nursery.start_soon(self._run, resource, name=f"<{kind} {app}/{stream}>")
