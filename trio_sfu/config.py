@@ -107,6 +107,9 @@ class Config:
     simulcast_adaptation: bool = True
     # The operator API (/admin/...; docs/operations.md) answers only this bearer token; unset: off.
     admin_token: str | None = None
+    # Webhooks (docs/operations.md): events POSTed to these http:// URLs, signed with webhook_secret.
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret: str = ""
     shutdown_grace: float = 2.0
     http_idle_timeout: float = 10.0  # seconds to send a whole request (and between keep-alive requests)
     http_max_connections: int = 256
@@ -142,6 +145,8 @@ class Config:
             raise ConfigError("max_input_delay must be positive (seconds of input a socket may queue)")
         if self.http_idle_timeout <= 0:
             raise ConfigError("http_idle_timeout must be positive")
+        if self.webhook_urls and not self.webhook_secret:
+            raise ConfigError("webhook_urls need webhook_secret (the receivers check each event's signature)")
         if self.redis is not None and not self.cluster_secret:
             raise ConfigError(
                 "redis: a cluster of nodes needs cluster_secret (--cluster-secret or "
@@ -200,7 +205,7 @@ def load(file: Path | None = None, **overrides: Any) -> Config:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    for key in ("media", "announce", "allowed_origins"):
+    for key in ("media", "announce", "allowed_origins", "webhook_urls"):
         if key in values:
             values[key] = _as_tuple(values[key])
     try:

@@ -36,6 +36,7 @@ from trio_sfu.server.session import Session
 from trio_sfu.server.signaling_socket import SignalingSocket
 from trio_sfu.server.transport_driver import TransportDriver
 from trio_sfu.server.udp import DatagramEndpoint, UdpEndpoint
+from trio_sfu.server.webhooks import Webhooks
 from trio_sfu.server.websocket_failure import install as install_websocket_failure
 from trio_sfu.signaling.auth import TokenVerifier
 from trio_sfu.signaling.limits import Limits, LimitSettings
@@ -164,6 +165,7 @@ class Server:
             TokenVerifier.from_settings(config.cluster_secret, None) if config.cluster_secret else None
         )
         self.cluster_addresses: list[tuple[str, int]] = []
+        self.webhooks = Webhooks(config.webhook_urls, config.webhook_secret)
 
     # ---- shared services for connections ----
 
@@ -258,13 +260,23 @@ class Server:
         )
         session.attach(publication)
         self.limits.session_started(address)
+        self._emit("publish" if publish else "play", session)
         transport.on_established = self.limits.handshake_done
         return session
 
     def session_ended(self, session: Session, address: str) -> None:
         self.limits.session_ended(address, handshake_pending=not session.transport.connected.is_set())
+        ending = session.ending
+        self._emit("unpublish" if session.publish else "stop", session,
+                   reason=ending.label if ending is not None else "connection_closed")
         if session.publish:
             self.offer_failed(session.key, publish=True)
+
+    def _emit(self, event: str, session: Session, **fields: Any) -> None:
+        header = session.header
+        self.webhooks.emit(
+            event, app=header.app, stream=header.stream, uid=header.uid, session=session.ident, **fields
+        )
 
     async def prepare_offer(self, key: StreamKey, *, publish: bool, relay: bool) -> None:
         """The cluster's part of an offer, before the answer: a publish claims the stream everywhere;
@@ -340,6 +352,7 @@ class Server:
                 for endpoint in endpoints:
                     nursery.start_soon(self.mux.serve, endpoint, name="media-mux")
                 await nursery.start(self.http.whip.run)  # WHIP/WHEP sessions (tests use it unlistened)
+                await nursery.start(self.webhooks.run)
                 if listen:
                     signal = self.config.signal
                     listeners = await tcp_listeners(
