@@ -17,13 +17,13 @@ players for RELAY_LINGER ends itself.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any
 
 import trio
 import trio_websocket
 
+from trio_sfu.cluster.client_driver import ClientDriver
 from trio_sfu.cluster.directory import Directory, DirectoryUnavailable, StreamKey
 from trio_sfu.cluster.relay_offer import RelayLocal, read_answer, relay_offer
 from trio_sfu.cluster.signaling_client import SignalingClient
@@ -36,10 +36,9 @@ from trio_sfu.server.session import Session
 from trio_sfu.server.udp import UdpEndpoint
 from trio_sfu.signaling.auth import mint_token
 from trio_sfu.signaling.messages import CloseReason, ErrorCode, SignalingError
-from trio_sfu.transport.client_peer import ClientPeer
+from trio_sfu.transport.client_peer import ClientEvent, ClientPeer
 from trio_sfu.transport.ice import ice_credential
 from trio_sfu.transport.peer import Connected
-from trio_sfu.wire.rtp import is_rtcp
 from trio_sfu.wire.sdp import SdpError
 
 log = logging.getLogger(__name__)
@@ -69,19 +68,18 @@ class RelayLeg:
         self.layer = layer  # the rid asked for (None: the origin's best, and the audio)
         self.kinds = kinds
         self.totals: Totals = relay.server.totals
-        self.peer: ClientPeer | None = None
         self.endpoint: UdpEndpoint | None = None
+        self.driver: ClientDriver | None = None
         self.media: PublisherMedia | None = None
-        self.connected = trio.Event()
-        self._wake = trio.Event()
-        self.counters: dict[str, int] = {"rtp": 0, "srtp_failures": 0}
+        self.rtp_packets = 0
 
     def send_rtcp(self, packet: bytes) -> bool | None:
         """PublisherMedia's RtcpSender: reports, PLI and NACK to the origin."""
-        peer, endpoint = self.peer, self.endpoint
-        if peer is None or endpoint is None or peer.srtp is None:
-            return None
-        return endpoint.send(peer.srtp.protect_rtcp(packet), peer.remote_address)
+        return self.driver.send_rtcp(packet) if self.driver is not None else None
+
+    @property
+    def srtp_failures(self) -> int:
+        return self.driver.srtp_failures if self.driver is not None else 0
 
     async def open(self, nursery: trio.Nursery, *, layer_rid: str | None = None) -> dict[str, Any]:
         """Connect, play, wait for DTLS; the origin's reply data. `layer_rid`: the rid this leg's
@@ -115,7 +113,7 @@ class RelayLeg:
         except (SdpError, KeyError, TypeError) as exc:
             raise RelayFailed(f"the origin's answer is unusable: {exc}") from None
         description = answer.description
-        self.peer = ClientPeer(
+        peer = ClientPeer(
             local_ufrag=local.ice_ufrag,
             local_pwd=local.ice_pwd,
             remote_ufrag=description.ice_ufrag,
@@ -127,74 +125,31 @@ class RelayLeg:
             consent_interval=CONSENT_INTERVAL,
             consent_timeout=CONSENT_TIMEOUT,
         )
-        self.media = PublisherMedia(
+        media = self.media = PublisherMedia(
             self, answer.negotiated, ssrc=relay.server.new_ssrc(), max_bitrate=RELAY_BITRATE,
             layer_rid=layer_rid,
         )
-        nursery.start_soon(self._read, endpoint)
-        nursery.start_soon(self._timers)
-        await self.connected.wait()
+
+        def on_rtp(packet: bytes, now: float) -> None:
+            self.rtp_packets += 1
+            media.on_rtp(packet, now)
+
+        def on_event(event: ClientEvent) -> None:
+            if not isinstance(event, Connected):
+                relay.end(CloseReason.PUBLISHER_GONE, f"the transport to the origin ended: {event!r}")
+
+        driver = self.driver = ClientDriver(
+            peer, endpoint, on_rtp=on_rtp, on_rtcp=media.on_rtcp, on_event=on_event, tick=media.tick,
+            wall_clock=time.time,
+        )
+        await nursery.start(driver.run)
+        with trio.CancelScope() as waiting:
+            relay.waiting.append(waiting)  # the relay's end gives up the wait
+            if not relay.ended.is_set():
+                await driver.connected.wait()
         if relay.ended.is_set():
             raise RelayFailed("the origin's transport failed before media flowed")
         return dict(reply["data"])
-
-    async def _read(self, endpoint: UdpEndpoint) -> None:
-        peer = self.peer
-        assert peer is not None
-        while True:
-            data, source = await endpoint.receive()
-            now = trio.current_time()
-            if data and 128 <= data[0] <= 191:
-                self._on_media(data, now)
-                continue
-            peer.receive(data, source, now)
-            self._flush()
-            self._wake.set()
-
-    def _on_media(self, data: bytes, now: float) -> None:
-        peer, media = self.peer, self.media
-        if peer is None or media is None or peer.srtp is None:
-            return
-        if is_rtcp(data):
-            plain = peer.srtp.unprotect_rtcp(data)
-            if plain is not None:
-                media.on_rtcp(plain, now)
-        else:
-            plain = peer.srtp.unprotect_rtp(data)
-            if plain is not None:
-                self.counters["rtp"] += 1
-                media.on_rtp(plain, now)
-        if plain is None:
-            self.counters["srtp_failures"] += 1
-
-    def _flush(self) -> None:
-        peer, endpoint = self.peer, self.endpoint
-        if peer is None or endpoint is None:
-            return
-        while (event := peer.next_event()) is not None:
-            if isinstance(event, Connected):
-                self.connected.set()
-            else:
-                self.relay.end(CloseReason.PUBLISHER_GONE, f"the transport to the origin ended: {event!r}")
-                self.connected.set()  # an open() still waiting gives up
-        for data, address in peer.datagrams_to_send():
-            endpoint.send(data, address)
-
-    async def _timers(self) -> None:
-        peer, media = self.peer, self.media
-        assert peer is not None and media is not None
-        while True:
-            now = trio.current_time()
-            timer = peer.get_timer()
-            if timer is not None and now >= timer:
-                peer.handle_timer(now)
-            self._flush()
-            wake = media.tick(now, time.time()) if self.connected.is_set() else math.inf
-            timer = peer.get_timer()
-            deadline = min(wake, math.inf if timer is None else timer, now + 1.0)
-            self._wake = trio.Event()
-            with trio.move_on_at(deadline):
-                await self._wake.wait()
 
     def close(self) -> None:
         if self.endpoint is not None:
@@ -220,12 +175,16 @@ class Relay:
         self.sockets: list[trio_websocket.WebSocketConnection] = []
         self.publication: Publication | None = None
         self.ended = trio.Event()
+        self.waiting: list[trio.CancelScope] = []  # legs waiting for DTLS: given up when the relay ends
         self.reason = CloseReason.PUBLISHER_GONE
         self.started = False  # media flowed and the publication was local
 
     @property
     def counters(self) -> dict[str, int]:
-        return {name: sum(leg.counters[name] for leg in self.legs) for name in ("rtp", "srtp_failures")}
+        return {
+            "rtp": sum(leg.rtp_packets for leg in self.legs),
+            "srtp_failures": sum(leg.srtp_failures for leg in self.legs),
+        }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Play the stream from its origin; started() once media flows and the publication is local.
@@ -294,8 +253,8 @@ class Relay:
             log.info("event=relay_ended app=%s stream=%s reason=%s why=%r",
                      self.key[0], self.key[1], reason.value, why)
             self.ended.set()
-            for leg in self.legs:
-                leg.connected.set()  # a start still waiting gives up
+            for scope in self.waiting:
+                scope.cancel()  # a start still waiting gives up
 
     def _end_publication(self) -> None:
         publication, self.publication = self.publication, None

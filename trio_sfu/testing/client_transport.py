@@ -11,29 +11,16 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 import trio
 
+from trio_sfu.cluster.client_driver import ClientDriver, Endpoint
 from trio_sfu.cluster.signaling_client import SignalingClient
 from trio_sfu.testing.offer import LocalParams, build_offer, parse_answer
 from trio_sfu.transport.certificate import Certificate
 from trio_sfu.transport.client_peer import ClientEvent, ClientPeer
-from trio_sfu.transport.peer import Connected
-from trio_sfu.wire.datagram import Address
-from trio_sfu.wire.rtp import is_rtcp
-
-
-class Endpoint(Protocol):
-    """What the client needs of a datagram socket (MemoryEndpoint and the server's UdpEndpoint)."""
-
-    @property
-    def local_address(self) -> Address: ...
-
-    async def receive(self) -> tuple[bytes, Address]: ...
-
-    def send(self, data: bytes | memoryview, address: Address) -> bool: ...
 
 
 @attrs.define
@@ -42,82 +29,27 @@ class Received:
 
     rtp: list[tuple[float, bytes]] = attrs.field(factory=list)
     rtcp: list[tuple[float, bytes]] = attrs.field(factory=list)
-    srtp_failures: int = 0
+    driver: ClientDriver | None = None
+
+    @property
+    def srtp_failures(self) -> int:
+        return self.driver.srtp_failures if self.driver is not None else 0
 
 
-class ClientTransport:
-    """Runs a `ClientPeer` over `endpoint` until cancelled; `events` keeps what the peer reported."""
+class ClientTransport(ClientDriver):
+    """The client driver keeping everything: the media it decrypted (`received`) and the events."""
 
     def __init__(self, peer: ClientPeer, endpoint: Endpoint) -> None:
-        self.peer = peer
-        self.endpoint = endpoint
         self.received = Received()
         self.events: list[ClientEvent] = []
-        self.connected = trio.Event()
-        self.ended = trio.Event()
-        self.silent = False  # True: send nothing at all (a client whose network went away)
-        self._changed = trio.Event()
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._read)
-            task_status.started()
-            while True:
-                self._after_input()
-                timer = self.peer.get_timer()
-                self._changed = trio.Event()
-                with trio.move_on_at(float("inf") if timer is None else timer):
-                    await self._changed.wait()
-                now = trio.current_time()
-                if timer is not None and now >= timer:
-                    self.peer.handle_timer(now)
-
-    async def _read(self) -> None:
-        while True:
-            data, source = await self.endpoint.receive()
-            now = trio.current_time()
-            if data and 128 <= data[0] <= 191:
-                self._on_media(data, now)
-            else:
-                self.peer.receive(data, source, now)
-                self._after_input()
-                self._changed.set()
-
-    def _on_media(self, data: bytes, now: float) -> None:
-        srtp = self.peer.srtp
-        if srtp is None:
-            return
-        if is_rtcp(data):
-            plain = srtp.unprotect_rtcp(data)
-            if plain is not None:
-                self.received.rtcp.append((now, plain))
-        else:
-            plain = srtp.unprotect_rtp(data)
-            if plain is not None:
-                self.received.rtp.append((now, plain))
-        if plain is None:
-            self.received.srtp_failures += 1
-
-    def _after_input(self) -> None:
-        while (event := self.peer.next_event()) is not None:
-            self.events.append(event)
-            if isinstance(event, Connected):
-                self.connected.set()
-            else:
-                self.ended.set()
-        for data, address in self.peer.datagrams_to_send():
-            if not self.silent:
-                self.endpoint.send(data, address)
-
-    def send_rtp(self, packet: bytes) -> None:
-        srtp = self.peer.srtp
-        if srtp is not None and not self.silent:
-            self.endpoint.send(srtp.protect_rtp(packet), self.peer.remote_address)
-
-    def close(self) -> None:
-        """Close DTLS (close_notify), as aiortc's close() does."""
-        self.peer.close()
-        self._after_input()
+        super().__init__(
+            peer,
+            endpoint,
+            on_rtp=lambda packet, now: self.received.rtp.append((now, packet)),
+            on_rtcp=lambda packet, now: self.received.rtcp.append((now, packet)),
+            on_event=self.events.append,
+        )
+        self.received.driver = self
 
 
 def rtp_packet(payload_type: int, sequence: int, timestamp: int, ssrc: int, payload: bytes) -> bytes:
