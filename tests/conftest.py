@@ -164,3 +164,25 @@ def chromium(browser_aio: Any) -> Iterator[Any]:
 @pytest.fixture
 def autojump_clock() -> Iterator[trio.testing.MockClock]:
     yield trio.testing.MockClock(autojump_threshold=0)
+
+
+@pytest.fixture(scope="module")
+def firefox_process() -> Iterator[Any]:
+    """A headless Firefox for a module's tests (skipped without one); test_firefox.py has its own."""
+    from .peers.firefox_peers import FirefoxProcess, skip_reason
+
+    reason = skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    process = FirefoxProcess()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+async def firefox(firefox_process: Any) -> AsyncIterator[Any]:
+    """A BiDi session to `firefox_process`, one per test."""
+    from .peers.firefox_peers import Firefox
+
+    async with Firefox.connect(firefox_process) as session:
+        yield session

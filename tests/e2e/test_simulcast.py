@@ -14,7 +14,7 @@ without Chromium; the Firefox test also without Firefox.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -33,7 +33,6 @@ from ..peers.browser_peers import (
     skip_reason,
 )
 from ..peers.firefox_peers import Firefox, FirefoxProcess
-from ..peers.firefox_peers import skip_reason as firefox_skip_reason
 
 pytestmark = [
     pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or ""),
@@ -66,22 +65,6 @@ def chromium(browser_aio: AsyncioThread) -> Iterator[Browser]:
     browser.start()
     yield browser
     browser.stop()
-
-
-@pytest.fixture(scope="module")
-def firefox_process() -> Iterator[FirefoxProcess]:
-    reason = firefox_skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    process = FirefoxProcess()
-    yield process
-    process.stop()
-
-
-@pytest.fixture
-async def firefox(firefox_process: FirefoxProcess) -> AsyncIterator[Firefox]:
-    async with Firefox.connect(firefox_process) as session:
-        yield session
 
 
 async def chromium_page(chromium: Browser, url: str) -> DemoPage:

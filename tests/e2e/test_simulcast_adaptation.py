@@ -56,7 +56,6 @@ from ..peers.browser_peers import (
     skip_reason,
 )
 from ..peers.firefox_peers import Firefox, FirefoxProcess
-from ..peers.firefox_peers import skip_reason as firefox_skip_reason
 from .test_narrow_link import QUEUE_SECONDS, SELECTED_PORTS, tc
 from .test_simulcast import (
     FIREFOX_LAYERS_WITHIN,
@@ -102,23 +101,6 @@ def chromium(browser_aio: AsyncioThread) -> Iterator[Browser]:
     browser.start()
     yield browser
     browser.stop()
-
-
-@pytest.fixture(scope="module")
-def firefox_process() -> Iterator[FirefoxProcess]:
-    """A headless Firefox for the Firefox-publisher test (skipped without one, as in test_simulcast.py)."""
-    reason = firefox_skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    process = FirefoxProcess()
-    yield process
-    process.stop()
-
-
-@pytest.fixture
-async def firefox(firefox_process: FirefoxProcess) -> AsyncIterator[Firefox]:
-    async with Firefox.connect(firefox_process) as session:
-        yield session
 
 
 # --------------------------------------------------------------------------- the narrow link
