@@ -311,8 +311,9 @@ def player_media(bench: Bench, consumer: Consumer) -> tuple[PlayerMedia, list[by
     return PlayerMedia([consumer], cname="c", send_rtcp=sent.append), sent
 
 
-def keep_sending(bench: Bench, seconds: float, media: PlayerMedia) -> None:
-    """All layers send (a keyframe every second, so switches can happen); the player ticks."""
+def keep_sending(bench: Bench, seconds: float, media: PlayerMedia, *, reports: bool = True) -> None:
+    """All layers send (a keyframe every second, so switches can happen); the player ticks, and sends
+    a loss-free receiver report every second, as browsers do (unless `reports` is False)."""
     sizes = {"q": 40, "h": 400, "f": 1200}
     end = bench.now + seconds
     while bench.now < end:
@@ -320,6 +321,9 @@ def keep_sending(bench: Bench, seconds: float, media: PlayerMedia) -> None:
         bench.step += 1
         for rid, size in sizes.items():
             bench.send(rid, VP8_KEYFRAME if bench.step % 50 == 0 else VP8_DELTA, size=size)
+        if reports and bench.step % 50 == 25:
+            for consumer in media.consumers:
+                loss_report(media, consumer, 0.0, bench.now)
         if bench.step % int(LAYER_INTERVAL / 0.02) == 0:
             media.tick(bench.now, WALL)
             for layer in bench.layers.values():
@@ -331,7 +335,9 @@ def remb_to(media: PlayerMedia, consumer: Consumer, bitrate: float, now: float) 
 
 
 def loss_report(media: PlayerMedia, consumer: Consumer, fraction: float, now: float) -> None:
-    block = ReportBlock(consumer.ssrc, int(fraction * 256), 0, 1, 0, 0, 0)
+    """A receiver report from the player, counting loss up to the last packet sent to it."""
+    highest = (consumer.rewriter.next_sequence - 1) & 0xFFFF
+    block = ReportBlock(consumer.ssrc, int(fraction * 256), 0, highest, 0, 0, 0)
     media.on_rtcp(serialize(ReceiverReport(0x1234, (block,))), now)
 
 
@@ -561,6 +567,8 @@ def test_a_player_never_congested_goes_up_when_a_higher_layer_starts() -> None:
     # keyframes carry no picture size), up after UP_AFTER, at f's next keyframe.
     keep_sending(bench, 4.0, media)
     assert consumer.producer is bench.layers["f"]
+    keep_sending(bench, 0.2, media)
+    loss_report(media, consumer, 0.0, bench.now)  # the player's first report since it got f
     # After congestion once, the estimate rules: down, and not up again without room.
     loss_report(media, consumer, 0.2, bench.now)
     keep_sending(bench, 1.0, media)
@@ -572,7 +580,7 @@ def test_a_player_never_congested_goes_up_when_a_higher_layer_starts() -> None:
 
 
 def test_without_an_estimate_loss_moves_a_player_down_a_step_and_quiet_up_again() -> None:
-    from trio_sfu.media.simulcast import QUIET_FOR
+    from trio_sfu.media.simulcast import QUIET_FOR, STEP_SETTLE
 
     bench = Bench()
     bench.start_layers({"q": 40, "h": 400, "f": 1200})
@@ -583,13 +591,55 @@ def test_without_an_estimate_loss_moves_a_player_down_a_step_and_quiet_up_again(
     loss_report(media, consumer, 0.2, bench.now)  # the old rate's loss, still draining: no new step
     keep_sending(bench, 1.0, media)
     assert consumer.producer is bench.layers["h"]  # one step, not to the bottom
-    loss_report(media, consumer, 0.2, bench.now)  # after STEP_SETTLE: another step
+    keep_sending(bench, STEP_SETTLE, media)
+    loss_report(media, consumer, 0.2, bench.now)  # h's own, STEP_SETTLE after it began: another step
     keep_sending(bench, 1.2, media)
     assert consumer.producer is bench.layers["q"]
     keep_sending(bench, QUIET_FOR - 3.0, media)
     assert consumer.producer is bench.layers["q"]  # not yet: the loss was recent
     keep_sending(bench, 5.0, media)
     assert consumer.producer is bench.layers["h"]  # quiet for long enough: up one
+
+
+def test_an_estimate_just_below_the_playing_option_does_not_move_a_player_down() -> None:
+    """Chromium's estimate after an overuse is 0.85 of what it received: a player taking that for its
+    link stepped down at each one, and its estimate followed it down. Well below is a thin link."""
+    bench = Bench()
+    bench.start_layers({"q": 40, "h": 400, "f": 1200})
+    consumer = bench.player("f")
+    media, _ = player_media(bench, consumer)
+    rates = {rid: layer.byte_rate * 8 for rid, layer in bench.layers.items()}
+    remb_to(media, consumer, rates["f"] * 1.05, bench.now)
+    keep_sending(bench, 0.5, media)
+    remb_to(media, consumer, rates["f"] * 0.85, bench.now)  # an overuse, measured on what f gives
+    keep_sending(bench, 1.5, media)
+    assert consumer.producer is bench.layers["f"] and consumer.target is None
+    remb_to(media, consumer, rates["f"] * 0.5, bench.now)  # far below: the link is thinner than f
+    keep_sending(bench, 1.2, media)
+    assert consumer.producer is bench.layers["h"]
+
+
+def test_loss_counted_before_a_step_took_effect_does_not_move_a_player_again() -> None:
+    """A receiver report counts loss since the previous one: the first after a switch still holds the
+    old layer's (the link's queue drains). Taking it for the new layer's once stepped a Chromium player
+    from h to q's base layer on a 500 kbit/s link, from which its estimate took over 30 s to climb."""
+    bench = Bench()
+    bench.start_layers({"q": 40, "h": 400, "f": 1200})
+    consumer = bench.player("f")
+    media, _ = player_media(bench, consumer)  # this player sends no REMB: loss moves it
+    keep_sending(bench, 1.0, media)
+    loss_report(media, consumer, 0.2, bench.now)
+    while consumer.producer is not bench.layers["h"]:
+        keep_sending(bench, 0.02, media)
+    keep_sending(bench, 1.1, media, reports=False)  # the player's next report comes a second later
+    stale = media.counters["stale_loss_reports"]
+    loss_report(media, consumer, 0.3, bench.now)  # began under f
+    assert media.counters["stale_loss_reports"] == stale + 1
+    keep_sending(bench, 2.0, media)
+    assert consumer.producer is bench.layers["h"] and consumer.target is None
+    loss_report(media, consumer, 0.2, bench.now)  # h's own loss
+    keep_sending(bench, 1.2, media)
+    assert consumer.producer is bench.layers["q"]
 
 
 def test_a_new_player_starts_within_its_cap_even_while_no_layer_sends() -> None:

@@ -115,6 +115,8 @@ class Consumer:
         "counters",
         "kind",
         "muted_by_player",
+        "option_since",
+        "option_since_at",
         "owner",
         "pictures",
         "played",
@@ -193,6 +195,10 @@ class Consumer:
         # and the first output sequence number of the current layer (older ones were another's).
         self.target: Producer | None = None
         self.switched_at: int | None = None
+        # The first output sequence number of what the player gets now (layer and temporal cap; None:
+        # since its first packet): loss a receiver report counts from before it was the old option's.
+        self.option_since: int | None = None
+        self.option_since_at = 0.0
         simulcast_vp8 = len(producer.layers) > 1 and played.codec.name.lower() == "vp8"
         self.pictures = Vp8Pictures() if simulcast_vp8 else None
         # VP8 temporal layers (simulcast VP8 only): the highest TID forwarded now, the one wanted, and
@@ -209,7 +215,7 @@ class Consumer:
             if not self._starts_keyframe(memoryview(packet)[header.header_length :]):
                 target.request_keyframe(now)  # throttled by the producer
                 return
-            self._switch(target)
+            self._switch(target, now)
         elif self.awaiting_keyframe:
             if not self._starts_keyframe(memoryview(packet)[header.header_length :]):
                 self.counters["waiting_for_keyframe"] += 1
@@ -229,7 +235,7 @@ class Consumer:
             if (
                 descriptor is not None
                 and descriptor.temporal_id >= 0
-                and not self._temporal_passes(packet, header, descriptor)
+                and not self._temporal_passes(packet, header, descriptor, now)
             ):
                 rewriter.number(header, now, skip=True)  # the player never hears of it
                 pictures.drop(descriptor.picture_id)
@@ -260,7 +266,9 @@ class Consumer:
                 return
         self._queue(rewriter.patch(mapped, sequence, timestamp))
 
-    def _temporal_passes(self, packet: bytes, header: RtpHeader, descriptor: Vp8Descriptor) -> bool:
+    def _temporal_passes(
+        self, packet: bytes, header: RtpHeader, descriptor: Vp8Descriptor, now: float
+    ) -> bool:
         """Whether this packet's temporal layer goes to the player. Changes happen at a frame's first
         packet: down at once (frames of the dropped layers are referred to by none that stay), up at
         a frame the encoder marks as a switching point (Y: it refers to TL0 only) or a keyframe."""
@@ -281,6 +289,7 @@ class Consumer:
             temporal = target
         if temporal != self.temporal:
             self.temporal = temporal
+            self.option_since, self.option_since_at = self.rewriter.next_sequence, now
             self.counters["temporal_switches"] += 1
         forwarded = tid <= temporal
         self._frame_timestamp, self._frame_forwarded = header.timestamp, forwarded
@@ -366,7 +375,7 @@ class Consumer:
         if target is not None:
             target.remove_player(self)
 
-    def _switch(self, layer: Producer) -> None:
+    def _switch(self, layer: Producer, now: float) -> None:
         """At a keyframe of `layer`: leave the current layer. The rewriter splices the new SSRC on
         (sequence numbers go on by one, timestamps by the time elapsed)."""
         self.producer.remove_player(self)
@@ -378,7 +387,8 @@ class Consumer:
         # Simulcast layers share capture timestamps: the decision taken for the old layer's frame at
         # this keyframe's timestamp (a dropped TL2 frame, say) must not be taken for the keyframe.
         self._frame_timestamp = -1
-        self.switched_at = self.rewriter.next_sequence
+        self.switched_at = self.option_since = self.rewriter.next_sequence
+        self.option_since_at = now
         if self.pictures is not None:
             self.pictures.needs_sync = True
         self.counters["layer_switches"] += 1

@@ -64,6 +64,9 @@ class PlayerMedia(MediaHandler):
         # Middle 32 bits of each recent SR's NTP timestamp -> when it was sent (our clock). The NTP
         # values follow the publisher's clock, not ours, so an echoed LSR is looked up, not subtracted.
         self._sr_sent: dict[int, float] = {}
+        # Per simulcast track, the highest sequence number its player's last report covered: where the
+        # next report's loss count begins.
+        self._reported_up_to: dict[int, int] = {}
 
     def on_rtp(self, packet: bytes, now: float) -> None:
         self.counters["unexpected_rtp"] += 1  # a player only receives
@@ -100,11 +103,30 @@ class PlayerMedia(MediaHandler):
         for block in blocks:
             consumer = self._by_ssrc.get(block.ssrc)
             if consumer is not None and consumer in self._simulcast:
-                self.layers.on_loss(block.fraction_lost / 256, now)
+                if self._loss_is_current(consumer, block.highest_sequence & 0xFFFF):
+                    self.layers.on_loss(block.fraction_lost / 256, now)
+                else:
+                    self.counters["stale_loss_reports"] += 1
             sent_at = self._sr_sent.get(block.last_sr) if block.last_sr else None
             if sent_at is None or block.ssrc not in self._by_ssrc:
                 continue
             self.round_trip.seconds = max(0.0, now - sent_at - block.delay_since_last_sr / 65536)
+
+    def _loss_is_current(self, consumer: Consumer, highest: int) -> bool:
+        """Whether a report's loss (counted since the previous report) is all of what the player gets
+        now. Loss that began under the previous option (a higher layer, the link's queue still
+        draining) must not move the player down again: it once took a player from h to q's base
+        layer, far below its link, from which its estimate (Chromium grows it 8 % a second at most)
+        took over 30 s to climb back to the top."""
+        self.layers.option_changed(consumer.option_since_at)
+        previous = self._reported_up_to.get(consumer.ssrc)
+        self._reported_up_to[consumer.ssrc] = highest
+        if consumer.target is not None:  # a switch is pending: this loss is what made it
+            return False
+        since = consumer.option_since
+        if since is None:
+            return True
+        return previous is not None and (previous + 1 - since) & 0xFFFF < 0x8000
 
     def on_connected(self, now: float) -> None:
         # A new player needs a keyframe to show anything: the producer's cached one at once, else ask

@@ -127,17 +127,24 @@ PROBE_BACKOFF = 5.0  # seconds before probing again after a probe met congestion
 PROBE_BACKOFF_MAX = 20.0
 RISING_FOR = 3.0  # an estimate that has only risen this long ends a backoff: the link may have grown
 QUIET_FOR = 10.0  # without an estimate (no REMB), a player goes up after this long without loss
-# Without an estimate, one step down per this long at most: the loss reported just after a step is
-# the old rate's (the link's queue still drains), and steps are fine (temporal layers): a step each
+# Loss moves a player one option down at most once per this long: the loss reported just after a step
+# is the old rate's (the link's queue still drains), and steps are fine (temporal layers): a step each
 # receiver report took a player from the top to the bottom in a second.
 STEP_SETTLE = 1.0
+# An estimate moves a player down only below this share of what it plays. Chromium's estimate after an
+# overuse is 0.85 times what it received, and its first one is what it received: taken at its word, a
+# player on a link wider than its option steps down at each of them, and the estimate follows it down
+# (it grows 8 % a second at most: from q's base layer, the top is over 30 s away).
+ESTIMATE_BELOW = 0.8
 
 
 class LayerControl:
     """One player's layer choice: its estimate and loss in, an option and a probing rate out.
 
-    Down at once when the link shows congestion (loss, or the player's estimate falling) and the
-    playing option no longer fits. Up one option at a time, only after it has fitted for UP_AFTER.
+    Down when the option it plays loses packets (one option, or to what the estimate affords if that
+    is lower; at most once per STEP_SETTLE from when the last step took effect), or at once when the
+    estimate falls well below the option (ESTIMATE_BELOW). Up one option at a time, only after it has
+    fitted for UP_AFTER.
     The player's estimate (Chromium's REMB) can grow only to about 1.5 times what it receives, so below
     the top the server probes: it sends padding (retransmissions of recent packets) up to PROBE_STEP
     above the estimate, and backs off when a probe meets congestion.
@@ -177,14 +184,20 @@ class LayerControl:
         self.estimate_bps, self._estimate_at = bps, now
 
     def on_loss(self, fraction: float, now: float) -> None:
+        """`fraction`: lost of what the player got since its previous report, all of it sent as the
+        option it plays now (see PlayerMedia: older reports are not passed on)."""
         if fraction >= LOSS_CONGESTION:
             self._congestion(now)
+            if now - self._stepped_at >= STEP_SETTLE:
+                self._step_down = True
+
+    def option_changed(self, now: float) -> None:
+        """The player's option changed (a switch took effect): loss is judged from here on."""
+        self._stepped_at = max(self._stepped_at, now)
 
     def _congestion(self, now: float) -> None:
         self._congested_at = now
         self._congested_ever = True
-        if now - self._stepped_at >= STEP_SETTLE:  # else the loss is the last step's rate's
-            self._step_down = True
         if self.probe_bps > 0:  # the probe found the limit: wait before trying again
             self.probe_bps = 0.0
             self._probe_allowed_at = now + self._probe_backoff
@@ -208,18 +221,21 @@ class LayerControl:
             return choose_option(options, estimate)
         index = options.index(playing)
         higher = options[index + 1] if index + 1 < len(options) else None
+        if self._step_down:  # the option it plays loses packets: one step down, or the estimate's
+            self._step_down = False
+            self._stepped_at = now
+            self._up_since = None
+            self.probe_bps = 0.0
+            lower = index - 1 if index > 0 else index
+            if estimate is not None:
+                lower = min(lower, options.index(choose_option(options, estimate)))
+            return options[lower]
         if estimate is None:  # loss is all there is to go by (a player that sends no REMB)
-            if self._step_down:
-                self._step_down = False
-                self._stepped_at = now
-                self._up_since = None
-                return options[index - 1] if index > 0 else playing
             if higher is None or now - self._congested_at < QUIET_FOR:
                 return playing
             return self._up(higher, playing, now)
-        self._step_down = False
         congested = now - self._congested_at < CONGESTION_MEMORY
-        if congested and estimate < option_bps(playing):
+        if congested and estimate < option_bps(playing) * ESTIMATE_BELOW:
             self._up_since = None
             self.probe_bps = 0.0
             return choose_option(options, estimate)
