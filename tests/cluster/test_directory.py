@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
-from trio_sfu.cluster.directory import DirectoryTable, SupervisorDirectory, serve_directory
+from trio_sfu.cluster.directory import MAX_LINE, DirectoryTable, SupervisorDirectory, serve_directory
 
 
 def request(table: DirectoryTable, owner: object, **fields: object) -> dict[str, object]:
@@ -32,10 +33,55 @@ def test_claims_are_per_worker_and_go_with_it() -> None:
 def test_garbage_gets_an_error_reply_and_is_counted() -> None:
     table = DirectoryTable()
     for line in (b"", b"not json", b"[]", b'{"op": "claim"}', b'{"op": "claim", "app": "a", "stream": "b"}',
-                 b'{"op": "explode", "app": "a", "stream": "b"}', b"\xff\xfe"):
+                 b'{"op": "explode", "app": "a", "stream": "b"}', b"\xff\xfe",
+                 b'{"op": "report_metrics", "text": 5}', b'{"op": "report_metrics"}'):
         reply = table.handle(object(), line)
         assert reply["ok"] is False and "error" in reply
-    assert table.malformed == 7 and table.claims == {}
+    assert table.malformed == 9 and table.claims == {} and table.metrics == {}
+
+
+def worker_page(worker: int, players: int, started: float) -> str:
+    """What a worker's /metrics says, in part."""
+    return (
+        "# HELP trio_sfu_worker Which worker answered\n# TYPE trio_sfu_worker gauge\n"
+        f'trio_sfu_worker{{worker="{worker}"}} 1.0\n'
+        "# HELP trio_sfu_sessions Sessions\n# TYPE trio_sfu_sessions gauge\n"
+        f'trio_sfu_sessions{{kind="play"}} {players}\ntrio_sfu_sessions{{kind="publish"}} 1.0\n'
+        "# HELP trio_sfu_rtp_packets Packets\n# TYPE trio_sfu_rtp_packets counter\n"
+        f'trio_sfu_rtp_packets_total{{direction="out"}} {players * 1000}\n'
+        "# HELP process_start_time_seconds Start\n# TYPE process_start_time_seconds gauge\n"
+        f"process_start_time_seconds {started}\n"
+    )
+
+
+def summed(table: DirectoryTable, owner: object) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = request(table, owner, op="host_metrics", id=9)["text"]
+    assert isinstance(text, str)
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_the_workers_metrics_are_summed_and_go_with_a_worker() -> None:
+    """/metrics/host under --workers N: every worker reports its page, the sum adds samples with the
+    same labels, keeps the earliest start time, counts the workers; a dead worker's page goes."""
+    table = DirectoryTable()
+    one, two = object(), object()
+    assert request(table, one, op="report_metrics", text=worker_page(0, 3, 100.0), id=1)["ok"] is True
+    assert request(table, two, op="report_metrics", text=worker_page(1, 4, 90.0), id=2)["ok"] is True
+    both = summed(table, one)
+    assert both[("trio_sfu_worker", ())] == 2
+    assert both[("trio_sfu_sessions", (("kind", "play"),))] == 7
+    assert both[("trio_sfu_sessions", (("kind", "publish"),))] == 2
+    assert both[("trio_sfu_rtp_packets_total", (("direction", "out"),))] == 7000
+    assert both[("process_start_time_seconds", ())] == 90.0
+    request(table, one, op="report_metrics", text=worker_page(0, 5, 100.0), id=3)  # the latest counts
+    assert summed(table, two)[("trio_sfu_sessions", (("kind", "play"),))] == 9
+    table.forget(two)
+    alone = summed(table, one)
+    assert alone[("trio_sfu_worker", ())] == 1 and alone[("trio_sfu_sessions", (("kind", "play"),))] == 5
 
 
 async def test_a_worker_talks_to_the_table_over_a_unix_socket(tmp_path: object) -> None:
@@ -52,7 +98,7 @@ async def test_a_worker_talks_to_the_table_over_a_unix_socket(tmp_path: object) 
         assert await worker.locate(("live", "cam")) == "ws://w0/ws"
         # Garbage from a broken client closes only its own connection.
         garbage = await trio.open_unix_socket(path)
-        await garbage.send_all(b"x" * 70_000)
+        await garbage.send_all(b"x" * (MAX_LINE + 10_000))
         with trio.fail_after(5):
             assert await garbage.receive_some(10) == b""
         assert await worker.locate(("live", "cam")) == "ws://w0/ws"

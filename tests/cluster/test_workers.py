@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
@@ -27,8 +28,10 @@ import attrs
 import pytest
 import trio
 import trio_websocket
+from prometheus_client.parser import text_string_to_metric_families
 
 from trio_sfu.cluster.signaling_client import SignalingClient
+from trio_sfu.cluster.worker import METRICS_REPORT_INTERVAL
 
 from ..peers.aiortc_peers import AsyncioThread, Player, Publisher
 from ..support.aiortc_sessions import assert_video_matches, valid_counters, wait_for
@@ -55,6 +58,7 @@ class Cluster:
         self.lines: list[str] = []
         self.errors: list[str] = []
         self.url = ""
+        self.http_url = ""
         self.media_ports: dict[int, int] = {}  # worker -> its media port (the latest, after restarts)
         self.pids: dict[int, list[int]] = {}  # worker -> pids, in start order
 
@@ -70,6 +74,8 @@ class Cluster:
             self.lines.append(line.rstrip())
             if line.startswith("signaling"):
                 self.url = line.split()[1]
+            if line.startswith("http "):
+                self.http_url = line.split()[1]
             found = re.match(r"media\s+udp 127\.0\.0\.1:(\d+) \(worker (\d+)\)", line)
             if found:
                 self.media_ports[int(found[2])] = int(found[1])
@@ -154,6 +160,41 @@ async def session(
             nursery.cancel_scope.cancel()
 
 
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> Samples:
+    """A /metrics page as {(name, labels): value}."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def host_metrics_sum_the_workers(cluster: Cluster) -> None:
+    """/metrics reaches one worker (the kernel picks); /metrics/host, from either, sums both."""
+    own: dict[str, Samples] = {}
+    for _ in range(40):
+        page = await trio.to_thread.run_sync(scrape, cluster.http_url + "metrics")
+        own.update({dict(labels)["worker"]: page for name, labels in page if name == "trio_sfu_worker"})
+        if len(own) == 2:
+            break
+    assert len(own) == 2, f"40 scrapes of /metrics reached only workers {sorted(own)}"
+    await trio.sleep(METRICS_REPORT_INTERVAL + 0.5)  # the other worker's report is at most this old
+    host = await trio.to_thread.run_sync(scrape, cluster.http_url + "metrics/host")
+    sessions = {dict(labels)["kind"]: v for (name, labels), v in host.items() if name == "trio_sfu_sessions"}
+    print(f"/metrics/host: workers {host[('trio_sfu_worker', ())]}, sessions {sessions}")
+    assert host[("trio_sfu_worker", ())] == 2
+    for kind in ("publish", "play"):
+        key = ("trio_sfu_sessions", (("kind", kind),))
+        assert host[key] == sum(page[key] for page in own.values()), (kind, host, own)
+    memory = ("process_resident_memory_bytes", ())
+    assert host[memory] > max(page[memory] for page in own.values())
+
+
 def closes(peer: Peer) -> list[str]:
     return [str(r.get("data", {}).get("reason")) for r in peer.requests if r.get("method") == "stream.close"]
 
@@ -182,6 +223,7 @@ async def test_two_workers_relay_a_stream_and_survive_a_worker_killed(aio: Async
         for player in players:
             assert isinstance(player.peer, Player)
             assert_video_matches(player.peer, publisher)
+        await host_metrics_sum_the_workers(cluster)
 
         # kill -9 the worker without the publisher: only its players lose their session.
         other = 1 - origin

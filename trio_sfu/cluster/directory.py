@@ -6,7 +6,10 @@ table, reached over a Unix socket (`SupervisorDirectory`); a worker's claims go 
 so a worker that dies (even `kill -9`) frees its streams at once.
 
 The wire format is one JSON object a line: requests `{"id", "op": claim|release|locate, "app",
-"stream", "origin"}`, replies `{"id", "ok", "origin"}`.
+"stream", "origin"}`, replies `{"id", "ok", "origin"}`. The same connection carries each worker's
+/metrics (`{"id", "op": "report_metrics", "text"}`, every few seconds) and asks for their sum
+(`{"id", "op": "host_metrics"}` -> `{"id", "ok", "text"}`): a host's scrape reaches one worker,
+chosen by the kernel, and should see them all.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from trio_sfu.cluster.host_metrics import sum_expositions
+
 log = logging.getLogger(__name__)
 
 StreamKey = tuple[str, str]
 REQUEST_TIMEOUT = 2.0  # seconds a worker waits for the directory before it answers 503
-MAX_LINE = 64 * 1024  # a directory line longer than this is garbage
+MAX_LINE = 256 * 1024  # a directory line longer than this is garbage (a /metrics text is ~10 KiB)
 
 
 class DirectoryUnavailable(Exception):
@@ -57,13 +62,22 @@ class DirectoryTable:
     connections; `forget` drops everything one held."""
 
     claims: dict[StreamKey, tuple[object, str]] = attrs.field(factory=dict)
+    metrics: dict[object, str] = attrs.field(factory=dict)  # each worker's latest /metrics text
     malformed: int = 0
 
     def handle(self, owner: object, line: bytes) -> dict[str, Any]:
         try:
             request = json.loads(line)
-            op, key = request["op"], (str(request["app"]), str(request["stream"]))
-            ident = request.get("id")
+            op, ident = request["op"], request.get("id")
+            if op == "report_metrics":
+                text = request["text"]
+                if not isinstance(text, str):
+                    raise TypeError("text")
+                self.metrics[owner] = text
+                return {"id": ident, "ok": True}
+            if op == "host_metrics":
+                return {"id": ident, "ok": True, "text": sum_expositions(list(self.metrics.values()))}
+            key = (str(request["app"]), str(request["stream"]))
         except (ValueError, KeyError, TypeError):
             self.malformed += 1
             return {"id": None, "ok": False, "error": "malformed directory request"}
@@ -99,6 +113,7 @@ class DirectoryTable:
         return held[1] if held else None
 
     def forget(self, owner: object) -> list[StreamKey]:
+        self.metrics.pop(owner, None)
         gone = [key for key, (held_by, _) in self.claims.items() if held_by is owner]
         for key in gone:
             del self.claims[key]
@@ -176,7 +191,17 @@ class SupervisorDirectory:
             return
         waiter.send_nowait(reply)
 
-    async def _request(self, op: str, key: StreamKey, **fields: Any) -> dict[str, Any]:
+    async def report_metrics(self, text: str) -> None:
+        await self._request("report_metrics", None, text=text)
+
+    async def host_metrics(self) -> str:
+        """Every worker's latest /metrics, summed (see trio_sfu.cluster.host_metrics)."""
+        text = (await self._request("host_metrics", None)).get("text")
+        if not isinstance(text, str):
+            raise DirectoryUnavailable("the supervisor did not sum the workers' metrics")
+        return text
+
+    async def _request(self, op: str, key: StreamKey | None, **fields: Any) -> dict[str, Any]:
         stream = self._stream
         if stream is None:
             raise DirectoryUnavailable("not connected to the supervisor")
@@ -184,7 +209,9 @@ class SupervisorDirectory:
         ident = self._next_id
         send, receive = trio.open_memory_channel[dict[str, Any]](1)
         self._waiting[ident] = send
-        message = {"id": ident, "op": op, "app": key[0], "stream": key[1], **fields}
+        message = {"id": ident, "op": op, **fields}
+        if key is not None:
+            message.update(app=key[0], stream=key[1])
         try:
             with trio.fail_after(REQUEST_TIMEOUT):
                 async with self._send_lock:

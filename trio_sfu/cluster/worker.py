@@ -10,13 +10,17 @@ from __future__ import annotations
 import logging
 
 import trio
+from prometheus_client import CollectorRegistry
 
-from trio_sfu.cluster.directory import Directory, DirectoryUnavailable, StreamKey
+from trio_sfu.cluster.directory import Directory, DirectoryUnavailable, StreamKey, SupervisorDirectory
 from trio_sfu.cluster.relay import Relays
+from trio_sfu.server import metrics
 from trio_sfu.server.server import Server
 from trio_sfu.signaling.messages import ErrorCode, SignalingError
 
 log = logging.getLogger(__name__)
+
+METRICS_REPORT_INTERVAL = 2.0  # seconds between a worker's reports of its /metrics to the supervisor
 
 
 class WorkerCluster:
@@ -27,6 +31,7 @@ class WorkerCluster:
         self.relays: Relays | None = None
         self._nursery: trio.Nursery | None = None
         self._origin = ""
+        self._registry: CollectorRegistry | None = None
 
     async def run(
         self, server: Server, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -44,7 +49,30 @@ class WorkerCluster:
             if self._connect_directory and run_directory is not None:
                 await nursery.start(run_directory)
             await nursery.start(self.relays.run)
+            if self._connect_directory and isinstance(self.directory, SupervisorDirectory):
+                self._registry = metrics.make_registry(server)
+                nursery.start_soon(self._report_metrics, self.directory, self._registry)
             task_status.started()
+
+    async def _report_metrics(self, directory: SupervisorDirectory, registry: CollectorRegistry) -> None:
+        while True:
+            try:
+                await directory.report_metrics(metrics.render(registry).decode())
+            except DirectoryUnavailable as exc:
+                log.debug("event=metrics_report_failed error=%r", str(exc))
+            await trio.sleep(METRICS_REPORT_INTERVAL)
+
+    async def host_metrics(self) -> bytes | None:
+        directory, registry = self.directory, self._registry
+        if not isinstance(directory, SupervisorDirectory) or registry is None:
+            return None  # not one of a host's workers
+        try:
+            await directory.report_metrics(metrics.render(registry).decode())  # this one's, fresh
+            return (await directory.host_metrics()).encode()
+        except DirectoryUnavailable as exc:
+            raise SignalingError(
+                ErrorCode.UNAVAILABLE, f"the supervisor did not answer ({exc}); try /metrics or again"
+            ) from None
 
     async def claim(self, key: StreamKey) -> None:
         try:

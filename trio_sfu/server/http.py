@@ -27,6 +27,7 @@ from trio_sfu.server import metrics
 from trio_sfu.server.admin import AdminApi, AdminError
 from trio_sfu.server.listeners import bound_addresses, tcp_listeners
 from trio_sfu.server.whip import SDP, TRICKLE, HttpError, WhipService
+from trio_sfu.signaling.messages import SignalingError
 
 if TYPE_CHECKING:
     from trio_sfu.server.server import Server
@@ -231,6 +232,8 @@ class HttpFrontend:
             return await self._whip(request, parts, body, stream)
         if parts[0] == "admin":
             return self._admin(request, parts)
+        if path == "/metrics/host":
+            return await self._host_metrics(request)
         route = self.routes.get(path)
         if route is None:
             return _text(404, f"not found: {path[:200]}; try / (the demo page), /healthz or /metrics")
@@ -321,6 +324,19 @@ class HttpFrontend:
             },
             503 if snap.shutting_down else 200,
         )
+
+    async def _host_metrics(self, request: h11.Request) -> Response:
+        """Under `--workers N`, every worker's figures summed; one process's own otherwise."""
+        if request.method not in (b"GET", b"HEAD"):
+            return _text(405, "method not allowed: use GET or HEAD", [("allow", "GET, HEAD")])
+        cluster = self.server.cluster
+        try:
+            text = await cluster.host_metrics() if cluster is not None else None
+        except SignalingError as exc:
+            return _text(503, exc.message)
+        if text is None:
+            return self._metrics()
+        return Response(200, text, metrics.CONTENT_TYPE)
 
     def _metrics(self) -> Response:
         return Response(200, metrics.render(self.registry), metrics.CONTENT_TYPE)

@@ -95,6 +95,10 @@ class ClusterLink(Protocol):
         """Shutting down: release this server's claims at once."""
         ...
 
+    async def host_metrics(self) -> bytes | None:
+        """Every worker's /metrics summed (None: not one of a host's workers); SignalingError 503."""
+        ...
+
 
 def announced_addresses(config: Config, endpoint: HostPort) -> list[str]:
     """The addresses written into ICE candidates for one media listener."""
