@@ -54,6 +54,13 @@ def _serve_parser() -> argparse.ArgumentParser:
         "every non-loopback interface address when bound to 0.0.0.0 or ::)",
     )
     parser.add_argument("--token-secret", help="HS256 secret (or env TRIO_SFU_TOKEN_SECRET)")
+    parser.add_argument(
+        "--record",
+        metavar="APP/STREAM=DIR",
+        action="append",
+        help="record matching streams (fnmatch pattern, e.g. 'live/*=recordings') from their publish "
+        "on into DIR, repeatable",
+    )
     parser.add_argument("--token-public-key", type=Path, help="PEM public key for RS256/ES256")
     parser.add_argument(
         "--tls-cert",
@@ -165,6 +172,7 @@ def load_config(argv: list[str]) -> Config:
         announce=tuple(args.announce) if args.announce else None,
         token_secret=args.token_secret or os.environ.get("TRIO_SFU_TOKEN_SECRET") or None,
         token_public_key=args.token_public_key,
+        record=tuple(args.record) if args.record else None,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         log_level=args.log_level,

@@ -110,6 +110,11 @@ class Config:
     # Webhooks (docs/operations.md): events POSTed to these http:// URLs, signed with webhook_secret.
     webhook_urls: tuple[str, ...] = ()
     webhook_secret: str = ""
+    # Recording (docs/operations.md): streams whose app/stream matches a rule's pattern are recorded
+    # from their publish on, into its directory ("live/*=recordings"); the operator API records into
+    # recording_dir.
+    record: tuple[str, ...] = ()
+    recording_dir: Path = Path("recordings")
     shutdown_grace: float = 2.0
     http_idle_timeout: float = 10.0  # seconds to send a whole request (and between keep-alive requests)
     http_max_connections: int = 256
@@ -145,6 +150,10 @@ class Config:
             raise ConfigError("max_input_delay must be positive (seconds of input a socket may queue)")
         if self.http_idle_timeout <= 0:
             raise ConfigError("http_idle_timeout must be positive")
+        for rule in self.record:
+            pattern, sep, directory = rule.partition("=")
+            if not sep or "/" not in pattern or not directory:
+                raise ConfigError(f"record rule {rule!r}: write APP/STREAM=DIRECTORY, e.g. live/*=recordings")
         if self.webhook_urls and not self.webhook_secret:
             raise ConfigError("webhook_urls need webhook_secret (the receivers check each event's signature)")
         if self.redis is not None and not self.cluster_secret:
@@ -205,7 +214,7 @@ def load(file: Path | None = None, **overrides: Any) -> Config:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    for key in ("media", "announce", "allowed_origins", "webhook_urls"):
+    for key in ("media", "announce", "allowed_origins", "webhook_urls", "record"):
         if key in values:
             values[key] = _as_tuple(values[key])
     try:

@@ -120,6 +120,8 @@ def test_toml_then_overrides(tmp_path: Path) -> None:
     assert config.max_sessions_per_socket == 4
     assert config.log_level == "debug"
     assert load() == Config()
+    file.write_text('record = "live/*=rec"\nrecording_dir = "/tmp/r"\n')
+    assert load(file).record == ("live/*=rec",) and load(file).recording_dir == Path("/tmp/r")
 
 
 @pytest.mark.parametrize(
@@ -127,7 +129,8 @@ def test_toml_then_overrides(tmp_path: Path) -> None:
     [("nonsense = 1", "unknown setting"), ('media = ["nope"]', "HOST:PORT"),
      ("max_sessions = 0", "at least 1"), ('announce = ["not-an-ip"]', "IP address"),
      ("signal = ", "config file"), ('token_secret = "a"\ntoken_public_key = "/k"', "either"),
-     ("max_sessions = \"many\"", "max_sessions")],
+     ("max_sessions = \"many\"", "max_sessions"), ('record = ["live-no-dir"]', "APP/STREAM=DIRECTORY"),
+     ('record = ["nostream=rec"]', "APP/STREAM=DIRECTORY")],
 )
 def test_config_errors_say_what_is_wrong(tmp_path: Path, toml: str, message: str) -> None:
     file = tmp_path / "c.toml"

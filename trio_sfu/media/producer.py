@@ -113,6 +113,14 @@ class PublisherLink(Protocol):
     def send_nack(self, producer: Producer, sequences: list[int]) -> None: ...
 
 
+class PacketTap(Protocol):
+    """Something besides players that sees each packet (a recording): it must not block or raise."""
+
+    def receive(self, packet: bytes, header: RtpHeader, now: float) -> None: ...
+
+    def end(self) -> None: ...
+
+
 class Producer:
     """One RTP stream from the publisher: a track, or one simulcast layer of a video track.
 
@@ -143,6 +151,7 @@ class Producer:
         self.gop_overflows = 0
         self.last_received_at = -1e9  # when a packet last came: a layer the publisher stopped is idle
         self.consumers: list[Consumer] = []
+        self.taps: list[PacketTap] = []
         # Shared by consumers that map alike; a map goes with its last consumer (players choose the
         # extension ids, so a stream of players each with its own would otherwise pile them up).
         self.header_maps: weakref.WeakValueDictionary[object, HeaderMap] = weakref.WeakValueDictionary()
@@ -200,6 +209,8 @@ class Producer:
         self._cache[header.sequence % CACHE_SIZE] = packet
         for consumer in self.consumers:
             consumer.forward(packet, header, now)
+        for tap in self.taps:
+            tap.receive(packet, header, now)
 
     def _remember(self, packet: bytes, header: RtpHeader, now: float) -> None:
         """Keep the packets from the latest keyframe on, for players that start now."""
@@ -302,3 +313,5 @@ class Producer:
         for consumer in self.consumers:
             consumer.close()
         self.consumers.clear()
+        for tap in list(self.taps):
+            tap.end()

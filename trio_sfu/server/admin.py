@@ -9,7 +9,10 @@ Off unless `admin_token` is configured; then every request needs `Authorization:
   address, since when, codecs, packets and bytes, bitrate over its life, and for players the layer
   played, the round-trip time and the bandwidth estimate;
 - `POST /admin/sessions/{id}/kick`: ends it; its client gets `stream.close` with reason `kicked` (a
-  kicked publisher's players hear `publisher_gone`).
+  kicked publisher's players hear `publisher_gone`);
+- `POST /admin/streams/{app}/{stream}/recording`: records the stream into `recording_dir` (201, the
+  file's path); `DELETE` on it stops and answers once the file is written (200, its figures);
+  `GET /admin/recordings` lists the recordings running.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from trio_sfu.server.recording import Recording, RecordingError
 from trio_sfu.server.session import Session
 from trio_sfu.signaling.messages import CloseReason
 
@@ -37,7 +41,7 @@ class AdminApi:
     def __init__(self, server: Server) -> None:
         self.server = server
 
-    def handle(self, method: str, parts: list[str], authorization: str | None) -> tuple[int, Any]:
+    async def handle(self, method: str, parts: list[str], authorization: str | None) -> tuple[int, Any]:
         """(status, JSON value) for a request to /admin/...; AdminError for a refusal."""
         token = self.server.config.admin_token
         if not token:
@@ -52,12 +56,25 @@ class AdminApi:
             return 200, self.streams()
         if method == "GET" and route == ["sessions"]:
             return 200, [self.describe(session) for session in self.sessions()]
+        if method == "GET" and route == ["recordings"]:
+            return 200, [self.describe_recording(r) for r in self.server.recordings.active.values()]
         if len(route) == 3 and route[0] == "sessions" and route[2] == "kick":
             if method != "POST":
                 raise AdminError(405, "kick with POST")
             return 200, self.kick(route[1])
-        raise AdminError(404, "operator API: GET /admin/stats, /admin/streams, /admin/sessions; "
-                              "POST /admin/sessions/{id}/kick")
+        if len(route) == 4 and route[0] == "streams" and route[3] == "recording":
+            key = (route[1], route[2])
+            try:
+                if method == "POST":
+                    return 201, self.start_recording(key)
+                if method == "DELETE":
+                    return 200, self.describe_recording(await self.server.recordings.stop(key))
+            except RecordingError as exc:
+                raise AdminError(exc.status, exc.message) from None
+            raise AdminError(405, "start a recording with POST, stop it with DELETE")
+        raise AdminError(404, "operator API: GET /admin/stats, /admin/streams, /admin/sessions, "
+                              "/admin/recordings; POST /admin/sessions/{id}/kick; POST or DELETE "
+                              "/admin/streams/{app}/{stream}/recording")
 
     # ---- what runs ----
 
@@ -87,6 +104,7 @@ class AdminApi:
         }
 
     def streams(self) -> list[dict[str, Any]]:
+        recordings = self.server.recordings.active
         out = []
         for publication in self.server.router.publications():
             publisher = publication.publisher
@@ -102,6 +120,7 @@ class AdminApi:
                     for track in publication.negotiated_tracks
                 ],
                 "players": [player.ident for player in players],
+                "recording": str(recording.path) if (recording := recordings.get(publication.key)) else None,
             })
         return out
 
@@ -144,6 +163,31 @@ class AdminApi:
             "nack_answered": sum(c.counters["nack_answered"] for c, _ in session.consumers),
         }
         return figures
+
+    def start_recording(self, key: tuple[str, str]) -> dict[str, Any]:
+        publication = self.server.router.lookup(key)
+        if publication is None:
+            raise AdminError(404, f"stream {key[1]!r} of app {key[0]!r} is not being published")
+        return self.describe_recording(self.server.recordings.start(publication, started_by="operator"))
+
+    @staticmethod
+    def describe_recording(recording: Recording) -> dict[str, Any]:
+        """What a recording is; once its file is written (after a stop), its figures too."""
+        out: dict[str, Any] = {
+            "app": recording.key[0],
+            "stream": recording.key[1],
+            "path": str(recording.path),
+            "started_by": recording.started_by,
+            "since": recording.started_at,
+            "dropped_packets": recording.dropped_packets,
+        }
+        if recording.error is not None:
+            out["error"] = recording.error
+        if recording.summary is not None:
+            summary = recording.summary
+            out.update(seconds=round(summary.seconds, 3), video_frames=summary.video_frames,
+                       audio_frames=summary.audio_frames, bytes=summary.bytes)
+        return out
 
     def kick(self, ident: str) -> dict[str, Any]:
         session = next((s for s in self.sessions() if s.ident == ident), None)

@@ -231,7 +231,7 @@ class HttpFrontend:
         if parts[0] in ("whip", "whep", "session"):
             return await self._whip(request, parts, body, stream)
         if parts[0] == "admin":
-            return self._admin(request, parts)
+            return await self._admin(request, parts)
         if path == "/metrics/host":
             return await self._host_metrics(request)
         route = self.routes.get(path)
@@ -292,13 +292,14 @@ class HttpFrontend:
         except HttpError as exc:
             return _text(exc.status, exc.message, [*cors, *exc.headers])
 
-    def _admin(self, request: h11.Request, parts: list[str]) -> Response:
+    async def _admin(self, request: h11.Request, parts: list[str]) -> Response:
         """The operator API (trio_sfu/server/admin.py)."""
         authorization = next(
             (value.decode("latin-1") for name, value in request.headers if name == b"authorization"), None
         )
         try:
-            status, value = self.admin.handle(request.method.decode("ascii", "replace"), parts, authorization)
+            method = request.method.decode("ascii", "replace")
+            status, value = await self.admin.handle(method, parts, authorization)
         except AdminError as exc:
             return _json({"error": exc.message}, exc.status)
         return _json(value, status)

@@ -32,6 +32,7 @@ from trio_sfu.media.totals import Totals
 from trio_sfu.server.http import HttpFrontend
 from trio_sfu.server.listeners import bound_addresses, tcp_listeners
 from trio_sfu.server.mux import MediaMux
+from trio_sfu.server.recording import Recordings
 from trio_sfu.server.session import Session
 from trio_sfu.server.signaling_socket import SignalingSocket
 from trio_sfu.server.transport_driver import TransportDriver
@@ -170,6 +171,7 @@ class Server:
         )
         self.cluster_addresses: list[tuple[str, int]] = []
         self.webhooks = Webhooks(config.webhook_urls, config.webhook_secret)
+        self.recordings = Recordings(list(config.record), config.recording_dir, self.webhooks.emit)
 
     # ---- shared services for connections ----
 
@@ -265,6 +267,8 @@ class Server:
         session.attach(publication)
         self.limits.session_started(address)
         self._emit("publish" if publish else "play", session)
+        if publish and session.publication is not None:
+            self.recordings.on_publish(session.publication)
         transport.on_established = self.limits.handshake_done
         return session
 
@@ -357,6 +361,7 @@ class Server:
                     nursery.start_soon(self.mux.serve, endpoint, name="media-mux")
                 await nursery.start(self.http.whip.run)  # WHIP/WHEP sessions (tests use it unlistened)
                 await nursery.start(self.webhooks.run)
+                await nursery.start(self.recordings.run)
                 if listen:
                     signal = self.config.signal
                     listeners = await tcp_listeners(
