@@ -29,6 +29,7 @@ from trio_sfu.config import Config, ConfigError, HostPort
 from trio_sfu.media.negotiation import TransportParameters, answer_play, answer_publish
 from trio_sfu.media.router import Router, StreamKey
 from trio_sfu.media.totals import Totals
+from trio_sfu.server.hooks import Authorize, AuthRequest, OnEvent, authorize, tell
 from trio_sfu.server.http import HttpFrontend
 from trio_sfu.server.listeners import bound_addresses, tcp_listeners
 from trio_sfu.server.mux import MediaMux
@@ -39,7 +40,7 @@ from trio_sfu.server.transport_driver import TransportDriver
 from trio_sfu.server.udp import DatagramEndpoint, UdpEndpoint
 from trio_sfu.server.webhooks import Webhooks
 from trio_sfu.server.websocket_failure import install as install_websocket_failure
-from trio_sfu.signaling.auth import TokenVerifier
+from trio_sfu.signaling.auth import Grant, TokenVerifier
 from trio_sfu.signaling.limits import Limits, LimitSettings
 from trio_sfu.signaling.messages import ErrorCode, Header, SignalingError
 from trio_sfu.transport.certificate import Certificate
@@ -121,7 +122,10 @@ class Server:
         verifier: TokenVerifier | None = None,
         certificate: Certificate | None = None,
         wall_clock: Callable[[], float] = time.time,
+        authorize: Authorize | None = None,
+        on_event: OnEvent | None = None,
     ) -> None:
+        """`authorize` and `on_event`: an embedding application's hooks (trio_sfu.server.hooks)."""
         config.check()
         self.config = config
         self.verifier = verifier or TokenVerifier.from_settings(
@@ -171,7 +175,9 @@ class Server:
         )
         self.cluster_addresses: list[tuple[str, int]] = []
         self.webhooks = Webhooks(config.webhook_urls, config.webhook_secret)
-        self.recordings = Recordings(list(config.record), config.recording_dir, self.webhooks.emit)
+        self._authorize_hook = authorize
+        self._on_event = on_event
+        self.recordings = Recordings(list(config.record), config.recording_dir, self.emit_event)
 
     # ---- shared services for connections ----
 
@@ -282,9 +288,20 @@ class Server:
 
     def _emit(self, event: str, session: Session, **fields: Any) -> None:
         header = session.header
-        self.webhooks.emit(
+        self.emit_event(
             event, app=header.app, stream=header.stream, uid=header.uid, session=session.ident, **fields
         )
+
+    def emit_event(self, event: str, **fields: Any) -> None:
+        """An event for the webhooks and the embedding application's `on_event` (never blocks)."""
+        self.webhooks.emit(event, **fields)
+        tell(self._on_event, event, fields)
+
+    async def authorize(self, token: str, app: str, uid: str | None, *, remote: str, via: str) -> Grant:
+        """What a client's token allows (the `authorize` hook's say, else the JWT check's); raises
+        AuthError (401/403) with a message for the client."""
+        request = AuthRequest(token, app, uid, remote, via, self.verifier, self.wall_clock())
+        return await authorize(self._authorize_hook, request)
 
     async def prepare_offer(self, key: StreamKey, *, publish: bool, relay: bool) -> None:
         """The cluster's part of an offer, before the answer: a publish claims the stream everywhere;

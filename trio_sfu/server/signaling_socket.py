@@ -70,6 +70,8 @@ class SignalingHost(Protocol):
 
     def session_ended(self, session: Session, address: str) -> None: ...
 
+    async def authorize(self, token: str, app: str, uid: str | None, *, remote: str, via: str) -> Grant: ...
+
     @property
     def cluster_verifier(self) -> TokenVerifier | None: ...
 
@@ -224,7 +226,7 @@ class SignalingSocket:
     async def _dispatch(self, request: Request) -> dict[str, Any]:
         data = request.data
         if isinstance(data, ConnectData):
-            return self._connect(request, data)
+            return await self._connect(request, data)
         grant = self._authorize(request)
         if not request.header.stream:
             raise SignalingError(ErrorCode.BAD_REQUEST, "stream: a stream name is required")
@@ -242,16 +244,20 @@ class SignalingSocket:
         await session.close_by_client()
         return {}
 
-    def _connect(self, request: Request, data: ConnectData) -> dict[str, Any]:
-        if not request.header.app:
+    async def _connect(self, request: Request, data: ConnectData) -> dict[str, Any]:
+        header = request.header
+        if not header.app:
             raise SignalingError(ErrorCode.BAD_REQUEST, "app: an app name is required")
         try:
-            verifier = self.server.cluster_verifier if self.relay else self.server.verifier
-            if verifier is None:
-                raise SignalingError(ErrorCode.FORBIDDEN, "this server takes no relays")
-            self.grant = verifier.verify(
-                data.token, request.header.app, request.header.uid, self.server.wall_clock()
-            )
+            if self.relay:
+                verifier = self.server.cluster_verifier
+                if verifier is None:
+                    raise SignalingError(ErrorCode.FORBIDDEN, "this server takes no relays")
+                self.grant = verifier.verify(data.token, header.app, header.uid, self.server.wall_clock())
+            else:
+                self.grant = await self.server.authorize(
+                    data.token, header.app, header.uid, remote=self.address, via="websocket"
+                )
         except AuthError as exc:
             raise SignalingError(ErrorCode(exc.code), exc.message) from None
         return {}

@@ -107,7 +107,7 @@ class WhipService:
         server = self.server
         token = _bearer(authorization)
         try:
-            grant = server.verifier.verify(token, app, None, server.wall_clock())
+            grant = await server.authorize(token, app, None, remote=address, via=kind.lower())
             (grant.check_publish if publish else grant.check_play)(stream)
         except AuthError as exc:
             raise HttpError(exc.code, exc.message) from None
