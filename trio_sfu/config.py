@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,7 @@ class Config:
     # Webhooks (docs/operations.md): events POSTed to these http:// URLs, signed with webhook_secret.
     webhook_urls: tuple[str, ...] = ()
     webhook_secret: str = ""
+    webhook_ca_file: Path | None = None  # PEM CAs that https:// receivers' certificates chain to
     # Recording (docs/operations.md): streams whose app/stream matches a rule's pattern are recorded
     # from their publish on, into its directory ("live/*=recordings"); the operator API records into
     # recording_dir.
@@ -154,6 +156,10 @@ class Config:
             pattern, sep, directory = rule.partition("=")
             if not sep or "/" not in pattern or not directory:
                 raise ConfigError(f"record rule {rule!r}: write APP/STREAM=DIRECTORY, e.g. live/*=recordings")
+        for url in self.webhook_urls:
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"webhook_urls: {url!r} is not http(s)://HOST[:PORT]/PATH")
         if self.webhook_urls and not self.webhook_secret:
             raise ConfigError("webhook_urls need webhook_secret (the receivers check each event's signature)")
         if self.redis is not None and not self.cluster_secret:

@@ -174,7 +174,7 @@ class Server:
             TokenVerifier.from_settings(config.cluster_secret, None) if config.cluster_secret else None
         )
         self.cluster_addresses: list[tuple[str, int]] = []
-        self.webhooks = Webhooks(config.webhook_urls, config.webhook_secret)
+        self.webhooks = Webhooks(config.webhook_urls, config.webhook_secret, config.webhook_ca_file)
         self._authorize_hook = authorize
         self._on_event = on_event
         self.recordings = Recordings(list(config.record), config.recording_dir, self.emit_event)
