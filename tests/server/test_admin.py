@@ -11,6 +11,7 @@ import trio.testing
 
 from trio_sfu.config import Config
 from trio_sfu.testing.client_transport import open_client
+from trio_sfu.wire.rtcp import ReceiverReport, ReportBlock, serialize
 
 from ..conftest import running_server
 from .test_http import get, read_response
@@ -85,5 +86,16 @@ async def test_sessions_streams_figures_and_kick(autojump_clock: trio.testing.Mo
             assert len(p2.transport.received.rtp) == before + 1
             _, sessions = await admin(server, "GET", "/admin/sessions")
             assert {entry["uid"] for entry in sessions} == {"pub", "p2"}  # type: ignore[union-attr]
+            # Loss: one packet never sent reads as lost on the way in; a player's receiver report
+            # saying it lost a quarter (64/256) and 7 in all is what its figures show.
+            send_video(pub, 32)
+            video_ssrc = p2.answer.ssrcs["video"]
+            report = ReceiverReport(0x4321, (ReportBlock(video_ssrc, 64, 7, 32, 0, 0, 0),))
+            p2.transport.send_rtcp(serialize(report))
+            await trio.sleep(0.1)
+            _, sessions = await admin(server, "GET", "/admin/sessions")
+            by_uid = {entry["uid"]: entry for entry in sessions}  # type: ignore[union-attr]
+            assert by_uid["pub"]["packets_lost_in"] == 1
+            assert by_uid["p2"]["loss_reported"] == 0.25 and by_uid["p2"]["packets_lost_reported"] == 7
             assert (await admin(server, "POST", "/admin/sessions/nobody/kick"))[0] == 404
             assert (await admin(server, "GET", "/admin/nothing"))[0] == 404

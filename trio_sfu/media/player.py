@@ -64,6 +64,9 @@ class PlayerMedia(MediaHandler):
         # Middle 32 bits of each recent SR's NTP timestamp -> when it was sent (our clock). The NTP
         # values follow the publisher's clock, not ours, so an echoed LSR is looked up, not subtracted.
         self._sr_sent: dict[int, float] = {}
+        # Per track, what the player's latest receiver report said: the share lost since its previous
+        # report (0-1) and the packets lost in all (what the operator API shows).
+        self.reported_loss: dict[int, tuple[float, int]] = {}
         # Per simulcast track, the highest sequence number its player's last report covered: where the
         # next report's loss count begins.
         self._reported_up_to: dict[int, int] = {}
@@ -102,6 +105,8 @@ class PlayerMedia(MediaHandler):
         """RFC 3550 6.4.1: RTT = arrival - LSR - DLSR, with LSR replaced by when we sent that SR."""
         for block in blocks:
             consumer = self._by_ssrc.get(block.ssrc)
+            if consumer is not None:
+                self.reported_loss[block.ssrc] = (block.fraction_lost / 256, block.packets_lost)
             if consumer is not None and consumer in self._simulcast:
                 if self._loss_is_current(consumer, block.highest_sequence & 0xFFFF):
                     self.layers.on_loss(block.fraction_lost / 256, now)

@@ -79,6 +79,13 @@ class ReceptionStats:
                 self.jitter += (d - self.jitter) / 16
         self._last_transit = transit
 
+    @property
+    def lost(self) -> int:
+        """Packets lost on the way in so far (expected minus received; duplicates can make it < 0)."""
+        if not self.started:
+            return 0
+        return self.cycles + self.max_seq - self.base_seq + 1 - self.received
+
     def report_block(self, ssrc: int, sender_report: ClockMapping | None, now: float) -> ReportBlock:
         extended_max = self.cycles + self.max_seq
         expected = extended_max - self.base_seq + 1

@@ -6,8 +6,9 @@ Off unless `admin_token` is configured; then every request needs `Authorization:
 - `GET /admin/stats`: the server's figures (what /metrics reads, as one object);
 - `GET /admin/streams`: each published stream, its publisher and its players;
 - `GET /admin/sessions`: every session (WebSocket, WHIP, WHEP) with its figures: direction, remote
-  address, since when, codecs, packets and bytes, bitrate over its life, and for players the layer
-  played, the round-trip time and the bandwidth estimate;
+  address, since when, codecs, packets and bytes, bitrate over its life, loss (publishers: packets
+  lost on the way in; players: what their receiver reports say), and for players the layer played,
+  the round-trip time and the bandwidth estimate;
 - `POST /admin/sessions/{id}/kick`: ends it; its client gets `stream.close` with reason `kicked` (a
   kicked publisher's players hear `publisher_gone`);
 - `POST /admin/streams/{app}/{stream}/recording`: records the stream into `recording_dir` (201, the
@@ -145,6 +146,7 @@ class AdminApi:
             received = sum(p.octets for p in producers)
             figures |= {
                 "packets_in": sum(p.packets for p in producers),
+                "packets_lost_in": sum(p.stats.lost for p in producers),
                 "bytes_in": received,
                 "bitrate_in_bps": round(received * 8 / seconds),
                 "layers": {str(p.rid): round(p.byte_rate * 8) for p in producers if p.rid is not None},
@@ -162,6 +164,10 @@ class AdminApi:
             "estimate_bps": getattr(handler, "estimate_bps", None),
             "nack_answered": sum(c.counters["nack_answered"] for c, _ in session.consumers),
         }
+        reported = getattr(handler, "reported_loss", None) or {}
+        if reported:  # what the player's receiver reports say: the latest share lost, and in all
+            figures["loss_reported"] = round(max(fraction for fraction, _ in reported.values()), 4)
+            figures["packets_lost_reported"] = sum(lost for _, lost in reported.values())
         return figures
 
     def start_recording(self, key: tuple[str, str]) -> dict[str, Any]:
