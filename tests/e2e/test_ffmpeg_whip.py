@@ -19,6 +19,7 @@ The fixture tests/fixtures/sdp/ffmpeg_whip_offer.sdp is an offer the muxer reall
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import subprocess
 import sys
@@ -40,7 +41,7 @@ from trio_sfu.wire.sdp import parse_offer
 
 from ..conftest import Client, fixture_sdp, outside_private_namespace
 from ..peers.aiortc_peers import TONE_HZ, AsyncioThread, Player
-from ..peers.browser_peers import serving
+from ..peers.browser_peers import Browser, frames, inbound_video, packets, serving, wait_until
 from ..peers.ffmpeg_whip import FPS, HEIGHT, WIDTH
 from ..support.aiortc_sessions import wait_for
 
@@ -248,3 +249,127 @@ async def test_ffmpeg_default_certificate_is_refused(caplog: pytest.LogCaptureFi
         assert server.router.lookup(("live", "cam")) is None
     ended = [r.getMessage() for r in caplog.records if "event=transport_ended" in r.getMessage()]
     assert ended and "wrong curve" in ended[0] and "P-256" in ended[0] and "cert_file" in ended[0], ended
+
+
+# --------------------------------------------------------------------------- a Chromium player
+
+# Chromium's recvonly video offer (made and dropped in the page): which H264 it would accept, if any.
+RECEIVE_OFFER = """async () => {
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver("video", { direction: "recvonly" });
+  const offer = await pc.createOffer();
+  pc.close();
+  return offer.sdp;
+}"""
+
+# The mean grey level of each of the ten counter bars (tests/peers/aiortc_peers.counter_image) in the
+# picture the player session's <video> shows now, drawn into a canvas.
+READ_BARS = """async (i) => {
+  const video = window.sfu.sessions[i].panel.querySelector("video");
+  const canvas = document.createElement("canvas");
+  [canvas.width, canvas.height] = [video.videoWidth, video.videoHeight];
+  const g = canvas.getContext("2d", { willReadFrequently: true });
+  g.drawImage(video, 0, 0);
+  const bar = Math.floor(canvas.width / 10), levels = [];
+  for (let b = 0; b < 10; b++) {
+    const x = b * bar + Math.floor(bar / 4), w = Math.floor(bar / 2);
+    const data = g.getImageData(x, Math.floor(canvas.height / 4), w, Math.floor(canvas.height / 2)).data;
+    let sum = 0;
+    for (let p = 0; p < data.length; p += 4) sum += (data[p] + data[p + 1] + data[p + 2]) / 3;
+    levels.push(sum / (data.length / 4));
+  }
+  return { levels, width: canvas.width, height: canvas.height, time: video.currentTime };
+}"""
+
+
+def counter_from_levels(levels: list[float]) -> int | None:
+    """The counter the bars show (as aiortc_peers.read_counter), None when the framing bars are wrong."""
+    if any(60 < level < 195 for level in levels) or levels[0] < 128 or levels[-1] > 127:
+        return None
+    return sum(1 << bit for bit in range(8) if levels[1 + bit] > 127)
+
+
+def h264_lines(sdp: str) -> list[str]:
+    """An offer's H264 rtpmap lines and the fmtp lines of those payload types."""
+    types = [line.split()[0].split(":")[1] for line in sdp.splitlines()
+             if line.startswith("a=rtpmap:") and " H264/" in line]
+    return [line for line in sdp.splitlines()
+            if any(line.startswith((f"a=rtpmap:{pt} ", f"a=fmtp:{pt} ")) for pt in types)]
+
+
+@needs_ffmpeg
+async def test_ffmpeg_publishes_chromium_plays(chromium: Browser, tmp_path: Path) -> None:
+    """FFmpeg publishes H264 + Opus over WHIP; the demo page's Play (seed protocol, with a token) in
+    Chromium decodes 320x240 H264 whose pictures show FFmpeg's advancing counters, and receives Opus;
+    FFmpeg's DELETE ends the player's session with publisher_closed. Skipped when Chromium's offer has
+    no H264 (a Chromium built without it cannot decode the stream)."""
+    cert_file, key_file = p256_certificate(tmp_path)
+    async with serving(token_secret=SECRET) as (server, url):
+        page = await chromium.open(await chromium.new_context(), url)
+        offered = h264_lines(await page.js(RECEIVE_OFFER))
+        print("\nChromium's recvonly offer, H264 lines:", *offered or ["(none)"], sep="\n  ")
+        if not offered:
+            pytest.skip("this Chromium offers no H264 to receive (built without it): it cannot play FFmpeg")
+        args = ("--cert-file", str(cert_file), "--key-file", str(key_file),
+                "--authorization", publish_token())
+        async with ffmpeg_publisher(whip_url(server), *args) as publisher:
+            live = await publisher.next_event()
+            assert live["event"] == "live", live
+            await page.fill(app="live", stream="cam", token=play_token())
+            clicked = time.monotonic()
+            play = await page.start("play")
+            await page.wait_state(play, "live")
+            sent_h264 = h264_lines(await page.offer(play))
+            assert sent_h264, "the page's offer has no H264 although a test offer had"
+            stats = await wait_until(
+                lambda: page.stats(play), lambda s: frames(s) >= 2 * FPS and packets(s, "audio") >= 50, 15,
+                f"{2 * FPS} H264 frames decoded and 50 audio packets received by Chromium",
+            )
+            decoded_after = time.monotonic() - clicked
+            inbound = await inbound_video(page, play)
+            assert inbound is not None
+            assert (stats["video"]["codec"], stats["audio"]["codec"]) == ("video/H264", "audio/opus"), stats
+            assert (inbound["frameWidth"], inbound["frameHeight"]) == (WIDTH, HEIGHT), inbound
+            # Audio keeps arriving, and the picture is FFmpeg's: its counter bars, read off the
+            # <video> through a canvas, are readable and advance.
+            audio_before = packets(stats, "audio")
+            readings = []
+            for _ in range(8):
+                readings.append(await page.js(READ_BARS, play))
+                await trio.sleep(0.25)
+            later = await page.stats(play)
+            assert packets(later, "audio") >= audio_before + 50, (stats, later)
+            assert frames(later) > frames(stats), (stats, later)
+            timing = await page.session(play, "s.timing")
+
+            events = await publisher.stop()
+            await page.wait_state(play, "ended", timeout=10)
+            reason = await page.session(play, "s.endReason")
+            shown = await wait_until(
+                lambda: page.panel_text(play), lambda text: "ended: publisher_closed" in text, 5,
+                "the panel's status line to show the close reason",
+            )
+
+    assert events[-1]["event"] == "closed", events
+    assert reason == "publisher_closed", (reason, shown)
+    assert not server.http.whip.resources
+    sizes = {(reading["width"], reading["height"]) for reading in readings}
+    assert sizes == {(WIDTH, HEIGHT)}, sizes
+    read = [counter_from_levels(reading["levels"]) for reading in readings]
+    counters = [counter for counter in read if counter is not None]
+    levels = [[round(level) for level in reading["levels"]] for reading in readings]
+    assert counters == read, list(zip(read, levels, strict=True))
+    stopping = next(event for event in events if event["event"] == "stopping")
+    assert all(c < min(stopping["video_frames"], 256) for c in counters), (counters, stopping)
+    assert len(set(counters)) >= 4, counters
+    # Forward only (modulo the counter's 256), each step less than the 2 s between two readings.
+    assert all((b - a) % 256 < 2 * FPS for a, b in itertools.pairwise(counters)), counters
+    errors = [line for line in page.console if line.startswith("pageerror")]
+    assert not errors, errors
+    first_frame = timing["firstFrame"] - timing["offer"] if "firstFrame" in timing else None
+    print(f"FFmpeg WHIP set-up {live['setup_ms']} ms; Chromium's offer H264: {len(sent_h264)} lines; "
+          f"first frame {first_frame} ms after the player's offer; {frames(stats)} frames "
+          f"({inbound['frameWidth']}x{inbound['frameHeight']} {stats['video']['codec']}) decoded "
+          f"{decoded_after:.1f} s after Play, {frames(later)} later; "
+          f"audio packets {packets(later, 'audio')}; "
+          f"counters read off the picture {counters}; player ended: {reason}")

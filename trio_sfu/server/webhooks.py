@@ -1,12 +1,13 @@
 """Webhooks: the server's events POSTed, signed, to the operator's URLs, never in the way of media.
 
 Events: `publish` and `unpublish` (a publisher's session starts and ends), `play` and `stop` (a
-player's), `recording_finished` (a recording's file is written). Each is one JSON object `{"event", "app", "stream", "uid", "session", "via", "time",
-"reason"}` POSTed to every `webhook_urls` entry with `X-Trio-Sfu-Signature: sha256=<hex>`, the
-HMAC-SHA256 of the body with `webhook_secret` (the receiver recomputes it to trust the event). The
-packet path and signaling only put events on a bounded queue (WEBHOOK_QUEUE; when full the event is
-dropped and counted); one task delivers them, each with WEBHOOK_TIMEOUT per attempt and up to
-WEBHOOK_ATTEMPTS attempts, so an unreachable receiver costs a log line per event and nothing else.
+player's), `recording_finished` (a recording's file is written). Each is one JSON object
+`{"event", "app", "stream", "uid", "session", "via", "time", "reason"}` POSTed to every
+`webhook_urls` entry with `X-Trio-Sfu-Signature: sha256=<hex>`, the HMAC-SHA256 of the body with
+`webhook_secret` (the receiver recomputes it to trust the event). The packet path and signaling only
+put events on a bounded queue (WEBHOOK_QUEUE; when full the event is dropped and counted); one task
+delivers them, each with WEBHOOK_TIMEOUT per attempt and up to WEBHOOK_ATTEMPTS attempts, so an
+unreachable receiver costs a log line per event and nothing else.
 The HTTP client is h11 over a Trio TCP stream, or TLS for https:// URLs (certificates verified
 against the system's CAs, or `webhook_ca_file`); the server's HTTP side is h11 too: one POST's worth of
 HTTP/1.1 does not need a client library.
