@@ -53,6 +53,12 @@ def _serve_parser() -> argparse.ArgumentParser:
         help="address written into ICE candidates, repeatable (default: the bound address, or "
         "every non-loopback interface address when bound to 0.0.0.0 or ::)",
     )
+    parser.add_argument(
+        "--media-tcp",
+        metavar="PORT|off",
+        help="ICE-TCP listener port beside each media address (default: the UDP port's number; 0: any "
+        "free port; off: no ICE-TCP)",
+    )
     parser.add_argument("--token-secret", help="HS256 secret (or env TRIO_SFU_TOKEN_SECRET)")
     parser.add_argument(
         "--record",
@@ -116,6 +122,15 @@ def _token_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tcp_port(value: str | None) -> int | None:
+    if value is None or value == "off":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise config_module.ConfigError(f"--media-tcp {value!r}: a port number, or off") from None
+
+
 def _scope(values: list[str] | None) -> bool | frozenset[str]:
     if values is None:
         return False
@@ -173,6 +188,8 @@ def load_config(argv: list[str]) -> Config:
         token_secret=args.token_secret or os.environ.get("TRIO_SFU_TOKEN_SECRET") or None,
         token_public_key=args.token_public_key,
         record=tuple(args.record) if args.record else None,
+        ice_tcp=False if args.media_tcp == "off" else None,
+        media_tcp_port=_tcp_port(args.media_tcp),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         log_level=args.log_level,

@@ -97,6 +97,13 @@ class Config:
     keepalive_interval: float = 20.0
     keepalive_timeout: float = 60.0
     liveness_timeout: float = 30.0
+    # ICE over TCP (RFC 6544; docs/operations.md): a TCP listener on each media address, on the UDP
+    # port's number unless media_tcp_port says another (0: any free one), for clients whose network
+    # drops UDP; offered after the UDP candidates. Off: ice_tcp = false.
+    ice_tcp: bool = True
+    media_tcp_port: int | None = None
+    tcp_max_connections: int = 2000
+    tcp_max_per_address: int = 50
     dtls_handshake_timeout: float = 10.0
     max_publisher_bitrate: int = 2_500_000
     # Seconds of a publisher's media (at max_publisher_bitrate) its socket may hold while the server is
@@ -152,6 +159,8 @@ class Config:
             raise ConfigError("max_input_delay must be positive (seconds of input a socket may queue)")
         if self.http_idle_timeout <= 0:
             raise ConfigError("http_idle_timeout must be positive")
+        if self.media_tcp_port is not None and not 0 <= self.media_tcp_port <= 65535:
+            raise ConfigError("media_tcp_port: a TCP port number (0: any free one)")
         for rule in self.record:
             pattern, sep, directory = rule.partition("=")
             if not sep or "/" not in pattern or not directory:

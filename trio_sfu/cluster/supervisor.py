@@ -47,7 +47,7 @@ def reserve_port(address: HostPort) -> tuple[stdlib_socket.socket, int]:
     return sock, sock.getsockname()[1]
 
 
-OWN_OPTIONS = ("--signal", "--http", "--media", "--workers", "--worker-index", "--supervisor")
+OWN_OPTIONS = ("--signal", "--http", "--media", "--media-tcp", "--workers", "--worker-index", "--supervisor")
 
 
 def worker_argv(argv: list[str]) -> list[str]:
@@ -86,6 +86,9 @@ class Supervisor:
             "--signal", f"{_shown(config.signal.host)}:{signal_port}",
             "--http", f"{_shown(config.http.host)}:{http_port}",
             *(arg for m in media for arg in ("--media", f"{_shown(m.host)}:{m.port}")),
+            *(("--media-tcp", "off") if not config.ice_tcp else ()),
+            *(("--media-tcp", str(tcp + index if tcp else 0)) if (tcp := config.media_tcp_port) is not None
+              and config.ice_tcp else ()),
             "--worker-index", str(index),
             "--supervisor", socket_path,
         ]  # fmt: skip

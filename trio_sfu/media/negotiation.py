@@ -46,6 +46,8 @@ class TransportParameters:
     ice_pwd: str
     fingerprint_sha256: str
     candidates: tuple[tuple[str, int], ...]
+    # ICE-TCP passive candidates (RFC 6544), offered after the UDP ones at a lower priority.
+    tcp_candidates: tuple[tuple[str, int], ...] = ()
 
 
 @attrs.frozen
@@ -271,6 +273,13 @@ def _transport_lines(
         # Distinct, descending local preferences keep every host priority valid and unique.
         priority = (_HOST_TYPE_PREFERENCE << 24) | ((65535 - index) << 8) | (256 - 1)
         lines.append(f"a=candidate:{index + 1} 1 udp {priority} {ip.compressed} {cport} typ host")
+    for index, (tcp_ip, tcp_port) in enumerate(local.tcp_candidates):
+        # RFC 6544 section 4.2: local preference (2^13 * direction-pref) + other-pref, passive's
+        # direction-pref 2 for a host candidate: below every UDP candidate's, so TCP is the fallback.
+        priority = (_HOST_TYPE_PREFERENCE << 24) | (((2 << 13) - index) << 8) | (256 - 1)
+        number = len(addresses) + index + 1
+        address = f"{_ip(tcp_ip).compressed} {tcp_port}"
+        lines.append(f"a=candidate:{number} 1 tcp {priority} {address} typ host tcptype passive")
     lines.append("a=end-of-candidates")
     return str(port), lines
 

@@ -122,6 +122,27 @@ class ServerCollector(Collector):
             "trio_sfu_keyframe_cache_packets", "Packets held by the keyframe caches",
             value=snap.keyframe_cache_packets,
         )
+        tcp = snap.ice_tcp
+        yield GaugeMetricFamily(
+            "trio_sfu_ice_tcp_connections", "Open ICE-TCP connections", value=tcp.get("open", 0)
+        )
+        yield CounterMetricFamily(
+            "trio_sfu_ice_tcp_accepted", "ICE-TCP connections accepted", value=tcp.get("accepted", 0)
+        )
+        closed = CounterMetricFamily(
+            "trio_sfu_ice_tcp_refused",
+            "ICE-TCP connections refused or closed by the server, by reason",
+            labels=["reason"],
+        )
+        for reason in ("refused_total", "refused_per_address", "handshake_timeouts", "idle_closed",
+                       "oversized_frames"):
+            closed.add_metric([reason], tcp.get(reason, 0))
+        yield closed
+        yield CounterMetricFamily(
+            "trio_sfu_ice_tcp_send_queue_full",
+            "Sends refused because an ICE-TCP connection's queue was full (its player's backlog took them)",
+            value=tcp.get("send_queue_full", 0),
+        )
         http = CounterMetricFamily(
             "trio_sfu_http_responses", "HTTP responses by status code", labels=["code"]
         )

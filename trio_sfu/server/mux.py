@@ -69,6 +69,14 @@ class MediaMux:
         if self._by_address.get(address) is receiver:
             del self._by_address[address]
 
+    def is_routed(self, address: Address) -> bool:
+        """Whether a valid ICE check from `address` made it a session's (ICE-TCP's handshake check)."""
+        return address in self._by_address
+
+    def forget_address(self, address: Address) -> None:
+        """`address` is gone (its TCP connection closed): nothing more is routed from it."""
+        self._by_address.pop(address, None)
+
     @property
     def sessions_routed(self) -> int:
         return len(self._by_ufrag)

@@ -31,6 +31,7 @@ from trio_sfu.media.router import Router, StreamKey
 from trio_sfu.media.totals import Totals
 from trio_sfu.server.hooks import Authorize, AuthRequest, OnEvent, authorize, tell
 from trio_sfu.server.http import HttpFrontend
+from trio_sfu.server.ice_tcp import IceTcpListener, TcpCounters
 from trio_sfu.server.listeners import bound_addresses, tcp_listeners
 from trio_sfu.server.mux import MediaMux
 from trio_sfu.server.recording import Recordings
@@ -69,6 +70,7 @@ class StatsSnapshot:
     keyframe_cache_bytes: int = 0  # held by all producers' keyframe caches
     keyframe_cache_packets: int = 0
     relayed_in: int = 0  # streams played here from another worker or node (trio_sfu.cluster)
+    ice_tcp: dict[str, int] = attrs.field(factory=dict)  # TcpCounters, summed over the listeners
 
     @property
     def sessions(self) -> int:
@@ -161,6 +163,8 @@ class Server:
         )
         self.shutting_down = False
         self.candidates: tuple[tuple[str, int], ...] = ()
+        self.tcp_candidates: tuple[tuple[str, int], ...] = ()  # ICE-TCP (trio_sfu.server.ice_tcp)
+        self.tcp_listeners: list[IceTcpListener] = []
         self.signal_addresses: list[tuple[str, int]] = []
         self.http_addresses: list[tuple[str, int]] = []
         self.http_responses: collections.Counter[int] = collections.Counter()
@@ -204,6 +208,7 @@ class Server:
             keyframe_cache_bytes=sum(p.keyframe_cache_bytes for p in producers),
             keyframe_cache_packets=sum(len(p.keyframe_cache) for p in producers),
             relayed_in=sum(1 for p in self.router.publications() if not isinstance(p.publisher, Session)),
+            ice_tcp=self._ice_tcp_counters(),
         )
 
     def open_session(
@@ -250,6 +255,7 @@ class Server:
                 ice_pwd=transport.local_pwd,
                 fingerprint_sha256=self.fingerprint,
                 candidates=self.candidates,
+                tcp_candidates=self.tcp_candidates,
             )
             if publication is None:
                 negotiated = answer_publish(offer, local)
@@ -374,6 +380,8 @@ class Server:
                     if isinstance(endpoint, UdpEndpoint):
                         endpoint.peer_receive_buffer = self.config.peer_receive_buffer
                 self.candidates = self._candidates(endpoints)
+                if self.config.ice_tcp and media_endpoints is None:
+                    await self._serve_ice_tcp(nursery, endpoints)
                 for endpoint in endpoints:
                     nursery.start_soon(self.mux.serve, endpoint, name="media-mux")
                 await nursery.start(self.http.whip.run)  # WHIP/WHEP sessions (tests use it unlistened)
@@ -428,6 +436,40 @@ class Server:
             host, port = endpoint.local_address
             result += [(a, port) for a in announced_addresses(self.config, HostPort(host, port))]
         return tuple(result)
+
+    def _ice_tcp_counters(self) -> dict[str, int]:
+        summed = attrs.asdict(TcpCounters())
+        for listener in self.tcp_listeners:
+            for name, value in attrs.asdict(listener.counters).items():
+                summed[name] += value
+        return summed
+
+    async def _serve_ice_tcp(self, nursery: trio.Nursery, endpoints: Sequence[DatagramEndpoint]) -> None:
+        """A TCP listener beside each UDP media socket (its port number unless configured; if that
+        is taken for TCP, any free one), and the passive candidates that announce them."""
+        config = self.config
+        candidates: list[tuple[str, int]] = []
+        for endpoint in endpoints:
+            host, udp_port = endpoint.local_address
+            port = udp_port if config.media_tcp_port is None else config.media_tcp_port
+            listener = IceTcpListener(
+                self.mux,
+                max_connections=config.tcp_max_connections,
+                max_per_address=config.tcp_max_per_address,
+                handshake_timeout=config.dtls_handshake_timeout,
+                idle_timeout=config.liveness_timeout,
+            )
+            try:
+                bound = await nursery.start(listener.serve, host, port)
+            except OSError as exc:
+                if config.media_tcp_port is not None:
+                    raise ConfigError(f"media_tcp_port {port} on {host}: {exc.strerror}") from None
+                log.info("event=ice_tcp_port_taken port=%d action=any_free_port", port)
+                bound = await nursery.start(listener.serve, host, 0)
+            self.tcp_listeners.append(listener)
+            tcp_port = bound[0][1]
+            candidates += [(a, tcp_port) for a in announced_addresses(config, HostPort(host, tcp_port))]
+        self.tcp_candidates = tuple(candidates)
 
     @property
     def media_addresses(self) -> list[tuple[str, int]]:
