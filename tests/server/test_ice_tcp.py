@@ -6,6 +6,7 @@ has Chromium over TCP.)"""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,9 +15,14 @@ import trio
 from trio_sfu.config import Config, HostPort
 from trio_sfu.media.negotiation import TransportParameters, answer_publish
 from trio_sfu.server.server import Server
+from trio_sfu.server.udp import UdpEndpoint
+from trio_sfu.testing.client_transport import open_client
+from trio_sfu.testing.offer import VP8_PT
+from trio_sfu.testing.tcp_endpoint import open_tcp_client_endpoint
+from trio_sfu.wire.rtp import parse_rtp
 from trio_sfu.wire.sdp import parse_offer
 
-from ..conftest import fixture_sdp
+from ..conftest import Harness, fixture_sdp
 from .test_http import get
 
 LOOPBACK = HostPort("127.0.0.1", 0)
@@ -102,3 +108,113 @@ async def test_connection_limits_refuse_the_excess() -> None:
 async def test_ice_tcp_can_be_off() -> None:
     async with listening(ice_tcp=False) as server:
         assert server.tcp_candidates == () and server.tcp_listeners == []
+
+
+# ---------------------------------------------------------------------- a slow reader over TCP
+
+FPS, PACKETS_PER_FRAME, PAYLOAD = 30, 8, 1000
+KEYFRAME_EVERY = 60  # frames: every 2 s
+
+
+def video_frame(index: int, first_sequence: int, ssrc: int) -> list[bytes]:
+    """One test VP8 frame as PACKETS_PER_FRAME packets (the marker on the last); each payload carries
+    the frame's index after its descriptor, so a player's packets can be matched to when they left."""
+    keyframe = index % KEYFRAME_EVERY == 0
+    packets = []
+    for part in range(PACKETS_PER_FRAME):
+        descriptor = b"\x10" if part == 0 else b"\x00"  # S=1 on the frame's first packet
+        head = (b"\x00\x00\x00\x9d\x01\x2a" if keyframe else b"\x01\x00\x00") if part == 0 else b""
+        body = head + index.to_bytes(4, "big") + bytes(PAYLOAD)
+        header = struct.pack("!BBHII", 0x80, (0x80 if part == PACKETS_PER_FRAME - 1 else 0) | VP8_PT,
+                             (first_sequence + part) & 0xFFFF, index * 3000, ssrc)
+        packets.append(header + descriptor + body)
+    return packets
+
+
+def frame_index(packet: bytes) -> int | None:
+    """The index a test frame's packet carries (None for other packets: padding, probes)."""
+    header = parse_rtp(packet)
+    if header is None or header.payload_length < 12:
+        return None
+    start = header.header_length + 1
+    if packet[header.header_length] & 0x10:  # a frame's first packet: after the VP8 start
+        start += 6 if packet[start] & 0x01 == 0 else 3
+    return int.from_bytes(packet[start : start + 4], "big")
+
+
+def latencies(
+    received: list[tuple[float, bytes]], sent_at: dict[int, float], since: float, until: float
+) -> list[float]:
+    """Seconds from each frame's send to each of its packets' arrival, for frames sent in [since, until)."""
+    out = []
+    for arrived, packet in received:
+        index = frame_index(packet)
+        if index is not None and index in sent_at and since <= sent_at[index] < until:
+            out.append(arrived - sent_at[index])
+    return sorted(out)
+
+
+def percentile(values: list[float], share: float) -> float:
+    return values[min(len(values) - 1, int(len(values) * share))]
+
+
+async def test_a_slow_tcp_reader_loses_whole_frames_and_delays_nobody() -> None:
+    """A player over TCP stops reading for 4 s: its connection fills, and its frames are dropped
+    whole (video then waits for a keyframe it asked for), counted; a UDP player beside it keeps the
+    same latency; once the TCP player reads again it gets a keyframe first and then frames."""
+    async with listening() as server, trio.open_nursery() as nursery:
+        ((host, port),) = server.tcp_candidates
+        harness = Harness(server, nursery)
+        async with (
+            harness.client(uid="pub") as pub_sig,
+            harness.client(uid="fast") as fast_sig,
+            harness.client(uid="slow") as slow_sig,
+            open_client(pub_sig, UdpEndpoint.bind(LOOPBACK), publish=True) as pub,
+            open_client(fast_sig, UdpEndpoint.bind(LOOPBACK), publish=False) as fast,
+            open_tcp_client_endpoint(host, port, receive_buffer=8192) as slow_endpoint,
+            open_client(slow_sig, slow_endpoint, publish=False) as slow,
+        ):
+            sent_at: dict[int, float] = {}
+            sequence = 0
+
+            async def publish(frames: int) -> None:
+                nonlocal sequence
+                start = len(sent_at)
+                for index in range(start, start + frames):
+                    sent_at[index] = trio.current_time()
+                    for packet in video_frame(index, sequence, pub.local.video_ssrc):
+                        pub.transport.send_rtp(packet)
+                    sequence += PACKETS_PER_FRAME
+                    await trio.sleep(1 / FPS)
+
+            await publish(2 * FPS)  # both players started (each from a keyframe)
+            phase_a = trio.current_time()
+            await publish(3 * FPS)
+            slow_endpoint.pause_reading()
+            phase_b = trio.current_time()
+            await publish(4 * FPS)
+            slow_endpoint.resume_reading()
+            resumed = trio.current_time()
+            await publish(3 * FPS)
+            await trio.sleep(0.3)
+
+        totals = server.totals
+        fast_a = latencies(fast.transport.received.rtp, sent_at, phase_a, phase_b)
+        fast_b = latencies(fast.transport.received.rtp, sent_at, phase_b, resumed)
+        slow_after = [(t, frame_index(p)) for t, p in slow.transport.received.rtp if t > resumed]
+        print(f"\nUDP player latency ms, TCP player reading: p50 {percentile(fast_a, 0.5) * 1000:.2f} "
+              f"p99 {percentile(fast_a, 0.99) * 1000:.2f} ({len(fast_a)} packets); TCP player stalled: "
+              f"p50 {percentile(fast_b, 0.5) * 1000:.2f} p99 {percentile(fast_b, 0.99) * 1000:.2f} "
+              f"({len(fast_b)} packets); stream_congestion drops {totals.drop_stream_congestion}, "
+              f"ICE-TCP {server.snapshot().ice_tcp}")
+        assert len(fast_b) >= 0.99 * 4 * FPS * PACKETS_PER_FRAME  # the UDP player lost nothing
+        assert percentile(fast_b, 0.99) <= 2 * percentile(fast_a, 0.99) + 0.005  # within noise
+        # Whole frames: from the first packet refused, everything up to the next keyframe.
+        assert totals.drop_stream_congestion > PACKETS_PER_FRAME
+        # After it reads again: what was queued, then from a keyframe on (indices at multiples of
+        # KEYFRAME_EVERY start each run the player gets after a gap).
+        indices = [index for _, index in slow_after if index is not None]
+        assert indices, "the TCP player got nothing after it read again"
+        late = [i for i in indices if sent_at[i] >= resumed]
+        assert late and late[0] % KEYFRAME_EVERY == 0, late[:10]
+        assert late == sorted(late)

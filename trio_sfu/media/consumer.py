@@ -96,6 +96,7 @@ class Consumer:
     # Slots: see TransportDriver.
     __slots__ = (
         "_backlog",
+        "_congestion_wait",
         "_frame_forwarded",
         "_frame_timestamp",
         "_gated",
@@ -189,6 +190,7 @@ class Consumer:
         self._starts_keyframe = starts_keyframe or (lambda payload: True)
         self._gated = starts_keyframe is not None  # video: forwarded from a keyframe on
         self.awaiting_keyframe = self._gated
+        self._congestion_wait = False  # awaiting a keyframe because its stream transport was full
         self.counters: collections.Counter[str] = collections.Counter()
         self.totals = sink.totals
         # Simulcast: the layer this player moves to at that layer's next keyframe (None: staying),
@@ -219,10 +221,12 @@ class Consumer:
         elif self.awaiting_keyframe:
             if not self._starts_keyframe(memoryview(packet)[header.header_length :]):
                 self.counters["waiting_for_keyframe"] += 1
+                if self._congestion_wait:
+                    self.totals.drop_stream_congestion += 1
                 if not self.producer.keyframe_cache:  # else the cache will start the player
                     self.producer.request_keyframe(now)  # throttled by the producer
                 return
-            self.awaiting_keyframe = False
+            self.awaiting_keyframe = self._congestion_wait = False
         rewriter = self.rewriter
         pictures = self.pictures
         descriptor = None
@@ -261,10 +265,24 @@ class Consumer:
             if sent is None:
                 self.counters["not_connected"] += 1
                 # Lost before the player could decrypt it: start from a keyframe (the cache) once it can.
-                self.awaiting_keyframe = self._gated
+                self.awaiting_keyframe, self._congestion_wait = self._gated, False
             if sent is not False:
                 return
+            if getattr(self.sink, "whole_frames_only", False):
+                self._congested(now)
+                return
         self._queue(rewriter.patch(mapped, sequence, timestamp))
+
+    def _congested(self, now: float) -> None:
+        """A stream transport (ICE-TCP) is full: its reader is slow. A queue would only make the
+        media later; drop instead, whole frames: video waits for a keyframe (asked for, throttled by
+        the producer), so the player never decodes a frame with holes in it."""
+        self.counters["congestion_drops"] += 1
+        self.totals.drop_stream_congestion += 1
+        if self._gated and not self.awaiting_keyframe:
+            self.awaiting_keyframe = self._congestion_wait = True
+            self.counters["congestion_keyframe_waits"] += 1
+            self.producer.request_keyframe(now)
 
     def _temporal_passes(
         self, packet: bytes, header: RtpHeader, descriptor: Vp8Descriptor, now: float
@@ -382,7 +400,7 @@ class Consumer:
         self.producer = layer
         self.target = None
         self.rewriter.expect(layer.ssrc)  # back to a layer played before: its packets are no stragglers
-        self.awaiting_keyframe = False
+        self.awaiting_keyframe = self._congestion_wait = False
         self.temporal = self.temporal_target  # the switch is at a keyframe: any layer may follow
         # Simulcast layers share capture timestamps: the decision taken for the old layer's frame at
         # this keyframe's timestamp (a dropped TL2 frame, say) must not be taken for the keyframe.
@@ -406,6 +424,10 @@ class Consumer:
             return
         sent = self.sink.send_rtp(packet)
         if sent is False:
+            if getattr(self.sink, "whole_frames_only", False):
+                self.counters["congestion_drops"] += 1  # a retransmission or probe: it can go
+                self.totals.drop_stream_congestion += 1
+                return
             self._queue(packet)
         elif sent is None:
             self.counters["not_connected"] += 1
@@ -431,7 +453,7 @@ class Consumer:
             self._muted_at = now
         elif not muted and self.rewriter.muted:
             self.rewriter.unmute(now)
-            self.awaiting_keyframe = self._gated
+            self.awaiting_keyframe, self._congestion_wait = self._gated, False
             # The latest keyframe and what followed it, at once, if that keyframe came after the
             # mute began (the publisher kept sending: Chromium sends black frames); an older one would
             # show the player pictures from before what it saw last. Else the publisher is asked.

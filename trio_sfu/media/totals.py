@@ -28,6 +28,7 @@ class Totals:
     drop_srtcp_auth: int = 0
     drop_input_overflow: int = 0  # a peer's own socket overflowed before we read it
     drop_fanout_queue_full: int = 0  # a player's backlog was full
+    drop_stream_congestion: int = 0  # an ICE-TCP player's connection was full: dropped, whole frames
     drop_nack_budget_exceeded: int = 0  # a player asked for more retransmissions than it may
 
     def copy(self) -> Totals:

@@ -7,17 +7,21 @@ the same mux as UDP datagrams (STUN by ICE username, the rest by the address a c
 sends are framed onto the connection. A session's transport neither knows nor cares.
 
 A slow reader must never hold up anyone else: sends go to a bounded queue per connection (never
-waited on by the packet path); past SEND_QUEUE_BYTES the connection says "full" and the player's own
-backlog takes over, as for a UDP socket whose buffer is full. Limits: connections in all and per
-address, a first valid STUN check within the handshake timeout (else closed), frames of at most
-MAX_FRAME bytes, and connections silent for the liveness timeout are closed; garbage closes only the
-connection it came on. Everything refused is counted (`TcpCounters`, on /metrics).
+waited on by the packet path); past SEND_QUEUE_BYTES the connection says "full", and its player drops
+instead of queueing: whole frames, video resuming at a keyframe it asks for (Consumer._congested),
+counted as `stream_congestion` drops. Queueing more would only make its media later.
+
+Limits: connections in all and per address, a first valid STUN check within the handshake timeout
+(else closed), frames of at most MAX_FRAME bytes, and connections silent for the liveness timeout are
+closed; garbage closes only the connection it came on. Everything refused is counted (`TcpCounters`,
+on /metrics).
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import socket
 from typing import TYPE_CHECKING
 
 import attrs
@@ -33,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MAX_FRAME = 4096  # bytes: STUN, DTLS records and SRTP packets are far smaller; more is garbage
 SEND_QUEUE_BYTES = 256 * 1024  # a connection's unsent bytes before it reports itself full
+KERNEL_SEND_BUFFER = 64 * 1024  # SO_SNDBUF of each connection (Linux doubles it)
 READ_SIZE = 65536
 
 
@@ -50,6 +55,8 @@ class TcpCounters:
 
 class TcpConnection:
     """One accepted connection as a datagram endpoint (trio_sfu.server.udp.DatagramEndpoint)."""
+
+    stream_transport = True  # a full queue means a slow reader: players drop whole frames (Consumer)
 
     def __init__(
         self, stream: trio.SocketStream, local: Address, remote: Address, counters: TcpCounters
@@ -184,6 +191,9 @@ class IceTcpListener:
             counters.refused_per_address += 1
             await trio.aclose_forcefully(stream)
             return
+        # A kernel buffer of megabytes would hold seconds of stale media before the queue (which drops
+        # whole frames) noticed the slow reader.
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, KERNEL_SEND_BUFFER)
         counters.accepted += 1
         counters.open += 1
         self._per_address[ip] += 1

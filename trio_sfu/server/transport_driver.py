@@ -252,6 +252,12 @@ class TransportDriver:
         self.totals.rtcp_packets_out += 1
         return self._send_protected(protected, peer)
 
+    @property
+    def whole_frames_only(self) -> bool:
+        """Whether the player's media goes over a stream (ICE-TCP): when full, drop whole frames."""
+        peer = self._media_peer
+        return peer is not None and getattr(peer[0], "stream_transport", False)
+
     async def wait_writable(self) -> None:
         peer, connected = self._media_peer, self._connected
         if connected is not None:
