@@ -170,3 +170,30 @@ async def test_garbage_over_tcp_closes_only_its_connection(chromium: Browser) ->
             before = frames(await b.stats(play))
             await wait_until(lambda: b.stats(play), lambda s: frames(s) >= before + 30, 10,
                              "30 more frames at the player")
+
+
+async def test_chromium_moves_from_udp_to_tcp_when_udp_stops(chromium: Browser) -> None:
+    """A network change: a Chromium publisher and player start over UDP; then UDP to the server stops
+    (as when a laptop moves to a network that drops it). Chromium's ICE moves both to their TCP
+    pairs (checked at the start, kept as backups); the server follows the newly nominated address
+    (the same DTLS session), and the player's frames go on."""
+    async with serving() as (server, url):
+        port = media_port(server)
+        a, b = [await chromium.open(await chromium.new_context(), url) for _ in range(2)]
+        pub = await a.start("publish")
+        await a.wait_state(pub, "live", timeout=20)
+        play = await b.start("play")
+        await b.wait_state(play, "live", timeout=20)
+        await wait_until(lambda: b.stats(play), lambda s: frames(s) >= 30, 20, "frames over UDP")
+        for page, index in ((a, pub), (b, play)):
+            assert (await selected_pair(page, index))["remote"]["protocol"] == "udp"
+        async with udp_dropped(port):
+            cut = trio.current_time()
+            before = frames(await b.stats(play))
+            await wait_until(lambda: b.stats(play), lambda s: frames(s) >= before + 60, 30,
+                             "60 more frames after UDP stopped")
+            took = trio.current_time() - cut
+            pairs = [await selected_pair(page, index) for page, index in ((a, pub), (b, play))]
+            print(f"\nUDP stopped: 60 more frames at the player {took:.1f} s later, over "
+                  f"{[p['remote']['protocol'] for p in pairs]}; TCP counters {server.snapshot().ice_tcp}")
+            assert all(p["remote"]["protocol"] == "tcp" for p in pairs), pairs
