@@ -58,7 +58,8 @@ def main() -> int:
     counts = []
     for packets in (args.packets, 2 * args.packets):
         started = time.monotonic()
-        print(f"valgrind: {args.players} players x {packets} packets ...", end=" ", flush=True, file=sys.stderr)
+        what = f"valgrind: {args.players} players x {packets} packets ..."
+        print(what, end=" ", flush=True, file=sys.stderr)
         counts.append(instructions(args.tree, args.players, packets))
         print(f"{counts[-1]:,} instructions ({time.monotonic() - started:.0f} s)", file=sys.stderr)
     forwarded = args.packets * args.players
