@@ -218,3 +218,45 @@ async def test_a_slow_tcp_reader_loses_whole_frames_and_delays_nobody() -> None:
         late = [i for i in indices if sent_at[i] >= resumed]
         assert late and late[0] % KEYFRAME_EVERY == 0, late[:10]
         assert late == sorted(late)
+
+
+async def test_a_thousand_idle_connections_are_held_to_the_limit_and_media_goes_on() -> None:
+    """1000 connections that never send an ICE check, up to tcp_max_connections: the excess is refused
+    at once (counted), a session's media keeps flowing meanwhile, and the idle ones are closed after
+    the handshake timeout."""
+    limit = 1000
+    settings = {"tcp_max_connections": limit, "tcp_max_per_address": limit, "dtls_handshake_timeout": 3.0}
+    async with listening(**settings) as server:
+        ((host, port),) = server.tcp_candidates
+        async with trio.open_nursery() as nursery:
+            harness = Harness(server, nursery)
+            async with (
+                harness.client(uid="pub") as pub_sig,
+                harness.client(uid="viewer") as play_sig,
+                open_client(pub_sig, UdpEndpoint.bind(LOOPBACK), publish=True) as pub,
+                open_client(play_sig, UdpEndpoint.bind(LOOPBACK), publish=False) as viewer,
+            ):
+                idle = [await trio.open_tcp_stream(host, port) for _ in range(limit)]
+                extra = [await trio.open_tcp_stream(host, port) for _ in range(20)]
+                await trio.sleep(0.5)
+                counters = server.snapshot().ice_tcp
+                assert counters["open"] == limit and counters["refused_total"] == 20, counters
+                for stream in extra:
+                    assert await closed_by_server(stream, 2.0)
+                before = len(viewer.transport.received.rtp)
+                for index in range(30):
+                    for packet in video_frame(index, index * PACKETS_PER_FRAME, pub.local.video_ssrc):
+                        pub.transport.send_rtp(packet)
+                    await trio.sleep(1 / FPS)
+                await trio.sleep(0.2)
+                got = len(viewer.transport.received.rtp) - before
+                assert got >= 30 * PACKETS_PER_FRAME * 0.99, got  # the viewer's media went on
+                with trio.fail_after(30):  # the handshake timeout (3 s), then 1000 closes
+                    while server.snapshot().ice_tcp["open"]:
+                        await trio.sleep(0.2)
+                counters = server.snapshot().ice_tcp
+                print(f"\n{limit} idle connections: {counters}; the viewer got {got} packets meanwhile")
+                assert counters["handshake_timeouts"] == limit
+                for stream in idle + extra:
+                    await stream.aclose()
+            nursery.cancel_scope.cancel()
