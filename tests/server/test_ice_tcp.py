@@ -6,6 +6,7 @@ has Chromium over TCP.)"""
 
 from __future__ import annotations
 
+import socket
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -260,3 +261,26 @@ async def test_a_thousand_idle_connections_are_held_to_the_limit_and_media_goes_
                 for stream in idle + extra:
                     await stream.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_a_reset_connection_ends_only_itself() -> None:
+    """A client that resets its connection (SO_LINGER 0: RST, not FIN), before and after sending,
+    ends its own connection; the server and its other connections go on."""
+    async with listening() as server:
+        port = tcp_port(server)
+        bystander = await trio.open_tcp_stream("127.0.0.1", port)
+        for payload in (b"", b"\x00\x10" + b"\xee" * 16, b"\x0f"):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.connect(("127.0.0.1", port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            if payload:
+                sock.sendall(payload)
+            await trio.sleep(0.1)
+            sock.close()  # RST
+            await trio.sleep(0.1)
+        await trio.sleep(0.3)
+        counters = server.snapshot().ice_tcp
+        assert counters["accepted"] == 4 and counters["open"] == 1, counters  # the bystander
+        assert not await closed_by_server(bystander, 0.2)
+        assert (await get(server, "/healthz")).status == 200
+        await bystander.aclose()

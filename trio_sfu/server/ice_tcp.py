@@ -199,13 +199,9 @@ class IceTcpListener:
         self._per_address[ip] += 1
         connection = TcpConnection(stream, (str(local[0]), int(local[1])), remote, counters)
         try:
-            async with stream, trio.open_nursery() as nursery:
-                nursery.start_soon(self._watch, connection, nursery.cancel_scope)
-                nursery.start_soon(connection.write)
-                await connection.read(self.mux)
-                nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass  # the peer went away
+            await self._serve(stream, connection)
+        except Exception:  # a bug must cost this connection only, never the listener
+            log.exception("event=ice_tcp_internal_error remote=%s:%d", *remote)
         finally:
             connection.close()
             self.mux.forget_address(remote)
@@ -213,6 +209,18 @@ class IceTcpListener:
             self._per_address[ip] -= 1
             if not self._per_address[ip]:
                 del self._per_address[ip]
+
+    async def _serve(self, stream: trio.SocketStream, connection: TcpConnection) -> None:
+        """Read, write and watch the connection until one of them ends it. The peer going away (a
+        reset included) arrives from the nursery as an exception group: it ends this connection."""
+        try:
+            async with stream, trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch, connection, nursery.cancel_scope)
+                nursery.start_soon(connection.write)
+                await connection.read(self.mux)
+                nursery.cancel_scope.cancel()
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the peer went away
 
     async def _watch(self, connection: TcpConnection, scope: trio.CancelScope) -> None:
         """Close a connection that passes no ICE check in time, or falls silent."""
