@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import socket
 from typing import TYPE_CHECKING
 
@@ -67,6 +68,8 @@ class TcpConnection:
         self.counters = counters
         self._queue: collections.deque[bytes] = collections.deque()
         self._queued = 0
+        self._writing = False  # the writer task has bytes in flight: no direct send may overtake them
+        self._fd = stream.socket.fileno()
         self._wake = trio.Event()
         self._writable = trio.Event()
         self._writable.set()
@@ -90,8 +93,22 @@ class TcpConnection:
             self.counters.send_queue_full += 1
             self._writable = trio.Event()
             return False
-        self._queue.append(len(data).to_bytes(2, "big") + bytes(data))
-        self._queued += len(data) + 2
+        frame = len(data).to_bytes(2, "big") + bytes(data)
+        if not self._queue and not self._writing:
+            # The fast path, as a UDP send: straight to the kernel, no task switch. Whatever it does
+            # not take (a full kernel buffer) is queued for the writer, so frames stay whole and in
+            # order.
+            try:
+                sent = os.write(self._fd, frame)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                return True  # broken: the reader sees the connection end
+            if sent == len(frame):
+                return True
+            frame = frame[sent:]
+        self._queue.append(frame)
+        self._queued += len(frame)
         self._wake.set()
         return True
 
@@ -116,7 +133,11 @@ class TcpConnection:
             while self._queue:
                 batch = b"".join(self._queue)
                 self._queue.clear()
-                await self.stream.send_all(batch)
+                self._writing = True
+                try:
+                    await self.stream.send_all(batch)
+                finally:
+                    self._writing = False
                 self._queued = max(0, self._queued - len(batch))
                 if self._queued < SEND_QUEUE_BYTES // 2:
                     self._writable.set()
