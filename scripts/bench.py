@@ -9,6 +9,8 @@
                                                        # a simulcast publisher; e.g. adaptation off/on
     scripts/bench.py --compare "CMD --workers 1" "CMD --workers 2" --find-capacity
                                                        # the largest N each holds loss-free; the ratio
+    scripts/bench.py --transport both --subscribers 100
+                                                       # players over UDP, then over ICE-TCP; TCP/UDP
 
 The server runs as its own process, so its CPU (utime+stime from /proc) is its alone. One publisher
 process sends pre-encoded VP8 (1.5 Mbit/s, 30 fps) and Opus (20 ms) in real time over a real leg
@@ -42,6 +44,20 @@ benchlib/run.py:_cluster_figures for the exact definitions):
     other workers' CPU per packet their players got, and from those an estimate of the relay's receive
     side and of what one relayed packet costs both ends together.
 
+--transport tcp: every player (and probe) connects over ICE-TCP instead of UDP: a TCP connection to
+the passive TCP candidate of the server's answer (RFC 6544; `a=candidate:... tcp ... tcptype passive`),
+the same ICE, DTLS and SRTP over it, each datagram an RFC 4571 frame (a 2-byte length, then the
+datagram). The players deframe what they read and count each frame as they count a UDP datagram (see
+benchlib/subscriber.py). The publisher stays on UDP. --transport both: for each N and round, a run
+with UDP players, then one with TCP players, against the same server command; the table has a
+"players" column, and a TCP/UDP ratio table follows it (like --compare's). Runs with TCP players in
+the invocation also read the server's ICE-TCP counters before and after the window: whole frames it
+dropped for a TCP player whose connection's queue was full (`stream_congestion`; a player that reads
+too slowly), connections refused. All the players connect from 127.0.0.1, and trio_sfu refuses more
+than `tcp_max_per_address` (50) ICE-TCP connections from one address: a trio_sfu server command
+without its own --config gets `--config FILE` that raises that limit (and `tcp_max_connections`), in
+every run of the invocation, UDP ones included (printed at the start; in the JSON's `servers`).
+
 --find-capacity steps N up from --capacity-start by --capacity-step to --capacity-max for each server
 command (alternating them), then bisects to --capacity-resolution, and reports the largest N each held
 loss-free (see benchlib/capacity.py for the criteria) and, with --compare, the ratio B/A. The bench's
@@ -59,6 +75,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +139,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--simulcast", action="store_true",
                         help="the publisher sends its video as three simulcast layers q, h, f (rids, as "
                         "Chromium) with VP8 temporal layers; players still get one layer each")
+    parser.add_argument("--transport", choices=("udp", "tcp", "both"), default="udp",
+                        help="how the players connect: udp (default), tcp (ICE-TCP to the server's passive "
+                        "TCP candidate, RFC 4571 framing), or both (a UDP run and a TCP run for each N and "
+                        "round, and TCP/UDP ratios)")
     parser.add_argument("--media", type=Path, default=media.DEFAULT_PATH, help="pre-encoded media file")
     parser.add_argument("--regenerate-media", action="store_true", help="encode the media file again")
     parser.add_argument("--token", default="", help="token for stream.connect (open mode: empty)")
@@ -157,6 +178,49 @@ def reexec_in_netns() -> None:
                           "bench", sys.executable, *sys.argv])
 
 
+TCP_LIMIT = 10_000
+"""tcp_max_per_address and tcp_max_connections for a trio_sfu server benched with TCP players: they
+all connect from 127.0.0.1, and its defaults (50 per address, 2000 in all) would refuse most."""
+
+
+def is_trio_sfu(command: list[str]) -> bool:
+    """`... python -m trio_sfu ...` or the `trio-sfu` script (also behind env, taskset, ...)."""
+    after_m = any(arg == "trio_sfu" and i and command[i - 1] == "-m" for i, arg in enumerate(command))
+    return after_m or any(Path(arg).name == "trio-sfu" for arg in command)
+
+
+def allow_tcp_players(
+    servers: list[tuple[str, list[str]]], folder: Path
+) -> tuple[list[tuple[str, list[str]]], list[str]]:
+    """The server commands, each trio_sfu one without a --config of its own given one that lets every
+    TCP player in (see TCP_LIMIT), and what to tell the user about it."""
+    config = folder / "ice-tcp-players.toml"
+    config.write_text(
+        "# scripts/bench.py --transport tcp|both: every player connects from 127.0.0.1\n"
+        f"tcp_max_per_address = {TCP_LIMIT}\ntcp_max_connections = {TCP_LIMIT}\n"
+    )
+    out, notes = [], []
+    for label, command in servers:
+        if not is_trio_sfu(command):
+            notes.append(f"note: {label} is not a trio_sfu command: its TCP players connect only if its "
+                         "answers offer a passive TCP candidate on 127/8 and it takes that many from one "
+                         "address")
+        elif any(arg == "--config" or arg.startswith("--config=") for arg in command):
+            notes.append(f"warning: {label} has its own --config: its tcp_max_per_address (default 50) and "
+                         "tcp_max_connections must allow N players + probes from 127.0.0.1, or the rest fail")
+        else:
+            command = [*command, "--config", str(config)]
+            notes.append(f"{label}: TCP players all connect from 127.0.0.1, so the server command gets "
+                         f"--config {config} (tcp_max_per_address = tcp_max_connections = {TCP_LIMIT}), "
+                         "in its UDP runs too")
+        out.append((label, command))
+    return out, notes
+
+
+def series_name(label: str, transport: str, transports: tuple[str, ...]) -> str:
+    return label if transports == ("udp",) else f"{label} ({transport} players)"
+
+
 def tree_state() -> str:
     """The commit being benched, and whether trio_sfu/ had uncommitted changes (others edit it)."""
     def git(*args: str) -> str:
@@ -166,6 +230,34 @@ def tree_state() -> str:
     commit = git("rev-parse", "--short", "HEAD") or "?"
     dirty = git("status", "--porcelain", "trio_sfu")
     return commit + (" + uncommitted changes in trio_sfu/" if dirty else "")
+
+
+def tcp_problems(result: dict[str, Any]) -> list[str]:
+    """What a run with TCP players in the invocation says about ICE-TCP: connections that ended, and
+    from the server's /metrics whole frames dropped for slow TCP readers and connections refused."""
+    problems = []
+    closed = sum(counters.get("tcp_closed", 0) for counters in result.get("worker_counters", []))
+    if closed:
+        problems.append(f"{closed} ICE-TCP connections ended during the run (closed by the server or broken)")
+    counters = result.get("server_tcp_counters")
+    if counters:
+        window, total = counters["window"], counters["since_start"]
+        drops = window.get("stream_congestion_drops", 0)
+        if drops or window.get("send_queue_full", 0):
+            problems.append(
+                f"the server dropped {drops:.0f} packets whole-frame for ICE-TCP players whose connection's "
+                f"queue was full (stream_congestion; {window.get('send_queue_full', 0):.0f} sends refused) "
+                f"in the window, {total.get('stream_congestion_drops', 0):.0f} since it started: TCP "
+                "players read too slowly"
+            )
+        refused = total.get("refused_per_address", 0) + total.get("refused_total", 0)
+        if refused:
+            problems.append(
+                f"the server refused {refused:.0f} ICE-TCP connections (over tcp_max_per_address: "
+                f"{total.get('refused_per_address', 0):.0f}; over tcp_max_connections: "
+                f"{total.get('refused_total', 0):.0f})"
+            )
+    return problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,6 +292,11 @@ def main(argv: list[str] | None = None) -> int:
         servers = [("janus" if args.server_cmd == "janus" else "server", command(args.server_cmd))]
     else:
         servers = [("trio_sfu", python_command())]
+    transports = {"udp": ("udp",), "tcp": ("tcp",), "both": ("udp", "tcp")}[args.transport]
+    tcp_folder = Path(tempfile.mkdtemp(prefix="trio_sfu_bench_tcp_")) if "tcp" in transports else None
+    tcp_notes: list[str] = []
+    if tcp_folder is not None:
+        servers, tcp_notes = allow_tcp_players(servers, tcp_folder)
     rounds = args.rounds or (2 if args.compare and not args.find_capacity else 1)
     criteria = Criteria(
         start=args.capacity_start, step=args.capacity_step, max=args.capacity_max,
@@ -210,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         subscribers=subscribers, duration=duration, settle=settle, probes=probes,
         legs_per_worker=args.legs_per_worker, decrypt_every=args.decrypt_every, pacing=args.pacing,
         media_path=args.media, token=args.token, keep_logs=args.keep_logs,
-        janus_event_loops=args.janus_event_loops, simulcast=args.simulcast,
+        janus_event_loops=args.janus_event_loops, simulcast=args.simulcast, transports=transports,
     )
     load_before = procfs.load_average()
     tree_before = tree_state()
@@ -218,6 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"media: {loaded.summary()}", file=sys.stderr)
     if args.simulcast:
         print(f"simulcast layers: {simulcast_summary(loaded)}", file=sys.stderr)
+    if args.transport != "udp":
+        shown = {"tcp": "over ICE-TCP", "both": "over UDP, then over ICE-TCP (for each N and round)"}
+        print(f"players: {shown[args.transport]}; the publisher over UDP", file=sys.stderr)
+    for note in tcp_notes:
+        print(note, file=sys.stderr)
     progress = Progress(enabled=not args.no_progress)
     os.chdir(ROOT)  # `python -m trio_sfu` runs this tree
     try:
@@ -228,7 +330,12 @@ def main(argv: list[str] | None = None) -> int:
             results = run_all(servers, options, rounds, progress)
     finally:
         progress.close()
-    summaries = [s for n in subscribers for label, _ in servers if (s := summarize(results, label, n))]
+        if tcp_folder is not None:
+            shutil.rmtree(tcp_folder, ignore_errors=True)
+    summaries = [
+        s for n in subscribers for label, _ in servers for transport in transports
+        if (s := summarize(results, label, n, transport))
+    ]
 
     print(table(summaries))
     for result in results:
@@ -277,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                 problems.append(f"probes measured, then failed to leave: {result['probe_leave_errors'][:2]}")
             if result.get("metrics_errors"):
                 problems.append(f"/metrics could not be read: {result['metrics_errors'][:2]}")
+            problems += tcp_problems(result)
         log = result["server_log"]
         if log["errors"] or log["tracebacks"] or log["warnings"]:
             problems.append(
@@ -285,14 +393,28 @@ def main(argv: list[str] | None = None) -> int:
             )
         if log["exit_code"] not in (0, None):
             problems.append(f"server exit code {log['exit_code']} after SIGTERM")
+        name = series_name(result["server"], result.get("transport", "udp"), transports)
         if problems:
-            print(f"{result['server']} N={result['n']} round {result['round']}: " + "; ".join(problems))
+            print(f"{name} N={result['n']} round {result['round']}: " + "; ".join(problems))
         for line in cluster_lines(result) if result.get("ok") else []:
-            print(f"{result['server']} N={result['n']} round {result['round']}: {line}")
-    comparison = ratios(summaries, servers[0][0], servers[1][0]) if args.compare else []
-    if comparison:
-        print(f"\nratios {servers[1][0]}/{servers[0][0]} (below 1: {servers[1][0]} uses less / is faster):")
-        print(ratio_table(comparison))
+            print(f"{name} N={result['n']} round {result['round']}: {line}")
+    comparison: list[dict[str, Any]] = []
+    for transport in transports if args.compare else ():
+        a, b = servers[0][0], servers[1][0]
+        rows = ratios(summaries, (a, transport), (b, transport))
+        if rows:
+            players = f", {transport} players" if len(transports) > 1 else ""
+            print(f"\nratios {b}/{a}{players} (below 1: {b} uses less / is faster):")
+            print(ratio_table(rows))
+        comparison += [{**row, "transport": transport} if len(transports) > 1 else row for row in rows]
+    tcp_over_udp: list[dict[str, Any]] = []
+    for label, _ in servers if len(transports) > 1 else ():
+        rows = ratios(summaries, (label, "udp"), (label, "tcp"))
+        if rows:
+            server = f" ({label})" if len(servers) > 1 else ""
+            print(f"\nratios TCP/UDP players{server} (below 1: TCP players cost less / are faster):")
+            print(ratio_table(rows))
+        tcp_over_udp += [{"server": label, **row} for row in rows]
     if capacity:
         print()
         print("\n".join(capacity_lines(capacity, criteria)))
@@ -316,11 +438,15 @@ def main(argv: list[str] | None = None) -> int:
             "options": {"subscribers": subscribers, "duration": duration, "settle": settle,
                         "probes": probes, "rounds": rounds, "legs_per_worker": args.legs_per_worker,
                         "decrypt_every": args.decrypt_every, "pacing": args.pacing,
-                        "simulcast": args.simulcast,
+                        "simulcast": args.simulcast, "transport": args.transport,
+                        **({"tcp_server_config": {"tcp_max_per_address": TCP_LIMIT,
+                                                  "tcp_max_connections": TCP_LIMIT}}
+                           if "tcp" in transports else {}),
                         **({"find_capacity": attrs.asdict(criteria)} if args.find_capacity else {})},
             **({"capacity": capacity} if args.find_capacity else {}),
             "summary": summaries,
             "ratios_b_over_a": comparison,
+            **({"ratios_tcp_over_udp": tcp_over_udp} if len(transports) > 1 else {}),
             "runs": results,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)

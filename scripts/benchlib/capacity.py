@@ -10,8 +10,10 @@ legs that receive nothing, which have no gaps); the end-to-end latency p99 is at
 The search, per server: N = start, start + step, ... until a run fails or N reaches `max`; then
 bisection between the largest N that held and the smallest that did not, until they are at most
 `resolution` apart. With several servers their runs alternate (A at its next N, B at its next N, ...)
-so that the machine's drift hits them alike. The capacity is the largest N that held (0: not even
-`start`; at `max`: the ceiling, not the server, stopped the search).
+so that the machine's drift hits them alike. With players over UDP and over ICE-TCP (`--transport
+both`), each (server, transport) is searched as a server of its own, named "SERVER udp", "SERVER tcp".
+The capacity is the largest N that held (0: not even `start`; at `max`: the ceiling, not the server,
+stopped the search).
 """
 
 from __future__ import annotations
@@ -77,25 +79,31 @@ def find_capacity(
     rounds: int,
     progress: Progress,
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """Every run, and per server: the capacity, the smallest N that did not hold and why, every N tried."""
+    """Every run, and per server (per server and transport if `options.transports` has several): the
+    capacity, the smallest N that did not hold and why, every N tried."""
+    several = len(options.transports) > 1
+    series = [
+        (f"{label} {transport}" if several else label, label, command, transport)
+        for label, command in servers for transport in options.transports
+    ]
     state: dict[str, dict[str, Any]] = {
-        label: {"capacity": 0, "failed_at": None, "why": None, "next": criteria.start, "done": False,
-                "tried": []}
-        for label, _ in servers
+        name: {"capacity": 0, "failed_at": None, "why": None, "next": criteria.start, "done": False,
+               "tried": []}
+        for name, _, _, _ in series
     }
     ramp = max(0, -(-(criteria.max - criteria.start) // max(1, criteria.step))) + 1
-    guess = len(servers) * rounds * (ramp + max(1, criteria.step // max(1, criteria.resolution)).bit_length())
+    guess = len(series) * rounds * (ramp + max(1, criteria.step // max(1, criteria.resolution)).bit_length())
     results: list[dict[str, Any]] = []
     while not all(s["done"] for s in state.values()):
-        for label, command in servers:
-            current = state[label]
+        for name, label, command, transport in series:
+            current = state[name]
             if current["done"]:
                 continue
             n = current["next"]
             runs = []
             for r in range(rounds):
                 progress.run(len(results), max(guess, len(results) + 1))
-                runs.append(run_case(label, command, n, options, progress, r))
+                runs.append(run_case(label, command, n, options, progress, r, transport))
             results += runs
             why = next((w for run in runs if (w := shortfall(run, criteria)) is not None), None)
             limits = sorted({note for run in runs for note in _bench_limits(run)})

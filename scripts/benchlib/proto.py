@@ -3,12 +3,20 @@
 The transport is trio_sfu's sans-IO client peer (`trio_sfu.transport.client_peer`), the same one the
 tests run against the server in memory; this module gives it a connected UDP socket and a clock.
 Nothing here is on the per-packet path of a subscriber (see `subscriber.py`).
+
+A leg over ICE-TCP (`open_leg(transport="tcp")`, players only) connects a TCP socket to the server's
+passive TCP candidate (RFC 6544, from the answer's `a=candidate:... tcp ... tcptype passive` line) and
+runs the same peer over it: each STUN message, DTLS record or SRTCP packet it sends is one RFC 4571
+frame (a 2-byte big-endian length, then the datagram); whoever reads the socket deframes
+(`subscriber.FrameReader`) and hands each frame over as the UDP datagram it would have been.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import errno
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -36,6 +44,7 @@ from trio_sfu.transport.certificate import Certificate
 from trio_sfu.transport.client_peer import ClientPeer
 from trio_sfu.transport.peer import Failed, TransportState
 from trio_sfu.transport.srtp import SrtpSession
+from trio_sfu.wire.datagram import Address
 
 AST_UNITS = 1 << 18  # abs-send-time: 6.18 fixed-point seconds, 24 bits (wraps every 64 s)
 AST_MASK = 0xFFFFFF
@@ -63,6 +72,7 @@ class Signaling(SignalingClient):
         self.stream = stream
         self.closed_by_server: str | None = None
         self.offer_sent_at = 0.0
+        self.answer_sdp = ""  # the server's answer as it came (parse_answer keeps only UDP candidates)
         self.on_server_request = self._note
 
     def _note(self, message: dict[str, Any]) -> None:
@@ -78,7 +88,8 @@ class Signaling(SignalingClient):
         self.offer_sent_at = time.monotonic()
         offer = build_offer(local, publish=publish, rids=rids)
         reply = await self.call("stream.offer", {"publish": publish, "sdp": offer})
-        answer = parse_answer(reply["data"]["sdp"])
+        self.answer_sdp = reply["data"]["sdp"]
+        answer = parse_answer(self.answer_sdp)
         check_simulcast_answer(answer, rids)
         return answer
 
@@ -106,6 +117,51 @@ class SetupError(Exception):
     pass
 
 
+TRANSPORTS = ("udp", "tcp")
+FRAME_HEADER = 2  # RFC 4571: each frame is a 16-bit big-endian length, then that many bytes
+
+
+def tcp_candidate(sdp: str) -> Address | None:
+    """The server's passive ICE-TCP candidate on 127.0.0.1 (else another 127/8 one) in an answer:
+    `a=candidate:F 1 tcp PRIORITY IP PORT typ host tcptype passive`; None if it offers none."""
+    found: list[Address] = []
+    for raw in sdp.splitlines():
+        fields = raw.strip().split()
+        if (
+            fields
+            and fields[0].startswith("a=candidate:")
+            and len(fields) >= 8
+            and fields[2].lower() == "tcp"
+            and "passive" in fields[8:]
+            and fields[4].startswith("127.")
+        ):
+            found.append((fields[4], int(fields[5])))
+    for address in sorted(found, key=lambda a: a[0] != "127.0.0.1"):
+        return address
+    return None
+
+
+def tcp_socket(host: str = "127.0.0.1") -> socket.socket:
+    """A non-blocking TCP socket bound to `host` (its port is the leg's host candidate in the offer),
+    not yet connected."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as browsers: each frame at once
+    sock.bind((host, 0))
+    sock.setblocking(False)
+    return sock
+
+
+async def connect_tcp(sock: socket.socket, address: Address) -> None:
+    """Connect the non-blocking `sock` to the server's ICE-TCP candidate; SetupError if refused."""
+    code = sock.connect_ex(address)
+    if code in (errno.EINPROGRESS, errno.EALREADY):
+        await trio.lowlevel.wait_writable(sock)
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code not in (0, errno.EISCONN):
+        raise SetupError(f"ICE-TCP: connecting to the server's candidate {address[0]}:{address[1]} "
+                         f"failed: {os.strerror(code)}")
+
+
 def udp_socket(rcvbuf: int = 0, host: str = "127.0.0.1") -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     if rcvbuf:
@@ -120,13 +176,28 @@ def udp_socket(rcvbuf: int = 0, host: str = "127.0.0.1") -> socket.socket:
 
 class LegTransport:
     """One leg's media transport: a connected UDP socket and the sans-IO client peer. `on_control`
-    takes every datagram that is not RTP (STUN, DTLS, SRTCP)."""
+    takes every datagram that is not RTP (STUN, DTLS, SRTCP).
 
-    def __init__(self, sock: socket.socket, local: LocalParams, answer: Answer, certificate: Certificate):
+    With `tcp` (the server's ICE-TCP candidate; `sock` already connected to it) the peer runs over the
+    TCP stream instead: what it sends is framed (RFC 4571), and the remote address it is given and
+    sees its datagrams come from is the candidate's. `answer.address` stays the UDP candidate: the
+    server's (worker's) media port the leg is counted under."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        local: LocalParams,
+        answer: Answer,
+        certificate: Certificate,
+        tcp: Address | None = None,
+    ):
         self.sock = sock
         self.local = local
         self.answer = answer
-        sock.connect(answer.address)
+        self.kind = "udp" if tcp is None else "tcp"
+        self.remote: Address = answer.address if tcp is None else tcp
+        if tcp is None:
+            sock.connect(answer.address)
         self.peer = ClientPeer(
             local_ufrag=local.ice_ufrag,
             local_pwd=local.ice_pwd,
@@ -134,13 +205,17 @@ class LegTransport:
             remote_pwd=answer.ice_pwd,
             remote_fingerprints=answer.fingerprints,
             certificate=certificate,
-            remote_address=answer.address,
+            remote_address=self.remote,
             now=trio.current_time(),
         )
         self.srtp: SrtpSession | None = None  # the peer's, once keyed (read per packet by the legs)
         self._changed = trio.Event()
         self._counters: collections.Counter[str] = collections.Counter()
         self.rtcp_handler: Any = None
+        self._unsent = bytearray()  # TCP: framed bytes the kernel did not take yet
+        self._unsent_added = trio.Event()
+        self.stream_closed: str | None = None  # TCP: why the connection ended (its reader says)
+        self.closing = False  # TCP: we ended it (`close_stream`)
 
     @property
     def counters(self) -> collections.Counter[str]:
@@ -149,12 +224,84 @@ class LegTransport:
     # -- sending --
 
     def send(self, data: bytes) -> None:
+        if self.kind == "tcp":
+            self._send_frame(data)
+            return
         try:
             self.sock.send(data)
         except BlockingIOError:
             self._counters["send_would_block"] += 1
         except OSError:
             self._counters["send_error"] += 1
+
+    def _send_frame(self, data: bytes) -> None:
+        """One RFC 4571 frame onto the stream; what the kernel does not take now goes after it, in
+        order (`write_unsent`), never dropped: a lost byte would desynchronize the framing."""
+        if self.stream_closed is not None:
+            self._counters["send_error"] += 1
+            return
+        framed = len(data).to_bytes(FRAME_HEADER, "big") + data
+        if self._unsent:
+            self._unsent += framed
+            self._counters["send_would_block"] += 1
+            self._unsent_added.set()
+            return
+        try:
+            sent = self.sock.send(framed)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._counters["send_error"] += 1
+            return
+        if sent < len(framed):
+            self._unsent += framed[sent:]
+            self._counters["send_would_block"] += 1
+            self._unsent_added.set()
+
+    async def write_unsent(self) -> None:
+        """TCP: send what `_send_frame` could not, as the socket becomes writable."""
+        while True:
+            if not self._unsent:
+                await self._unsent_added.wait()
+            self._unsent_added = trio.Event()
+            while self._unsent:
+                await trio.lowlevel.wait_writable(self.sock)
+                try:
+                    sent = self.sock.send(self._unsent)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    self._counters["send_error"] += 1
+                    self._unsent.clear()
+                    return
+                del self._unsent[:sent]
+
+    def on_stream_closed(self, reason: str) -> None:
+        """TCP: the reader saw the connection end (the server closed it, or it broke)."""
+        if self.stream_closed is None:
+            self.stream_closed = reason
+            self._counters["tcp_closed_as_asked" if self.closing else "tcp_closed"] += 1
+        self._changed.set()
+
+    async def close_stream(self, timeout: float = 2.0) -> None:
+        """TCP: end the connection gracefully, even when cancelled: our FIN, then read (the reader goes
+        on) until the server's end, at most `timeout` s. Closing with media still unread would reset
+        the connection instead (RFC 2525), and a trio_sfu server whose ICE-TCP handler does not take
+        a reset exits with it."""
+        if self.stream_closed is not None:
+            return
+        self.closing = True
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        with trio.move_on_after(timeout) as scope:
+            scope.shield = True
+            while self.stream_closed is None:
+                self._changed = trio.Event()
+                await self._changed.wait()
+        if self.stream_closed is None:
+            self._counters["tcp_close_timeouts"] += 1
 
     def _flush(self) -> None:
         for data, _address in self.peer.datagrams_to_send():  # the socket is connected to the server
@@ -174,7 +321,7 @@ class LegTransport:
                 if plain is not None:
                     self.rtcp_handler(plain, now)
             return
-        self.peer.receive(data, self.answer.address, now)
+        self.peer.receive(data, self.remote, now)
         # At once, not when `establish` next runs: the server's media follows its last flight.
         self.srtp = self.peer.srtp
         self._flush()
@@ -190,6 +337,12 @@ class LegTransport:
             self._flush()
             if peer.state is TransportState.CONNECTED:
                 return
+            if self.stream_closed is not None:
+                raise SetupError(
+                    f"ICE-TCP: {self.stream_closed} before ICE and DTLS completed (state "
+                    f"{peer.state.value}); a trio_sfu server closes connections over tcp_max_per_address "
+                    "or tcp_max_connections at once (trio_sfu_ice_tcp_refused_total on /metrics)"
+                )
             event = peer.next_event()
             if isinstance(event, Failed):
                 raise SetupError(f"{event.failure.value}: {event.detail}")
@@ -243,17 +396,25 @@ async def open_leg(
     timeout: float = 20.0,
     limiter: trio.CapacityLimiter | None = None,
     rids: tuple[str, ...] = (),
+    transport: str = "udp",
 ) -> AsyncIterator[Leg]:
     """Connect, offer, do ICE and DTLS; the leg lives (WebSocket open, consent checks) inside the block.
 
     `on_transport` is called as soon as the socket exists, so the caller's reader can feed it.
     `limiter` bounds how many legs are in set-up at once (it is released once DTLS is done).
     `rids` (a publisher): offer the video as these simulcast layers, lowest first.
+    `transport` "tcp": over ICE-TCP to the server's passive candidate (see the module's docstring;
+    `rcvbuf` is then not set: the kernel's autotuning sizes the receive buffer, as for a browser). The
+    reader that `on_transport` sets up must deframe the stream and call `on_stream_closed` at its end,
+    and go on reading after the block, while the leg closes its connection (`close_stream`).
     """
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport {transport!r}: one of {', '.join(TRANSPORTS)}")
     # Janus's media sockets live on a 127/8 address of a non-loopback interface (see janus.py), and
     # the kernel will not route from there to 127.0.0.1: the leg uses that address too.
     host = JANUS_MEDIA_HOST if url.startswith("http") else "127.0.0.1"
-    sock = udp_socket(rcvbuf, host)
+    sock = udp_socket(rcvbuf, host) if transport == "udp" else tcp_socket(host)
+    leg_transport: LegTransport | None = None
     holding = False
     if limiter is not None:
         await limiter.acquire()
@@ -263,15 +424,32 @@ async def open_leg(
             with trio.fail_after(timeout):
                 local = LocalParams.new(certificate, sock.getsockname()[1], host)
                 answer = await signaling.negotiate(local, publish=publish, token=token, rids=rids)
-                transport = LegTransport(sock, local, answer, certificate)
-                on_transport(transport)
-            await transport.establish(timeout)
-            leg = Leg(signaling, transport, signaling.offer_sent_at, time.monotonic())
+                tcp = None
+                if transport == "tcp":
+                    tcp = tcp_candidate(getattr(signaling, "answer_sdp", ""))
+                    if tcp is None:
+                        raise SetupError(
+                            "ICE-TCP: the server's answer has no passive TCP candidate on 127/8 "
+                            "(a=candidate:... tcp ... typ host tcptype passive); is its ICE-TCP off?"
+                        )
+                    await connect_tcp(sock, tcp)
+                leg_transport = LegTransport(sock, local, answer, certificate, tcp)
+                on_transport(leg_transport)
+            if tcp is None:
+                await leg_transport.establish(timeout)
+            else:
+                async with trio.open_nursery() as writer:
+                    writer.start_soon(leg_transport.write_unsent)
+                    await leg_transport.establish(timeout)
+                    writer.cancel_scope.cancel()
+            leg = Leg(signaling, leg_transport, signaling.offer_sent_at, time.monotonic())
             if limiter is not None and holding:
                 limiter.release()
                 holding = False
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(transport.consent)
+                nursery.start_soon(leg_transport.consent)
+                if tcp is not None:
+                    nursery.start_soon(leg_transport.write_unsent)
                 try:
                     yield leg
                 finally:
@@ -279,6 +457,8 @@ async def open_leg(
     finally:
         if limiter is not None and holding:
             limiter.release()
+        if leg_transport is not None and leg_transport.kind == "tcp":
+            await leg_transport.close_stream()
         sock.close()
 
 

@@ -11,6 +11,12 @@ next, so the largest sample is what the stream's cache holds at most).
 "Forwarded" packets are those the subscribers receive: with a simulcast publisher (`Options.simulcast`)
 the server takes in three video layers but forwards one to each player, so the publisher's packets
 count nowhere in the per-packet figure; its delivery ratio is against audio and the top layer.
+
+A run's players connect over UDP or over ICE-TCP (its `transport`; `Options.transports` are those of
+the whole invocation, run in alternation for each server and N). When TCP players are in the
+invocation, every run of it also reads the server's ICE-TCP counters and its `stream_congestion` drops
+(whole frames dropped for a TCP player whose connection's queue is full) just before the window and
+again after it (`server_tcp_counters`): in the window, and in all since the server started.
 """
 
 from __future__ import annotations
@@ -65,6 +71,17 @@ class Options:
     keep_logs: Path | None = None
     janus_event_loops: int = 0
     simulcast: bool = False  # the publisher sends three simulcast video layers (see publisher.py)
+    # How the players connect, each in turn for every (server, N, round): "udp", "tcp" (ICE-TCP).
+    transports: tuple[str, ...] = ("udp",)
+
+    @property
+    def tcp_metrics(self) -> bool:
+        """Whether runs read the server's ICE-TCP counters around the window (see the docstring)."""
+        return "tcp" in self.transports
+
+    def run_name(self, label: str, transport: str) -> str:
+        """How progress and problems name a run's series: the server alone when every player is UDP."""
+        return label if self.transports == ("udp",) else f"{label} ({transport} players)"
 
 
 class BenchError(Exception):
@@ -82,6 +99,17 @@ METRICS = (KEYFRAME_CACHE_BYTES, KEYFRAME_CACHE_PACKETS)
 """What the bench reads from a server's /metrics: its keyframe caches (the sum over every producer:
 with the bench's one publisher, what one stream holds; with simulcast, its three layers together)."""
 METRICS_PER_PROBE = 5  # /metrics samples in the second after each probe
+TCP_METRICS = {
+    "stream_congestion_drops": 'trio_sfu_dropped_packets_total{reason="stream_congestion"}',
+    "send_queue_full": "trio_sfu_ice_tcp_send_queue_full_total",
+    "accepted": "trio_sfu_ice_tcp_accepted_total",
+    "refused_per_address": 'trio_sfu_ice_tcp_refused_total{reason="refused_per_address"}',
+    "refused_total": 'trio_sfu_ice_tcp_refused_total{reason="refused_total"}',
+    "handshake_timeouts": 'trio_sfu_ice_tcp_refused_total{reason="handshake_timeouts"}',
+    "open": "trio_sfu_ice_tcp_connections",
+}
+"""The ICE-TCP figures read around the window when TCP players are benched (our name: the sample's
+name on /metrics). With `--workers N` one worker answers each scrape: its own counters only."""
 
 
 MEDIA_LINE = re.compile(r"media\s+udp\s+127\.0\.0\.1:(\d+)(?:\s+\(worker (\d+)\))?\s*$")
@@ -753,17 +781,39 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(1000 * value, 3)
 
 
+def _tcp_counters(server: ServerProcess, result: dict[str, Any]) -> dict[str, float] | None:
+    """The server's ICE-TCP figures (TCP_METRICS) now; None if it has no /metrics or they are not on
+    it (a server without ICE-TCP), an error noted in the result's `metrics_errors`."""
+    try:
+        sample = server.metrics(tuple(TCP_METRICS.values()))
+    except (OSError, ValueError) as exc:
+        result.setdefault("metrics_errors", []).append(f"{type(exc).__name__}: {exc}")
+        return None
+    if not sample:
+        return None
+    return {key: sample[name] for key, name in TCP_METRICS.items() if name in sample}
+
+
 def run_case(
-    label: str, command: list[str], n: int, options: Options, progress: Progress, round_: int = 0
+    label: str,
+    command: list[str],
+    n: int,
+    options: Options,
+    progress: Progress,
+    round_: int = 0,
+    transport: str = "udp",
 ) -> dict[str, Any]:
-    """One server process, one publisher, `n` subscribers: ramp up, settle, measure, probe, stop."""
-    result: dict[str, Any] = {"server": label, "command": shlex.join(command), "n": n, "round": round_}
+    """One server process, one publisher, `n` subscribers (over `transport`: "udp", or "tcp" for
+    ICE-TCP): ramp up, settle, measure, probe, stop."""
+    result: dict[str, Any] = {"server": label, "command": shlex.join(command), "n": n, "round": round_,
+                              "transport": transport}
+    name = options.run_name(label, transport)
     workdir = Path(tempfile.mkdtemp(prefix="trio_sfu_bench_"))
     server = ServerProcess(command, workdir, options.janus_event_loops)
     result["server_command"] = shlex.join(server.command)
     children: list[Child] = []
     try:
-        progress.update(f"{label} N={n}: starting the server", 0, n)
+        progress.update(f"{name} N={n}: starting the server", 0, n)
         server.wait_ready()
         result["media_port"] = server.media_port
         if server.workers is not None:
@@ -782,7 +832,7 @@ def run_case(
         worker_config = WorkerConfig(
             server.ws_url, options.stream, options.token, options.decrypt_every,
             setup_concurrency=options.setup_concurrency, send_log=send_log,
-            latency_by_port=server.workers is not None,
+            latency_by_port=server.workers is not None, transport=transport,
         )
         workers = [Child(f"subscribers-{i}", run_worker, worker_config) for i in range(worker_count)]
         children += workers
@@ -798,7 +848,7 @@ def run_case(
         result["server_rss_base"] = procfs.rss_bytes(server.pids())
         baseline = None
         if server.workers is not None:  # the origin's input cost, for the relay's (see _cluster_figures)
-            progress.update(f"{label} N={n}: idle baseline", 0, 1)
+            progress.update(f"{name} N={n}: idle baseline", 0, 1)
             baseline = _baseline(server, publisher)
             result["idle_baseline"] = attrs.asdict(baseline)
 
@@ -821,7 +871,7 @@ def run_case(
                 elif event.get("event") == "leg_failed":
                     failed += 1
                     failures.append(event["error"])
-            progress.update(f"{label} N={n}: ramp-up ({failed} failed)", done, n)
+            progress.update(f"{name} N={n}: ramp-up ({failed} failed)", done, n)
         result["ramp_s"] = time.monotonic() - ramp_started
         result["legs_ready_at_ramp_end"] = done
         result["legs_failed"] = failed
@@ -829,7 +879,7 @@ def run_case(
         if done == 0 and n:
             raise BenchError(f"no subscriber leg connected: {failures[:3]}")
 
-        progress.update(f"{label} N={n}: settling", 0, 1)
+        progress.update(f"{name} N={n}: settling", 0, 1)
         time.sleep(options.settle)
         # Keyframes requested during the ramp-up may still sit in the publisher's pacer: the window
         # must see the stream's normal rate.
@@ -839,16 +889,24 @@ def run_case(
             if publisher.wait_event("snapshot", timeout=10).get("queued", 0) < 20:
                 break
             time.sleep(0.2)
+        # Not in the window: the scrape's CPU is paid before it starts.
+        tcp_start = _tcp_counters(server, result) if options.tcp_metrics else None
         start = _reading(server, publisher, workers)
         end_at = start.at + options.duration
         while (now := time.monotonic()) < end_at:
-            progress.update(f"{label} N={n}: measuring", now - start.at, options.duration)
+            progress.update(f"{name} N={n}: measuring", now - start.at, options.duration)
             time.sleep(min(0.25, end_at - now))
         end = _reading(server, publisher, workers)
         result["server_rss"] = procfs.rss_bytes(server.pids())
         result.update(figures(start, end, server, n, origin_port, baseline))
         metric_samples: list[dict[str, float]] = []
-        result["metrics_errors"] = []
+        result["metrics_errors"] = result.get("metrics_errors", [])
+        if tcp_start is not None and (tcp_end := _tcp_counters(server, result)) is not None:
+            result["server_tcp_counters"] = {
+                "window": {key: tcp_end[key] - tcp_start[key]
+                           for key in tcp_end if key in tcp_start and key != "open"},
+                "since_start": tcp_end,
+            }
 
         def sample_metrics() -> None:
             try:
@@ -871,7 +929,7 @@ def run_case(
         # New subscribers joining the loaded stream, one at a time.
         probes = []
         for i in range(options.probes):
-            progress.update(f"{label} N={n}: new-subscriber probes", i, options.probes)
+            progress.update(f"{name} N={n}: new-subscriber probes", i, options.probes)
             workers[0].send({"cmd": "probe"})
             probes.append(workers[0].wait_event("probe", timeout=30))
             # Servers throttle keyframe requests (trio_sfu: 1 s per track or layer): wait, reading
@@ -899,7 +957,8 @@ def run_case(
         if options.keep_logs is not None:
             options.keep_logs.mkdir(parents=True, exist_ok=True)
             for path in (server.stdout_path, server.stderr_path):
-                target = options.keep_logs / f"{label}-N{n}-r{result.get('round', 0)}-{path.name}"
+                series = label if options.transports == ("udp",) else f"{label}-{transport}"
+                target = options.keep_logs / f"{series}-N{n}-r{result.get('round', 0)}-{path.name}"
                 target.write_bytes(path.read_bytes())
         shutil.rmtree(workdir, ignore_errors=True)
     return result
@@ -911,13 +970,14 @@ def run_case(
 def run_all(
     servers: list[tuple[str, list[str]]], options: Options, rounds: int, progress: Progress
 ) -> list[dict[str, Any]]:
-    """Each N in turn; for several servers, alternate them (A, B, A, B) so drift hits both alike."""
+    """Each N in turn; for several servers (or transports), alternate them (A, B, A, B) so drift hits
+    both alike."""
     results = []
-    plan = [(n, r, label, command) for n in options.subscribers for r in range(rounds)
-            for label, command in servers]
-    for step, (n, r, label, command) in enumerate(plan):
+    plan = [(n, r, label, command, transport) for n in options.subscribers for r in range(rounds)
+            for label, command in servers for transport in options.transports]
+    for step, (n, r, label, command, transport) in enumerate(plan):
         progress.run(step, len(plan))
-        result = run_case(label, command, n, options, progress, r)
+        result = run_case(label, command, n, options, progress, r, transport)
         results.append(result)
     progress.run(len(plan), len(plan))
     return results
@@ -928,9 +988,14 @@ def latency_of(result: dict[str, Any]) -> dict[str, Any]:
     return e2e if e2e["samples"] else result["latency_ms"]
 
 
-def summarize(results: list[dict[str, Any]], label: str, n: int) -> dict[str, Any] | None:
-    """The mean over rounds of one (server, N); None if no round succeeded."""
-    runs = [r for r in results if r["server"] == label and r["n"] == n and r.get("ok")]
+def summarize(
+    results: list[dict[str, Any]], label: str, n: int, transport: str = "udp"
+) -> dict[str, Any] | None:
+    """The mean over rounds of one (server, N, players' transport); None if no round succeeded."""
+    runs = [
+        r for r in results
+        if r["server"] == label and r["n"] == n and r.get("transport", "udp") == transport and r.get("ok")
+    ]
     if not runs:
         return None
 
@@ -940,6 +1005,7 @@ def summarize(results: list[dict[str, Any]], label: str, n: int) -> dict[str, An
 
     return {
         "server": label,
+        "transport": transport,
         "n": n,
         "rounds": len(runs),
         "forwarded_pps": mean(lambda r: r["forwarded_pps"]),
@@ -971,11 +1037,16 @@ def summarize(results: list[dict[str, Any]], label: str, n: int) -> dict[str, An
         "relay_added_latency_p50_ms": mean(lambda r: r.get("relay", {}).get("added_latency_p50_ms")),
         "relay_added_latency_p99_ms": mean(lambda r: r.get("relay", {}).get("added_latency_p99_ms")),
         "relay_cpu_us_per_packet": mean(lambda r: r.get("relay", {}).get("relay_cpu_us_per_packet")),
+        # Runs with TCP players in the invocation: whole-frame drops for slow ICE-TCP readers.
+        "stream_congestion_drops": mean(
+            lambda r: r.get("server_tcp_counters", {}).get("window", {}).get("stream_congestion_drops")
+        ),
     }
 
 
 COLUMNS = (
     ("server", "server", "{}"),
+    ("players", "transport", "{}"),
     ("N", "n", "{}"),
     ("fwd pkt/s", "forwarded_pps", "{:.0f}"),
     ("CPU µs/pkt", "server_us_per_packet", "{:.1f}"),
@@ -994,9 +1065,11 @@ OPTIONAL_COLUMNS = ("keyframe_cache_kb",)  # shown only when some row has a valu
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    tcp = any(row.get("transport", "udp") != "udp" for row in rows)  # "players" only beside TCP ones
     return [
         column for column in COLUMNS
-        if column[1] not in OPTIONAL_COLUMNS or any(row.get(column[1]) is not None for row in rows)
+        if (column[1] not in OPTIONAL_COLUMNS or any(row.get(column[1]) is not None for row in rows))
+        and (column[1] != "transport" or tcp)
     ]
 
 
@@ -1078,11 +1151,14 @@ def cluster_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def ratios(summaries: list[dict[str, Any]], a: str, b: str) -> list[dict[str, Any]]:
+def ratios(
+    summaries: list[dict[str, Any]], a: tuple[str, str], b: tuple[str, str]
+) -> list[dict[str, Any]]:
+    """B/A per N of the RATIO_KEYS, A and B each a (server label, players' transport)."""
     out = []
-    by_key = {(s["server"], s["n"]): s for s in summaries}
+    by_key = {(s["server"], s.get("transport", "udp"), s["n"]): s for s in summaries}
     for n in sorted({s["n"] for s in summaries}):
-        sa, sb = by_key.get((a, n)), by_key.get((b, n))
+        sa, sb = by_key.get((*a, n)), by_key.get((*b, n))
         if sa is None or sb is None:
             continue
         row: dict[str, Any] = {"n": n}

@@ -6,6 +6,14 @@ is read until EAGAIN. Per RTP packet the loop does only: sequence accounting per
 from abs-send-time (the header is not encrypted), and SRTP unprotect for 1 packet in 8 — every packet
 until the leg's first keyframe, and every packet on legs chosen to decrypt all.
 
+With `WorkerConfig.transport` "tcp", every leg is a TCP connection to the server's ICE-TCP candidate
+instead (see proto.py) and the loop deframes it (`FrameReader`: RFC 4571, a 2-byte length before each
+datagram; a frame may arrive in pieces over several reads), then treats each frame exactly as the UDP
+datagram it would have been. Each frame takes two reads, its length and then exactly its body, so
+that its kernel receive timestamp is that of its own last byte, never of a later frame's. The loop
+reads every ready connection every round (2 ms), which is what the server needs of a TCP player: it
+drops whole frames for one whose connection has 256 KiB queued.
+
 With `WorkerConfig.latency_by_port`, the end-to-end latency histograms are kept per server media port
 (the port the leg's answer named): a server of several worker processes (`--workers N`) gives each its
 own port, so the orchestrator can tell the legs of the worker holding the publisher from those served
@@ -32,7 +40,7 @@ import trio
 from trio_sfu.media.negotiation import EXT_ABS_SEND_TIME
 from trio_sfu.transport.certificate import Certificate
 
-from .proto import ABS_SEND_TIME_ID, AST_UNITS, VP8_PT, LegTransport, open_leg
+from .proto import ABS_SEND_TIME_ID, AST_UNITS, FRAME_HEADER, VP8_PT, LegTransport, open_leg
 from .publisher import describe
 from .sendlog import SLOTS, SendLog, payload_offset
 
@@ -60,6 +68,7 @@ class WorkerConfig:
     # Keep the end-to-end latency per server media port (a server of several workers; not Janus, which
     # has a port per session).
     latency_by_port: bool = False
+    transport: str = "udp"  # "tcp": every leg (and probe) over ICE-TCP (see the module's docstring)
 
 
 class SubscriberLeg:
@@ -83,6 +92,7 @@ class SubscriberLeg:
         self.first_keyframe_at = 0.0
         self.active = True
         self.fd = -1
+        self.frames: FrameReader | None = None  # ICE-TCP: the stream's deframer; None over UDP
         answer = transport.answer
         self.ast_id = answer.extension_id(EXT_ABS_SEND_TIME) or ABS_SEND_TIME_ID
         self.ast_byte = (self.ast_id << 4) | 2  # the one-byte header of a 3-byte abs-send-time element
@@ -94,6 +104,56 @@ class SubscriberLeg:
 
     def received(self) -> int:
         return sum(s[1] for s in list(self.streams.values()))
+
+
+class FrameReader:
+    """RFC 4571 deframing of one leg's ICE-TCP connection, for the receive loop.
+
+    `read` returns one whole frame and the ancillary data of the read that completed it (the kernel
+    receive timestamp of the frame's last byte: when it could first be used), or None when no whole
+    frame is there yet (a part that is stays here until the rest comes). It reads the 2-byte length,
+    then exactly the body, so no read takes bytes of the next frame. EOFError when the connection
+    ended (the server closed it, or it broke)."""
+
+    __slots__ = ("_length", "_partial", "_recv", "_recvmsg")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._recv = sock.recv
+        self._recvmsg = sock.recvmsg
+        self._length = -1  # the frame's length once its header is in; -1: reading a header
+        self._partial = b""  # what has come of the header or the body so far
+
+    def read(self) -> tuple[bytes, list[tuple[int, int, bytes]]] | None:
+        try:
+            if self._length < 0:
+                head = self._recv(FRAME_HEADER - len(self._partial))
+                if not head:
+                    raise EOFError("the server closed the connection")
+                if self._partial:
+                    head = self._partial + head
+                if len(head) < FRAME_HEADER:
+                    self._partial = head
+                    return None
+                self._partial = b""
+                self._length = (head[0] << 8) | head[1]
+                if not self._length:  # an empty frame: nothing to hand over
+                    self._length = -1
+                    return None
+            data, ancillary, _, _ = self._recvmsg(self._length - len(self._partial), 64)
+            if not data:
+                raise EOFError("the server closed the connection")
+        except BlockingIOError:  # the rest of the frame is still on its way
+            return None
+        except ConnectionError as exc:
+            raise EOFError(f"the connection broke ({type(exc).__name__})") from None
+        if self._partial:
+            data = self._partial + data
+        if len(data) < self._length:
+            self._partial = data
+            return None
+        self._partial = b""
+        self._length = -1
+        return data, ancillary
 
 
 def is_vp8_keyframe_start(packet: bytes) -> bool:
@@ -219,10 +279,21 @@ class Worker:
                     if entry is None:
                         continue
                     leg, transport, e2e_fine, e2e_coarse = entry
+                    frames = leg.frames
                     try:
-                        data, ancillary, _, _ = transport.sock.recvmsg(2048, 64)
+                        if frames is None:
+                            data, ancillary, _, _ = transport.sock.recvmsg(2048, 64)
+                        else:  # ICE-TCP: one whole frame, or none yet
+                            frame = frames.read()
+                            if frame is None:
+                                counters["tcp_partial_reads"] += 1
+                                continue
+                            data, ancillary = frame
                     except OSError:  # EAGAIN after all, or a socket closed under us
                         counters["recv_error"] += 1
+                        continue
+                    except EOFError as exc:
+                        self._stream_ended(fd, transport, str(exc))
                         continue
                     if ancillary:
                         seconds, nanoseconds = timespec(ancillary[0][2])
@@ -319,9 +390,19 @@ class Worker:
     def _control_datagram(transport: LegTransport, data: bytes) -> None:
         transport.on_control(data, trio.current_time())
 
+    def _stream_ended(self, fd: int, transport: LegTransport, reason: str) -> None:
+        """(Receive thread) an ICE-TCP connection ended: stop polling it (it would be readable for
+        ever), and tell its leg (a set-up in progress fails at once, saying why)."""
+        self.counters["tcp_closed_as_asked" if transport.closing else "tcp_closed"] += 1
+        with contextlib.suppress(OSError):
+            self.epoll.unregister(fd)
+        self.trio_token.run_sync_soon(transport.on_stream_closed, reason)
+
     def register(self, leg: SubscriberLeg, transport: LegTransport) -> None:
         leg.fd = transport.sock.fileno()
         transport.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        if transport.kind == "tcp":
+            leg.frames = FrameReader(transport.sock)
         port = transport.answer.address[1] if self.config.latency_by_port else 0
         e2e = self.e2e_by_port.get(port)
         if e2e is None:
@@ -353,7 +434,7 @@ class Worker:
             async with open_leg(
                 self.config.url, publish=False, certificate=self.certificate, stream=self.config.stream,
                 token=self.config.token, rcvbuf=self.config.rcvbuf, on_transport=on_transport,
-                limiter=self.limiter,
+                limiter=self.limiter, transport=self.config.transport,
             ) as opened:
                 assert leg is not None
                 leg.offer_sent_at = opened.offer_sent_at
@@ -392,6 +473,7 @@ class Worker:
                 async with open_leg(
                     self.config.url, publish=False, certificate=self.certificate, stream=self.config.stream,
                     token=self.config.token, rcvbuf=self.config.rcvbuf, on_transport=on_transport,
+                    transport=self.config.transport,
                 ) as opened:
                     assert leg is not None
                     while not leg.first_keyframe_at:
