@@ -9,6 +9,8 @@
                                                        # a simulcast publisher; e.g. adaptation off/on
     scripts/bench.py --compare "CMD --workers 1" "CMD --workers 2" --find-capacity
                                                        # the largest N each holds loss-free; the ratio
+    scripts/bench.py --pin 0:1 --janus --subscribers 100,300
+                                                       # the headline: server and Janus on CPU 0, load on 1
     scripts/bench.py --transport both --subscribers 100
                                                        # players over UDP, then over ICE-TCP; TCP/UDP
 
@@ -139,6 +141,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--simulcast", action="store_true",
                         help="the publisher sends its video as three simulcast layers q, h, f (rids, as "
                         "Chromium) with VP8 temporal layers; players still get one layer each")
+    parser.add_argument("--pin", metavar="SERVER:LOAD",
+                        help="CPU lists, e.g. 0:1: the server under test (trio_sfu or Janus) runs on "
+                        "SERVER's CPUs, this script, the publisher and the players on LOAD's; the headline "
+                        "figures are pinned (an unpinned server shares its core with the load, or gets two)")
     parser.add_argument("--transport", choices=("udp", "tcp", "both"), default="udp",
                         help="how the players connect: udp (default), tcp (ICE-TCP to the server's passive "
                         "TCP candidate, RFC 4571 framing), or both (a UDP run and a TCP run for each N and "
@@ -219,6 +225,29 @@ def allow_tcp_players(
 
 def series_name(label: str, transport: str, transports: tuple[str, ...]) -> str:
     return label if transports == ("udp",) else f"{label} ({transport} players)"
+
+
+def parse_cpus(text: str) -> set[int]:
+    """`0`, `0,2` or `0-3` (taskset's list form)."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def parse_pin(text: str) -> tuple[set[int], set[int]]:
+    """--pin SERVER:LOAD, each a CPU list; refused if they overlap or name CPUs this machine lacks."""
+    try:
+        server_text, load_text = text.split(":")
+        server, load = parse_cpus(server_text), parse_cpus(load_text)
+    except ValueError:
+        raise SystemExit(f"--pin {text!r}: write SERVER:LOAD CPU lists, e.g. 0:1 or 0:1-3") from None
+    available = os.sched_getaffinity(0)
+    if server & load or not (server | load) <= available:
+        raise SystemExit(f"--pin {text!r}: the lists must not overlap and must be among CPUs "
+                         f"{sorted(available)}")
+    return server, load
 
 
 def tree_state() -> str:
@@ -303,11 +332,17 @@ def main(argv: list[str] | None = None) -> int:
         resolution=args.capacity_resolution, max_loss_pct=args.max_loss_pct, max_p99_ms=args.max_p99_ms,
     )
     capacity: dict[str, dict[str, Any]] = {}
+    server_cpus = None
+    if args.pin:
+        server_cpus, load_cpus = parse_pin(args.pin)
+        os.sched_setaffinity(0, load_cpus)  # the publisher and player processes inherit it
+        print(f"pinned: server on CPUs {sorted(server_cpus)}, load on {sorted(load_cpus)}", file=sys.stderr)
     options = Options(
         subscribers=subscribers, duration=duration, settle=settle, probes=probes,
         legs_per_worker=args.legs_per_worker, decrypt_every=args.decrypt_every, pacing=args.pacing,
         media_path=args.media, token=args.token, keep_logs=args.keep_logs,
         janus_event_loops=args.janus_event_loops, simulcast=args.simulcast, transports=transports,
+        server_cpus=server_cpus,
     )
     load_before = procfs.load_average()
     tree_before = tree_state()

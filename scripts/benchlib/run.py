@@ -73,6 +73,8 @@ class Options:
     simulcast: bool = False  # the publisher sends three simulcast video layers (see publisher.py)
     # How the players connect, each in turn for every (server, N, round): "udp", "tcp" (ICE-TCP).
     transports: tuple[str, ...] = ("udp",)
+    # --pin: the CPUs the server under test (trio_sfu or Janus alike) runs on (None: unpinned).
+    server_cpus: set[int] | None = None
 
     @property
     def tcp_metrics(self) -> bool:
@@ -127,13 +129,17 @@ def _free_port() -> int:
 class ServerProcess:
     """The server under test, alone in its process (tree), its output in files that cannot fill up."""
 
-    def __init__(self, command: list[str], workdir: Path, janus_event_loops: int = 0) -> None:
+    def __init__(
+        self, command: list[str], workdir: Path, janus_event_loops: int = 0, cpus: set[int] | None = None
+    ) -> None:
         self.janus_url = ""
         if command == [JANUS]:
             janus.prepare_network()
             port = _free_port()
             command = janus.write_config(workdir / "janus", port, janus_event_loops)
             self.janus_url = f"http://127.0.0.1:{port}/janus"
+        if cpus is not None:  # --pin: every server on the same CPUs (taskset, so the command line shows it)
+            command = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *command]
         self.command = command
         self.stdout_path = workdir / "server.stdout"
         self.stderr_path = workdir / "server.stderr"
@@ -809,7 +815,7 @@ def run_case(
                               "transport": transport}
     name = options.run_name(label, transport)
     workdir = Path(tempfile.mkdtemp(prefix="trio_sfu_bench_"))
-    server = ServerProcess(command, workdir, options.janus_event_loops)
+    server = ServerProcess(command, workdir, options.janus_event_loops, options.server_cpus)
     result["server_command"] = shlex.join(server.command)
     children: list[Child] = []
     try:
