@@ -462,8 +462,8 @@ class Server:
             try:
                 bound = await nursery.start(listener.serve, host, port)
             except OSError as exc:
-                if config.media_tcp_port is not None:
-                    raise ConfigError(f"media_tcp_port {port} on {host}: {exc.strerror}") from None
+                if config.media_tcp_port is not None:  # asked for: main says what to change
+                    raise OSError(exc.errno, f"ICE-TCP port {port} on {host}: {exc.strerror}") from None
                 log.info("event=ice_tcp_port_taken port=%d action=any_free_port", port)
                 bound = await nursery.start(listener.serve, host, 0)
             self.tcp_listeners.append(listener)
