@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trio.run(run_server, server)
     except* OSError as group:
-        for failure in group.exceptions:
+        for failure in _leaves(group):
             hint = (
                 "; is another server using that address? pick other ports"
                 if (getattr(failure, "errno", None) == errno.EADDRINUSE)
@@ -287,6 +287,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {failure}{hint}", file=sys.stderr)
         status = 1
     return status
+
+
+def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
+    """The errors in `group`, nested groups (a nursery inside a nursery) opened."""
+    out: list[OSError] = []
+    for item in group.exceptions:
+        if isinstance(item, BaseExceptionGroup):
+            out += _leaves(item)
+        else:
+            out.append(item)
+    return out
 
 
 if __name__ == "__main__":

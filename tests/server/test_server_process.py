@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -166,6 +167,24 @@ def test_bad_option_says_what_to_do() -> None:
     )
     assert result.returncode == 2
     assert "brackets" in result.stderr
+
+
+def test_a_taken_ice_tcp_port_says_what_to_do() -> None:
+    """--media-tcp PORT that another program holds: the start-up fails with the address and a hint
+    (the error is opened out of Trio's nested exception groups), not a traceback."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "trio_sfu", "--signal", "127.0.0.1:0", "--http", "127.0.0.1:0",
+             "--media", "127.0.0.1:0", "--media-tcp", str(port)],
+            capture_output=True, text=True, timeout=30,
+        )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"ICE-TCP port {port}" in last and "pick other ports" in last, result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_token_command_mints_a_valid_token() -> None:
