@@ -56,7 +56,7 @@ with UDP players, then one with TCP players, against the same server command; th
 the invocation also read the server's ICE-TCP counters before and after the window: whole frames it
 dropped for a TCP player whose connection's queue was full (`stream_congestion`; a player that reads
 too slowly), connections refused. All the players connect from 127.0.0.1, and trio_sfu refuses more
-than `tcp_max_per_address` (50) ICE-TCP connections from one address: a trio_sfu server command
+than `tcp_max_per_address` (1000) ICE-TCP connections from one address: a trio_sfu server command
 without its own --config gets `--config FILE` that raises that limit (and `tcp_max_connections`), in
 every run of the invocation, UDP ones included (printed at the start; in the JSON's `servers`).
 
@@ -212,7 +212,7 @@ def allow_tcp_players(
                          "answers offer a passive TCP candidate on 127/8 and it takes that many from one "
                          "address")
         elif any(arg == "--config" or arg.startswith("--config=") for arg in command):
-            notes.append(f"warning: {label} has its own --config: its tcp_max_per_address (default 50) and "
+            notes.append(f"warning: {label} has its own --config: its tcp_max_per_address (default 1000) and "
                          "tcp_max_connections must allow N players + probes from 127.0.0.1, or the rest fail")
         else:
             command = [*command, "--config", str(config)]

@@ -103,7 +103,8 @@ class Config:
     ice_tcp: bool = True
     media_tcp_port: int | None = None
     tcp_max_connections: int = 2000
-    tcp_max_per_address: int = 50
+    # As max_sessions_per_address: a whole office behind one NAT address is the case ICE-TCP is for.
+    tcp_max_per_address: int = 1000
     dtls_handshake_timeout: float = 10.0
     max_publisher_bitrate: int = 2_500_000
     # Seconds of a publisher's media (at max_publisher_bitrate) its socket may hold while the server is
