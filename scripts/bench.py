@@ -186,7 +186,7 @@ def reexec_in_netns() -> None:
 
 TCP_LIMIT = 10_000
 """tcp_max_per_address and tcp_max_connections for a trio_sfu server benched with TCP players: they
-all connect from 127.0.0.1, and its defaults (50 per address, 2000 in all) would refuse most."""
+all connect from 127.0.0.1, and its defaults (1000 per address, 2000 in all) would refuse the largest runs."""
 
 
 def is_trio_sfu(command: list[str]) -> bool:
