@@ -284,3 +284,34 @@ async def test_a_reset_connection_ends_only_itself() -> None:
         assert not await closed_by_server(bystander, 0.2)
         assert (await get(server, "/healthz")).status == 200
         await bystander.aclose()
+
+
+async def test_udp_from_a_tcp_players_address_is_not_its_media() -> None:
+    """UDP and ICE-TCP ports share numbers: UDP datagrams from the address (IP and port) of a player's
+    TCP connection are not what its ICE check proved, and are dropped (counted), its session unharmed."""
+    async with listening() as server, trio.open_nursery() as nursery:
+        ((host, port),) = server.tcp_candidates
+        harness = Harness(server, nursery)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as impostor:
+            impostor.bind((host, 0))
+            shared_port = impostor.getsockname()[1]
+            async with (
+                harness.client(uid="pub") as pub_sig,
+                harness.client(uid="tcp") as tcp_sig,
+                open_client(pub_sig, UdpEndpoint.bind(LOOPBACK), publish=True) as pub,
+                open_tcp_client_endpoint(host, port, local_port=shared_port) as endpoint,
+                open_client(tcp_sig, endpoint, publish=False) as player,
+            ):
+                for garbage in (b"\x16\xfe\xfd" + bytes(40), b"\x80\x60" + bytes(40)):  # DTLS, RTP
+                    impostor.sendto(garbage, (host, port))
+                await trio.sleep(0.2)
+                (session,) = [s for c in server.connections for s in c.sessions.values() if not s.publish]
+                assert session.transport.counters["wrong_transport"] == 2
+                before = len(player.transport.received.rtp)
+                for index in range(10):
+                    for packet in video_frame(index, index * PACKETS_PER_FRAME, pub.local.video_ssrc):
+                        pub.transport.send_rtp(packet)
+                    await trio.sleep(1 / FPS)
+                await trio.sleep(0.2)
+                assert len(player.transport.received.rtp) - before >= 10 * PACKETS_PER_FRAME
+        nursery.cancel_scope.cancel()

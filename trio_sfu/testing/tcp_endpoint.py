@@ -66,13 +66,15 @@ class TcpClientEndpoint:
 
 @asynccontextmanager
 async def open_tcp_client_endpoint(
-    host: str, port: int, *, receive_buffer: int | None = None
+    host: str, port: int, *, receive_buffer: int | None = None, local_port: int = 0
 ) -> AsyncIterator[TcpClientEndpoint]:
     """Connect to an ICE-TCP candidate; `receive_buffer` (bytes) keeps the kernel from hiding a slow
-    reader behind megabytes of buffer."""
+    reader behind megabytes of buffer; `local_port` binds the client's end to that port."""
     sock = trio.socket.socket(stdlib_socket.AF_INET6 if ":" in host else stdlib_socket.AF_INET)
     if receive_buffer is not None:
         sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF, receive_buffer)
+    if local_port:
+        await sock.bind((host, local_port))
     await sock.connect((host, port))
     stream = trio.SocketStream(sock)
     endpoint = TcpClientEndpoint(stream, (host, port))
