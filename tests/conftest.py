@@ -168,7 +168,7 @@ def autojump_clock() -> Iterator[trio.testing.MockClock]:
 
 @pytest.fixture(scope="module")
 def firefox_process() -> Iterator[Any]:
-    """A headless Firefox for a module's tests (skipped without one); test_firefox.py has its own."""
+    """A headless Firefox for a module's tests (skipped without one)."""
     from .peers.firefox_peers import FirefoxProcess, skip_reason
 
     reason = skip_reason()
@@ -181,7 +181,7 @@ def firefox_process() -> Iterator[Any]:
 
 @pytest.fixture
 async def firefox(firefox_process: Any) -> AsyncIterator[Any]:
-    """A BiDi session to `firefox_process`, one per test."""
+    """A BiDi session to `firefox_process`, one per test; its tabs and user contexts close with it."""
     from .peers.firefox_peers import Firefox
 
     async with Firefox.connect(firefox_process) as session:

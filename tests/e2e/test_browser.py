@@ -14,10 +14,12 @@ import trio
 
 from ..peers.aiortc_peers import AsyncioThread, Player, Publisher
 from ..peers.browser_peers import (
+    READ_BARS,
     Browser,
     DemoPage,
     aiortc_session,
     check_mute_unmute_close,
+    counter_from_levels,
     frames,
     packets,
     serving,
@@ -143,33 +145,6 @@ async def test_chromium_publishes_aiortc_plays(chromium: Browser, aio: AsyncioTh
         assert player.codecs == {"video": "video/VP8", "audio": "audio/opus"}
         first = player.frames[0][0] - player.offered_at
         print(f"aiortc player: first frame {first * 1000:.0f} ms after its offer")
-
-
-# Reads the ten bars of the aiortc publisher's counter pattern off the playing <video> (via a canvas).
-READ_BARS = """async (i) => {
-  const video = window.sfu.sessions[i].panel.querySelector("video");
-  const canvas = document.createElement("canvas");
-  [canvas.width, canvas.height] = [video.videoWidth, video.videoHeight];
-  const g = canvas.getContext("2d", { willReadFrequently: true });
-  g.drawImage(video, 0, 0);
-  const bar = Math.floor(canvas.width / 10), levels = [];
-  for (let b = 0; b < 10; b++) {
-    const x = b * bar + Math.floor(bar / 4), w = Math.floor(bar / 2);
-    const y = Math.floor(canvas.height / 4), h = Math.floor(canvas.height / 2);
-    const data = g.getImageData(x, y, w, h).data;
-    let sum = 0;
-    for (let p = 0; p < data.length; p += 4) sum += (data[p] + data[p + 1] + data[p + 2]) / 3;
-    levels.push(sum / (data.length / 4));
-  }
-  return { levels, width: canvas.width, height: canvas.height };
-}"""
-
-
-def counter_from_levels(levels: list[float]) -> int | None:
-    """The frame counter the bars show (as tests/aiortc_peers.read_counter), None if unreadable."""
-    if any(60 < level < 195 for level in levels) or levels[0] < 128 or levels[-1] > 127:
-        return None
-    return sum(1 << bit for bit in range(8) if levels[1 + bit] > 127)
 
 
 async def test_aiortc_publishes_chromium_plays(chromium: Browser, aio: AsyncioThread) -> None:

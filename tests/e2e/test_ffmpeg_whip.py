@@ -41,7 +41,16 @@ from trio_sfu.wire.sdp import parse_offer
 
 from ..conftest import Client, fixture_sdp, outside_private_namespace
 from ..peers.aiortc_peers import TONE_HZ, AsyncioThread, Player
-from ..peers.browser_peers import Browser, frames, inbound_video, packets, serving, wait_until
+from ..peers.browser_peers import (
+    READ_BARS,
+    Browser,
+    counter_from_levels,
+    frames,
+    inbound_video,
+    packets,
+    serving,
+    wait_until,
+)
 from ..peers.ffmpeg_whip import FPS, HEIGHT, WIDTH
 from ..support.aiortc_sessions import wait_for
 
@@ -261,33 +270,6 @@ RECEIVE_OFFER = """async () => {
   pc.close();
   return offer.sdp;
 }"""
-
-# The mean grey level of each of the ten counter bars (tests/peers/aiortc_peers.counter_image) in the
-# picture the player session's <video> shows now, drawn into a canvas.
-READ_BARS = """async (i) => {
-  const video = window.sfu.sessions[i].panel.querySelector("video");
-  const canvas = document.createElement("canvas");
-  [canvas.width, canvas.height] = [video.videoWidth, video.videoHeight];
-  const g = canvas.getContext("2d", { willReadFrequently: true });
-  g.drawImage(video, 0, 0);
-  const bar = Math.floor(canvas.width / 10), levels = [];
-  for (let b = 0; b < 10; b++) {
-    const x = b * bar + Math.floor(bar / 4), w = Math.floor(bar / 2);
-    const data = g.getImageData(x, Math.floor(canvas.height / 4), w, Math.floor(canvas.height / 2)).data;
-    let sum = 0;
-    for (let p = 0; p < data.length; p += 4) sum += (data[p] + data[p + 1] + data[p + 2]) / 3;
-    levels.push(sum / (data.length / 4));
-  }
-  return { levels, width: canvas.width, height: canvas.height, time: video.currentTime };
-}"""
-
-
-def counter_from_levels(levels: list[float]) -> int | None:
-    """The counter the bars show (as aiortc_peers.read_counter), None when the framing bars are wrong."""
-    if any(60 < level < 195 for level in levels) or levels[0] < 128 or levels[-1] > 127:
-        return None
-    return sum(1 << bit for bit in range(8) if levels[1 + bit] > 127)
-
 
 def h264_lines(sdp: str) -> list[str]:
     """An offer's H264 rtpmap lines and the fmtp lines of those payload types."""

@@ -13,7 +13,6 @@ also need Chromium skip without it.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -37,20 +36,6 @@ pytestmark = [
 ]
 
 CAMERA = (640, 480)  # Firefox's fake camera, like Chromium's; but Firefox starts sending at 320x240
-
-
-@pytest.fixture(scope="module")
-def firefox_process() -> Iterator[FirefoxProcess]:
-    process = FirefoxProcess()
-    yield process
-    process.stop()
-
-
-@pytest.fixture
-async def firefox(firefox_process: FirefoxProcess) -> AsyncIterator[Firefox]:
-    """This test's BiDi session; its tabs and user contexts close with it."""
-    async with Firefox.connect(firefox_process) as session:
-        yield session
 
 
 def page_url(url: str, bundle: str | None) -> str:

@@ -11,7 +11,6 @@ namespace or without `tc` or Chromium.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -32,6 +31,7 @@ from ..peers.browser_peers import (
     wait_until,
 )
 from ..peers.firefox_peers import Firefox, FirefoxProcess
+from ..support.loopback_tc import limited_class, loopback_rules, port, udp_filter
 
 pytestmark = [
     pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or ""),
@@ -39,36 +39,17 @@ pytestmark = [
 ]
 
 
-async def tc(*args: str) -> trio.CompletedProcess[bytes]:
-    return await trio.run_process(["tc", *args], capture_stdout=True, capture_stderr=True, check=False)
-
-
 @asynccontextmanager
 async def udp_dropped(media_port: int) -> AsyncIterator[None]:
-    """Every UDP packet to or from `media_port` on `lo` is dropped while the block runs: it is put in
-    a class whose queue holds one byte (this kernel has no `drop` action), everything else passes."""
-    if shutil.which("tc") is None:
-        pytest.skip("tc is missing: install Debian's iproute2 (scripts/test runs the suite as root)")
+    """Every UDP packet to or from `media_port` on `lo` is dropped while the block runs: it goes to a
+    class whose queue holds one byte (this kernel has no `drop` action); everything else passes."""
     commands = [
-        ["qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "10", "r2q", "100000"],
-        ["class", "add", "dev", "lo", "parent", "1:", "classid", "1:10", "htb", "rate", "10gbit"],
-        ["class", "add", "dev", "lo", "parent", "1:", "classid", "1:1", "htb", "rate", "8kbit",
-         "ceil", "8kbit"],
-        ["qdisc", "add", "dev", "lo", "parent", "1:1", "handle", "10:", "bfifo", "limit", "1"],
+        *limited_class("8kbit", 1),
+        udp_filter(*port("sport", media_port)),
+        udp_filter(*port("dport", media_port)),
     ]
-    for direction in ("sport", "dport"):
-        commands.append(["filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
-                         "match", "ip", "protocol", "17", "0xff", "match", "ip", direction, str(media_port),
-                         "0xffff", "flowid", "1:1"])
-    try:
-        for command in commands:
-            result = await tc(*command)
-            if result.returncode != 0:
-                pytest.skip(f"cannot filter loopback (`tc {' '.join(command)}`: "
-                            f"{result.stderr.decode().strip()}); needs root in a network namespace")
+    async with loopback_rules(commands):
         yield
-    finally:
-        await tc("qdisc", "del", "dev", "lo", "root")
 
 
 async def selected_pair(page: DemoPageBase, index: int) -> dict[str, Any]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import re
-import shutil
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +26,7 @@ import trio
 from trio_sfu.server.server import Server
 
 from ..peers.browser_peers import Browser, DemoPage, frames, packets, serving, skip_reason, wait_until
+from ..support.loopback_tc import limited_class, loopback_rules, port, tc, udp_filter
 
 pytestmark = [
     pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or ""),
@@ -45,37 +45,17 @@ MIN_FPS_SHARE = 0.8  # an unconstrained player decodes at least this share of th
 RECOVERY_SECONDS = 10.0  # for the narrow player to decode again once its link is wide (a keyframe away)
 
 
-async def tc(*args: str) -> trio.CompletedProcess[bytes]:
-    """Run `tc` (its failure is the caller's to judge: a skip when shaping, nothing when removing)."""
-    return await trio.run_process(["tc", *args], capture_stdout=True, capture_stderr=True, check=False)
-
-
 @asynccontextmanager
 async def narrow_link(server_port: int, player_port: int, rate: float) -> AsyncIterator[None]:
     """Shape UDP from the server's media port to the player's port on `lo` to `rate` bit/s, with a
     drop-tail queue of QUEUE_SECONDS; everything else on `lo` passes at 10 Gbit/s. Removed on exit."""
-    if shutil.which("tc") is None:
-        pytest.skip("tc is missing: install Debian's iproute2 (scripts/test runs the suite as root)")
-    kbit = f"{round(rate / 1000)}kbit"
-    queue = str(max(3000, round(rate / 8 * QUEUE_SECONDS)))
+    queue = max(3000, round(rate / 8 * QUEUE_SECONDS))
     commands = [
-        ["qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "10"],
-        ["class", "add", "dev", "lo", "parent", "1:", "classid", "1:10", "htb", "rate", "10gbit"],
-        ["class", "add", "dev", "lo", "parent", "1:", "classid", "1:1", "htb", "rate", kbit, "ceil", kbit],
-        ["qdisc", "add", "dev", "lo", "parent", "1:1", "handle", "10:", "bfifo", "limit", queue],
-        ["filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
-         "match", "ip", "protocol", "17", "0xff", "match", "ip", "sport", str(server_port), "0xffff",
-         "match", "ip", "dport", str(player_port), "0xffff", "flowid", "1:1"],
+        *limited_class(f"{round(rate / 1000)}kbit", queue),
+        udp_filter(*port("sport", server_port), *port("dport", player_port)),
     ]
-    try:
-        for command in commands:
-            result = await tc(*command)
-            if result.returncode != 0:
-                pytest.skip(f"cannot shape loopback (`tc {' '.join(command)}`: "
-                            f"{result.stderr.decode().strip()}); needs root in a network namespace")
+    async with loopback_rules(commands):
         yield
-    finally:
-        await tc("qdisc", "del", "dev", "lo", "root")
 
 
 async def link_stats() -> tuple[int, str]:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -58,7 +57,8 @@ from ..peers.browser_peers import (
     skip_reason,
 )
 from ..peers.firefox_peers import Firefox, FirefoxProcess
-from .test_narrow_link import QUEUE_SECONDS, SELECTED_PORTS, tc
+from ..support.loopback_tc import limited_class, loopback_rules, port, tc, udp_filter
+from .test_narrow_link import QUEUE_SECONDS, SELECTED_PORTS
 from .test_simulcast import (
     FIREFOX_LAYERS_WITHIN,
     check_offer,
@@ -147,42 +147,20 @@ class Link:
             assert result.returncode == 0, (command, result.stderr.decode())
 
 
-def udp_from(port: int) -> list[str]:
-    return ["match", "ip", "protocol", "17", "0xff", "match", "ip", "sport", str(port), "0xffff"]
-
-
 @asynccontextmanager
 async def capped_link(server_port: int, exempt: Sequence[int], rate: float) -> AsyncIterator[Link]:
     """UDP from the server's media port to any port but `exempt` goes through an HTB class at `rate`
     bit/s with a drop-tail queue of QUEUE_SECONDS of it; the rest of `lo` at WIDE_RATE. Removed on exit.
     (The ports a peer will use are known only once it is connected: this puts the next one behind the
     link from its first packet.)"""
-    if shutil.which("tc") is None:
-        pytest.skip("tc is missing: install Debian's iproute2 (scripts/test runs the suite as root)")
-    kbit = f"{round(rate / 1000)}kbit"
-    queue = str(max(3000, round(rate / 8 * QUEUE_SECONDS)))
+    from_server = port("sport", server_port)
     commands = [
-        ["qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "10"],
-        ["class", "add", "dev", "lo", "parent", "1:", "classid", "1:10", "htb", "rate", WIDE_RATE],
-        ["class", "add", "dev", "lo", "parent", "1:", "classid", "1:1", "htb", "rate", kbit, "ceil", kbit],
-        ["qdisc", "add", "dev", "lo", "parent", "1:1", "handle", "10:", "bfifo", "limit", queue],
-        *(
-            ["filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
-             *udp_from(server_port), "match", "ip", "dport", str(port), "0xffff", "flowid", "1:10"]
-            for port in exempt
-        ),
-        ["filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "2", "u32",
-         *udp_from(server_port), "flowid", "1:1"],
+        *limited_class(f"{round(rate / 1000)}kbit", max(3000, round(rate / 8 * QUEUE_SECONDS)), WIDE_RATE),
+        *(udp_filter(*from_server, *port("dport", exempt_port), flowid="1:10") for exempt_port in exempt),
+        udp_filter(*from_server, prio=2),
     ]
-    try:
-        for command in commands:
-            result = await tc(*command)
-            if result.returncode != 0:
-                pytest.skip(f"cannot shape loopback (`tc {' '.join(command)}`: "
-                            f"{result.stderr.decode().strip()}); needs root in a network namespace")
+    async with loopback_rules(commands):
         yield Link()
-    finally:
-        await tc("qdisc", "del", "dev", "lo", "root")
 
 
 # --------------------------------------------------------------------------- what is sampled

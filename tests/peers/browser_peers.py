@@ -349,3 +349,31 @@ async def inbound_video(page: DemoPageBase, index: int) -> dict[str, Any] | None
     has one): frameWidth, framesDecoded, freezeCount, totalFreezesDuration, packetsLost, timestamp (ms)…"""
     stat = await page.js(INBOUND_VIDEO, index)
     return dict(stat) if stat else None
+
+
+# The mean grey level of each of the ten counter bars (tests/peers/aiortc_peers.counter_image, which the
+# aiortc and FFmpeg publishers draw) in the picture a player session's <video> shows now, via a canvas;
+# with its size and the video's current time.
+READ_BARS = """async (i) => {
+  const video = window.sfu.sessions[i].panel.querySelector("video");
+  const canvas = document.createElement("canvas");
+  [canvas.width, canvas.height] = [video.videoWidth, video.videoHeight];
+  const g = canvas.getContext("2d", { willReadFrequently: true });
+  g.drawImage(video, 0, 0);
+  const bar = Math.floor(canvas.width / 10), levels = [];
+  for (let b = 0; b < 10; b++) {
+    const x = b * bar + Math.floor(bar / 4), w = Math.floor(bar / 2);
+    const data = g.getImageData(x, Math.floor(canvas.height / 4), w, Math.floor(canvas.height / 2)).data;
+    let sum = 0;
+    for (let p = 0; p < data.length; p += 4) sum += (data[p] + data[p + 1] + data[p + 2]) / 3;
+    levels.push(sum / (data.length / 4));
+  }
+  return { levels, width: canvas.width, height: canvas.height, time: video.currentTime };
+}"""
+
+
+def counter_from_levels(levels: list[float]) -> int | None:
+    """The counter the bars show (as aiortc_peers.read_counter), None when the framing bars are wrong."""
+    if any(60 < level < 195 for level in levels) or levels[0] < 128 or levels[-1] > 127:
+        return None
+    return sum(1 << bit for bit in range(8) if levels[1 + bit] > 127)
