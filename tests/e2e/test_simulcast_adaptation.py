@@ -482,13 +482,13 @@ async def recover(sampler: Sampler, top: Callable[[int], bool]) -> int | None:
     the seconds in which the publisher sent no top layer (no server can forward what is not sent);
     None if none did (and at most three times RECOVER_WITHIN in all)."""
     samples = sampler.samples
-    first = checked = len(samples)
+    first = len(samples)
     began = time.monotonic()
     while time.monotonic() - began < 3 * RECOVER_WITHIN:
-        found = await sampler.wait(top, checked, 1.0)
+        # From `first` each time: a sample that came while a wait was timing out is checked too.
+        found = await sampler.wait(top, first, 1.0)
         if found is not None:
             return found
-        checked = len(samples)
         silent = sum(top_silent(samples, i) for i in range(first, len(samples)))
         if time.monotonic() - began - silent > RECOVER_WITHIN:
             return None
