@@ -656,3 +656,32 @@ def test_a_new_player_starts_within_its_cap_even_while_no_layer_sends() -> None:
     assert start_layer(layers, later, max_rank=0).rid == "q"
     assert start_layer(layers, later, max_rank=1).rid == "h"
     assert start_layer(layers, later).rid == "f"
+
+
+def test_a_first_estimate_moves_a_player_only_when_far_below_its_option() -> None:
+    """Chromium's first estimate is about what the player received, not its link: beside loss (here
+    just after a step, so the loss does not step on its own), one at 0.8 of the option keeps it; at
+    0.6 it moves. An estimate that fell (an overuse) moves it from below 0.8."""
+    from trio_sfu.media.simulcast import LayerControl, option_bps
+
+    bench = Bench()
+    bench.start_layers({"q": 40, "h": 400, "f": 1200})
+    layers = list(bench.layers.values())
+    h = bench.layers["h"]
+    playing = (h, None)
+    now = bench.now
+
+    def after_loss(first_estimate: float) -> LayerControl:
+        control = LayerControl()
+        control.option_changed(now)
+        control.on_loss(0.2, now + 0.05)  # within STEP_SETTLE of the step: congestion, no step
+        control.on_estimate(first_estimate, now + 0.05)
+        return control
+
+    assert after_loss(option_bps(playing) * 0.78).choose(playing, layers, now + 0.1) == playing
+    moved = after_loss(option_bps(playing) * 0.6).choose(playing, layers, now + 0.1)
+    assert moved is not None and moved[0] is bench.layers["q"]
+    fell = after_loss(option_bps(playing) * 1.1)
+    fell.on_estimate(option_bps(playing) * 0.78, now + 0.1)  # a fall of 29 %: the player saw overuse
+    moved = fell.choose(playing, layers, now + 0.15)
+    assert moved is not None and moved[0] is bench.layers["q"]

@@ -136,6 +136,11 @@ STEP_SETTLE = 1.0
 # player on a link wider than its option steps down at each of them, and the estimate follows it down
 # (it grows 8 % a second at most: from q's base layer, the top is over 30 s away).
 ESTIMATE_BELOW = 0.8
+# ... and below this share when the estimate has not just fallen, and loss is all that says congestion:
+# a first estimate is about what the player received, not its link. Against 0.8, a first estimate of
+# 128k with q at 160k (and loss from h's queue just before) stepped a player on a 500 kbit/s link to
+# q's TL1, from which its estimate took ~29 s to reach the top.
+ESTIMATE_FAR_BELOW = 0.7
 
 
 class LayerControl:
@@ -143,8 +148,8 @@ class LayerControl:
 
     Down when the option it plays loses packets (one option, or to what the estimate affords if that
     is lower; at most once per STEP_SETTLE from when the last step took effect), or at once when the
-    estimate falls well below the option (ESTIMATE_BELOW). Up one option at a time, only after it has
-    fitted for UP_AFTER.
+    estimate falls (ESTIMATE_DROP) well below the option (ESTIMATE_BELOW). Up one option at a time,
+    only after it has fitted for UP_AFTER.
     The player's estimate (Chromium's REMB) can grow only to about 1.5 times what it receives, so below
     the top the server probes: it sends padding (retransmissions of recent packets) up to PROBE_STEP
     above the estimate, and backs off when a probe meets congestion.
@@ -157,6 +162,7 @@ class LayerControl:
         self.pinned = False  # True: the layer it started on, always (a relay's leg)
         self._estimate_at = -1e9
         self._congested_at = -1e9
+        self._estimate_fell_at = -1e9  # when the estimate last fell (an overuse the player saw)
         self._up_since: float | None = None
         self._probe_allowed_at = 0.0
         self._probe_backoff = PROBE_BACKOFF
@@ -174,6 +180,7 @@ class LayerControl:
         previous = self.estimate_bps if now - self._estimate_at < ESTIMATE_TTL else None
         if previous is not None and bps < previous * ESTIMATE_DROP:
             self._congestion(now)
+            self._estimate_fell_at = now
         if previous is None or bps <= previous:
             self._rising_since = None
         elif self._rising_since is None:
@@ -235,7 +242,10 @@ class LayerControl:
                 return playing
             return self._up(higher, playing, now)
         congested = now - self._congested_at < CONGESTION_MEMORY
-        if congested and estimate < option_bps(playing) * ESTIMATE_BELOW:
+        # An estimate that just fell is the player's word on its link; one that did not (a first one
+        # is what it received) needs a wider gap to move it, beside loss.
+        below = ESTIMATE_BELOW if now - self._estimate_fell_at < CONGESTION_MEMORY else ESTIMATE_FAR_BELOW
+        if congested and estimate < option_bps(playing) * below:
             self._up_since = None
             self.probe_bps = 0.0
             return choose_option(options, estimate)
