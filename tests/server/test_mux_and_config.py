@@ -49,7 +49,8 @@ def test_classify_by_first_byte(first: int, kind: Kind) -> None:
 
 
 def test_routing_by_ufrag_then_by_proven_address() -> None:
-    endpoint = MemoryNetwork().endpoint()
+    network = MemoryNetwork()
+    endpoint = network.endpoint()
     mux = MediaMux()
     a, b = Inbox(), Inbox()
     peer = ("127.0.0.1", 5000)
@@ -62,9 +63,17 @@ def test_routing_by_ufrag_then_by_proven_address() -> None:
         mux.handle(b"\x16\xfe\xfd" + b"\x00" * 20, peer, endpoint)
         mux.handle(b"\x80" + b"\x00" * 20, peer, endpoint)
         assert mux.dropped["unknown_source"] == 2
-        mux.route_address(peer, a)
+        mux.route_address(peer, a, endpoint)
         mux.handle(b"\x80" + b"\x00" * 20, peer, endpoint)
         assert [d.kind for d in a.datagrams] == [Kind.STUN, Kind.RTP]
+        # The same address over another endpoint (an ICE-TCP connection shares the numbers): not it.
+        mux.handle(b"\x80" + b"\x00" * 20, peer, network.endpoint())
+        assert len(a.datagrams) == 2 and mux.dropped.pop("wrong_transport") == 1
+        # ...and that other endpoint going away (a closed ICE-TCP connection) leaves the route be.
+        other = network.endpoint()
+        assert not mux.is_routed(peer, other) and mux.is_routed(peer, endpoint)
+        mux.forget_address(peer, other)
+        assert mux.is_routed(peer, endpoint)
         # Unknown ufrag, malformed STUN, unknown first byte, empty datagram.
         mux.handle(binding_request("zzzz:peer"), peer, endpoint)
         mux.handle(b"\x00\x01\x00\x08" + b"\x00" * 10, peer, endpoint)

@@ -225,7 +225,7 @@ class IceTcpListener:
             log.exception("event=ice_tcp_internal_error remote=%s:%d", *remote)
         finally:
             connection.close()
-            self.mux.forget_address(remote)
+            self.mux.forget_address(remote, connection)
             counters.open -= 1
             self._per_address[ip] -= 1
             if not self._per_address[ip]:
@@ -249,7 +249,7 @@ class IceTcpListener:
         while True:
             await trio.sleep(1.0)
             now = trio.current_time()
-            if not self.mux.is_routed(connection.remote):
+            if not self.mux.is_routed(connection.remote, connection):
                 if now - started >= self.handshake_timeout:
                     self.counters.handshake_timeouts += 1
                     log.info("event=ice_tcp_closed remote=%s:%d reason=no_ice_check", *connection.remote)

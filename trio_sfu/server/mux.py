@@ -44,7 +44,9 @@ class Receiver(Protocol):
 class MediaMux:
     def __init__(self) -> None:
         self._by_ufrag: dict[str, Receiver] = {}
-        self._by_address: dict[Address, Receiver] = {}
+        # A proven address, and the endpoint (UDP socket or ICE-TCP connection) its check came over:
+        # UDP and ICE-TCP ports share numbers, so an address alone does not name the path.
+        self._by_address: dict[Address, tuple[Receiver, DatagramEndpoint]] = {}
         self.received: collections.Counter[str] = collections.Counter()
         self.dropped: collections.Counter[str] = collections.Counter()
 
@@ -58,24 +60,30 @@ class MediaMux:
             yield
         finally:
             del self._by_ufrag[ufrag]
-            for address in [a for a, r in self._by_address.items() if r is receiver]:
+            for address in [a for a, (r, _) in self._by_address.items() if r is receiver]:
                 del self._by_address[address]
 
-    def route_address(self, address: Address, receiver: Receiver) -> None:
-        """Send non-STUN datagrams from `address` to `receiver` (after a valid ICE check)."""
-        self._by_address[address] = receiver
+    def route_address(self, address: Address, receiver: Receiver, endpoint: DatagramEndpoint) -> None:
+        """Send non-STUN datagrams from `address` over `endpoint` to `receiver` (after a valid ICE
+        check that came that way)."""
+        self._by_address[address] = (receiver, endpoint)
 
     def unroute_address(self, address: Address, receiver: Receiver) -> None:
-        if self._by_address.get(address) is receiver:
+        route = self._by_address.get(address)
+        if route is not None and route[0] is receiver:
             del self._by_address[address]
 
-    def is_routed(self, address: Address) -> bool:
-        """Whether a valid ICE check from `address` made it a session's (ICE-TCP's handshake check)."""
-        return address in self._by_address
+    def is_routed(self, address: Address, endpoint: DatagramEndpoint) -> bool:
+        """Whether a valid ICE check from `address` over `endpoint` made it a session's (ICE-TCP's
+        handshake check: a UDP peer with the same numbers is another path)."""
+        route = self._by_address.get(address)
+        return route is not None and route[1] is endpoint
 
-    def forget_address(self, address: Address) -> None:
-        """`address` is gone (its TCP connection closed): nothing more is routed from it."""
-        self._by_address.pop(address, None)
+    def forget_address(self, address: Address, endpoint: DatagramEndpoint) -> None:
+        """`endpoint` is gone (an ICE-TCP connection closed): nothing more is routed from `address`
+        over it (a UDP route with the same numbers stays)."""
+        if self.is_routed(address, endpoint):
+            del self._by_address[address]
 
     @property
     def sessions_routed(self) -> int:
@@ -97,7 +105,14 @@ class MediaMux:
             username = stun_username(message)
             receiver = self._by_ufrag.get(username.partition(":")[0]) if username else None
         else:
-            receiver = self._by_address.get(source)
+            route = self._by_address.get(source)
+            if route is None:
+                receiver = None
+            elif route[1] is not endpoint:  # the proven address, over the other transport
+                self.dropped["wrong_transport"] += 1
+                return
+            else:
+                receiver = route[0]
         if receiver is None:
             self.dropped["unknown_source"] += 1
             return

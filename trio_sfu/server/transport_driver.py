@@ -117,10 +117,6 @@ class TransportDriver:
                 assert datagram.stun is not None
                 peer.receive_stun(datagram.stun, datagram.data, datagram.source, now)
                 self._after_input(now, datagram.endpoint)
-            elif self._endpoints.get(datagram.source) is not datagram.endpoint:
-                # The validated address, but over the other transport (UDP and ICE-TCP ports share
-                # numbers): not the path an ICE check proved.
-                self.counters["wrong_transport"] += 1
             elif datagram.kind is Kind.DTLS:
                 peer.receive_dtls(datagram.data, datagram.source, now)
                 self._after_input(now, datagram.endpoint)
@@ -165,7 +161,7 @@ class TransportDriver:
             if isinstance(event, CandidateValidated):
                 if endpoint is not None:
                     self._endpoints[event.address] = endpoint
-                self.mux.route_address(event.address, self)
+                    self.mux.route_address(event.address, self, endpoint)
             elif isinstance(event, CandidateEvicted):
                 self._endpoints.pop(event.address, None)
                 self.mux.unroute_address(event.address, self)
