@@ -306,6 +306,8 @@ async def test_udp_from_a_tcp_players_address_is_not_its_media() -> None:
                     impostor.sendto(garbage, (host, port))
                 await trio.sleep(0.2)
                 assert server.mux.dropped["wrong_transport"] == 2
+                metrics = (await get(server, "/metrics")).body.decode()
+                assert 'trio_sfu_dropped_packets_total{reason="wrong_transport"} 2.0' in metrics
                 before = len(player.transport.received.rtp)
                 for index in range(10):
                     for packet in video_frame(index, index * PACKETS_PER_FRAME, pub.local.video_ssrc):

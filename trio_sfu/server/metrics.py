@@ -28,6 +28,7 @@ MUX_DROPS = {
     "malformed_stun": "malformed_stun",
     "unknown_kind": "unknown_kind",
     "queue_full": "transport_queue_full",
+    "wrong_transport": "wrong_transport",  # a proven address over the other transport (UDP vs ICE-TCP)
 }
 
 
