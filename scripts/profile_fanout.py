@@ -22,6 +22,7 @@ import trio
 
 from trio_sfu.config import HostPort
 from trio_sfu.media.consumer import Consumer
+from trio_sfu.media.fanout import COMPILED
 from trio_sfu.media.negotiation import EXT_ABS_SEND_TIME, EXT_MID, NegotiatedTrack
 from trio_sfu.media.producer import Producer
 from trio_sfu.media.totals import Totals
@@ -47,9 +48,12 @@ def connected_transport(
     offer = parse_offer((FIXTURES / "aiortc_offer_play.sdp").read_text())
     transport = TransportDriver(MediaMux(), offer, CERTIFICATE, totals=totals)
     keys = SrtpKeys(SrtpProfile.AEAD_AES_128_GCM, os.urandom(28), os.urandom(28))
-    transport._srtp = transport.peer.srtp = SrtpSession(keys)
+    srtp = transport._srtp = transport.peer.srtp = SrtpSession(keys)
+    transport.wire.attach(*srtp.fanout_handles, srtp)
     transport._media_peer = (endpoint, peer)
     transport._connected = endpoint.connect(peer) if connected else None
+    if transport._connected is not None:
+        transport.wire.fd = transport._connected.fileno()
     return transport
 
 
@@ -131,6 +135,7 @@ async def main() -> None:
         wall += time.perf_counter() - started
     forwarded = args.packets * args.players
     mode = ("sendto" if args.sendto else "connected send") + (", cold caches" if args.cold else "")
+    mode += ", compiled fan-out" if COMPILED else ", Python fan-out"
     print(
         f"{mode}: {args.players} players x {args.packets} packets: {cpu / forwarded * 1e6:.2f} µs CPU "
         f"({wall / forwarded * 1e6:.2f} µs wall) per forwarded packet"

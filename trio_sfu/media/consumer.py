@@ -16,6 +16,7 @@ from typing import Protocol
 
 import attrs
 
+from trio_sfu.media.fanout import Outlet, Wire
 from trio_sfu.media.negotiation import EXT_ABS_SEND_TIME, EXT_MID, NegotiatedTrack
 from trio_sfu.media.producer import CACHE_SIZE, TEMPORAL_LAYERS, Producer
 from trio_sfu.media.rewriter import Rewriter
@@ -27,7 +28,7 @@ from trio_sfu.wire.rtp import RtpHeader, parse_rtp
 from trio_sfu.wire.vp8 import Vp8Descriptor, parse_descriptor
 
 NTP_UNITS = 1 << 32
-SEQUENCE_MAP = 1024  # output sequence -> input sequence, for NACKs
+SEQUENCE_MAP = 1024  # resend times kept, by output sequence
 
 # Retransmission limits (a player behind a link narrower than the stream NACKs nearly every packet, and
 # again each round trip: answering all of it sent such a player dozens of times the stream's rate).
@@ -92,10 +93,18 @@ class PacketSink(Protocol):
         ...
 
 
-class Consumer:
+class Consumer(Outlet):
+    """The player's side of one track; Outlet holds what the compiled fan-out reads and writes.
+
+    `_ready` (Outlet's) says whether the compiled path may send this player's packets itself: kept
+    current by the setters of `awaiting_keyframe`, `target` and `backlogged`, the consumer's own
+    conditions (the rewriter's and the transport's are checked by the fan-out per packet)."""
+
     # Slots: see TransportDriver.
     __slots__ = (
+        "_awaiting_keyframe",
         "_backlog",
+        "_backlogged",
         "_congestion_wait",
         "_frame_forwarded",
         "_frame_timestamp",
@@ -106,12 +115,8 @@ class Consumer:
         "_rtx_sequence",
         "_rtx_tokens",
         "_rtx_tokens_at",
-        "_sent_input",
-        "_sent_output",
         "_starts_keyframe",
-        "_timestamp_offset",
-        "awaiting_keyframe",
-        "backlogged",
+        "_target",
         "clock_rate",
         "counters",
         "kind",
@@ -122,17 +127,13 @@ class Consumer:
         "pictures",
         "played",
         "producer",
-        "rewriter",
         "round_trip",
         "rtx_payload_type",
         "rtx_ssrc",
         "sink",
-        "ssrc",
         "switched_at",
-        "target",
         "temporal",
         "temporal_target",
-        "totals",
     )
 
     def __init__(
@@ -143,13 +144,17 @@ class Consumer:
         sink: PacketSink,
         backlog: Backlog,
     ) -> None:
+        super().__init__()
+        self._ready = False
+        self._awaiting_keyframe = False
+        self._target: Producer | None = None
+        self._backlogged = 0
         self.owner = owner  # the player's session
         self.producer = producer
         self.played = played
         self.kind = played.kind
         self.sink = sink
         self._backlog = backlog
-        self.backlogged = 0
         assert played.ssrc is not None
         self.ssrc = played.ssrc
         self.clock_rate = played.codec.clock_rate
@@ -168,11 +173,12 @@ class Consumer:
         self.rtx_payload_type = played.rtx_payload_type
         self.rtx_ssrc = played.rtx_ssrc
         self._rtx_sequence = 0
-        # Output sequence -> input sequence of recently sent packets, for NACKs that reach back
-        # across a splice (unmute); newer ones are mapped through the rewriter's offset.
-        # Typed arrays: four bytes a number, and no int object kept alive per entry.
-        self._sent_output = array.array("i", [-1]) * SEQUENCE_MAP
-        self._sent_input = array.array("i", [-1]) * SEQUENCE_MAP
+        # Outlet's sent map (record_sent, sent_source): output sequence -> input sequence of recent
+        # packets, for NACKs that reach back across a splice (unmute); newer ones are mapped through
+        # the rewriter's offset.
+        self._timestamp_offset = 0
+        wire = getattr(sink, "wire", None)
+        self._wire = wire if isinstance(wire, Wire) else None
         # When each output sequence number was last resent (the slot is valid when _resent_output
         # holds that number): written on NACKs only, never on the packet path, and made on the first
         # resend (12 KB a track that a player on a clean network never needs).
@@ -182,20 +188,18 @@ class Consumer:
         # The retransmission budget: a token bucket in bytes, full at first.
         self._rtx_tokens = float("inf")
         self._rtx_tokens_at = 0.0
-        self._timestamp_offset = 0
         self.muted_by_player = False
         self._muted_at = 0.0
         # Video is forwarded from a keyframe on: at the start and after every unmute.
         starts_keyframe = detector(played.codec.name) if self.kind == "video" else None
         self._starts_keyframe = starts_keyframe or (lambda payload: True)
         self._gated = starts_keyframe is not None  # video: forwarded from a keyframe on
-        self.awaiting_keyframe = self._gated
+        self._awaiting_keyframe = self._gated
         self._congestion_wait = False  # awaiting a keyframe because its stream transport was full
         self.counters: collections.Counter[str] = collections.Counter()
         self.totals = sink.totals
-        # Simulcast: the layer this player moves to at that layer's next keyframe (None: staying),
-        # and the first output sequence number of the current layer (older ones were another's).
-        self.target: Producer | None = None
+        # Simulcast: the layer this player moves to at that layer's next keyframe (`target`, None:
+        # staying), and the first output sequence number of the current layer (older: another's).
         self.switched_at: int | None = None
         # The first output sequence number of what the player gets now (layer and temporal cap; None:
         # since its first packet): loss a receiver report counts from before it was the old option's.
@@ -208,17 +212,60 @@ class Consumer:
         self.temporal = self.temporal_target = ALL_TEMPORAL
         self._frame_timestamp = -1
         self._frame_forwarded = True
+        self._gate()
+
+    # ---- the compiled path's gate ----
+
+    @property
+    def awaiting_keyframe(self) -> bool:
+        """Video waits for a keyframe: at the start, after unmute, after congestion."""
+        return self._awaiting_keyframe
+
+    @awaiting_keyframe.setter
+    def awaiting_keyframe(self, value: bool) -> None:
+        self._awaiting_keyframe = value
+        self._gate()
+
+    @property
+    def target(self) -> Producer | None:
+        return self._target
+
+    @target.setter
+    def target(self, value: Producer | None) -> None:
+        self._target = value
+        self._gate()
+
+    @property
+    def backlogged(self) -> int:
+        """Packets in the backlog channel, not yet sent."""
+        return self._backlogged
+
+    @backlogged.setter
+    def backlogged(self, value: int) -> None:
+        self._backlogged = value
+        self._gate()
+
+    def _gate(self) -> None:
+        self._ready = (
+            not self._awaiting_keyframe
+            and self._target is None
+            and not self._backlogged
+            and self.pictures is None
+            and self._wire is not None
+        )
 
     # ---- the packet path ----
 
     def forward(self, packet: bytes, header: RtpHeader, now: float) -> None:
-        target = self.target
+        """One packet from the producer, on the Python path (the compiled fan-out, where built, sends
+        the steady case itself and calls this for the rest)."""
+        target = self._target
         if target is not None and header.ssrc == target.ssrc and header.ssrc != self.producer.ssrc:
             if not self._starts_keyframe(memoryview(packet)[header.header_length :]):
                 target.request_keyframe(now)  # throttled by the producer
                 return
             self._switch(target, now)
-        elif self.awaiting_keyframe:
+        elif self._awaiting_keyframe:
             if not self._starts_keyframe(memoryview(packet)[header.header_length :]):
                 self.counters["waiting_for_keyframe"] += 1
                 if self._congestion_wait:
@@ -249,9 +296,7 @@ class Consumer:
         if numbered is None:
             return
         sequence, timestamp = numbered
-        slot = sequence % SEQUENCE_MAP
-        self._sent_output[slot] = sequence
-        self._sent_input[slot] = header.sequence
+        self.record_sent(sequence, header.sequence)
         # Output minus input timestamp of the same packet: what sender reports add to the publisher's
         # clock mapping (a reordered packet has the same offset, so it cannot skew it).
         self._timestamp_offset = (timestamp - header.timestamp) & 0xFFFFFFFF
@@ -260,7 +305,7 @@ class Consumer:
             # This player's own copy: its picture ids (the map may have resized the header).
             payload_start = len(mapped) - len(packet) + header.header_length
             mapped = pictures.rewrite(mapped, descriptor, payload_start)
-        if not self.backlogged:
+        if not self._backlogged:
             sent = self.sink.send_rtp_as(mapped, sequence, timestamp, self.ssrc)
             if sent is None:
                 self.counters["not_connected"] += 1
@@ -272,6 +317,10 @@ class Consumer:
                 self._congested(now)
                 return
         self._queue(rewriter.patch(mapped, sequence, timestamp))
+
+    def _would_block(self, mapped: bytes, sequence: int, timestamp: int) -> None:
+        """The compiled path's send found the kernel buffer full: queue it, as `forward` does."""
+        self._queue(self.rewriter.patch(mapped, sequence, timestamp))
 
     def _congested(self, now: float) -> None:
         """A stream transport (ICE-TCP) is full: its reader is slow. A queue would only make the
@@ -550,10 +599,8 @@ class Consumer:
         return True
 
     def _source_of(self, sequence: int) -> int | None:
-        slot = sequence % SEQUENCE_MAP
-        if self._sent_output[slot] == sequence:
-            return self._sent_input[slot]
-        return self.rewriter.source_sequence(sequence)
+        source = self.sent_source(sequence)
+        return source if source is not None else self.rewriter.source_sequence(sequence)
 
     def _as_rtx(self, packet: bytes) -> bytes:
         """RFC 4588: same timestamp, RTX SSRC/PT/sequence, original sequence first in the payload."""

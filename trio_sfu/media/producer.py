@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
+from trio_sfu.media.fanout import fan_out
 from trio_sfu.media.negotiation import NegotiatedTrack
 from trio_sfu.media.rewriter import HeaderMap
 from trio_sfu.wire.keyframe import detector, vp8_keyframe_size
@@ -214,8 +215,7 @@ class Producer:
                     self._temporal_frames[descriptor.temporal_id] += 1
         self.stats.update(header.sequence, header.timestamp, now)
         self._cache[header.sequence % CACHE_SIZE] = packet
-        for consumer in self.consumers:
-            consumer.forward(packet, header, now)
+        fan_out(self.consumers, packet, header, now)
         for tap in self.taps:
             tap.receive(packet, header, now)
 

@@ -14,6 +14,7 @@ import secrets
 import struct
 from collections.abc import Mapping, MutableMapping
 
+from trio_sfu.media.fanout import Lane
 from trio_sfu.wire.rtp import (
     MAX_DROPOUT,
     MAX_MISORDER,
@@ -241,7 +242,7 @@ class HeaderMap:
         buf[offset:end] = block
 
 
-class Rewriter:
+class Rewriter(Lane):
     """One consumer's view of one track: SSRC, sequence, timestamp, PT and extension-id mapping, mute.
 
     Feed it one media stream (unwrap RTX first). Output sequence numbers stay contiguous across
@@ -249,27 +250,13 @@ class Rewriter:
     late packets keep the place their sequence number gives them, so retransmissions map consistently.
     """
 
+    # The rest of the state is Lane's: what the compiled fan-out reads and writes (media/fanout.py).
     __slots__ = (
         "_bad_sequence",
         "_clock_rate",
-        "_drops",
         "_initial_sequence",
         "_initial_timestamp",
-        "_input_ssrc",
-        "_max_back",
-        "_max_input",
-        "_muted",
-        "_needs_sync",
         "_old_ssrcs",
-        "_pt_map",
-        "_seq_offset",
-        "_ts_offset",
-        "header_map",
-        "last_sent_at",
-        "last_sequence",
-        "last_timestamp",
-        "octets",
-        "packets",
         "ssrc",
     )
 

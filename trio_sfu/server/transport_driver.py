@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import trio
 
+from trio_sfu.media.fanout import Wire
 from trio_sfu.media.leg import MediaHandler
 from trio_sfu.media.negotiation import answer_setup
 from trio_sfu.media.totals import Totals
@@ -64,6 +65,7 @@ class TransportDriver:
         "on_established",
         "peer",
         "totals",
+        "wire",
     )
 
     def __init__(
@@ -98,6 +100,9 @@ class TransportDriver:
         self._media_peer: tuple[DatagramEndpoint, Address] | None = None
         self._srtp: SrtpSession | None = None  # the transport's, once keyed: one lookup less per packet
         self._connected: ConnectedUdp | None = None
+        # What the compiled fan-out sends with (media/fanout.py): the SRTP keys once DTLS is up and the
+        # peer's own socket while it has one; without both, the player's packets take `send_rtp_as`.
+        self.wire = Wire()
         self._nursery: trio.Nursery | None = None
         self.connected = trio.Event()
         self.counters: collections.Counter[str] = collections.Counter()
@@ -182,7 +187,9 @@ class TransportDriver:
         self._reschedule()
 
     def _connected_now(self, event: Connected, now: float) -> None:
-        self._srtp = self.peer.srtp
+        self._srtp = srtp = self.peer.srtp
+        if srtp is not None:
+            self.wire.attach(*srtp.fanout_handles, srtp)
         self._follow_media_address()
         self.connected.set()
         self.totals.dtls_handshakes += 1
@@ -294,6 +301,7 @@ class TransportDriver:
                     await trio.sleep_forever()
                 finally:
                     self._drop_connected()
+                    self.wire.detach()
 
     def _on_timer(self, now: float) -> None:
         self.peer.handle_timer(now)
@@ -336,6 +344,7 @@ class TransportDriver:
         if connected is None:
             return
         self._connected = connected
+        self.wire.fd = connected.fileno()
         self._nursery.start_soon(self._read_connected, connected, endpoint)
 
     async def _read_connected(self, connected: ConnectedUdp, endpoint: DatagramEndpoint) -> None:
@@ -347,6 +356,7 @@ class TransportDriver:
 
     def _drop_connected(self) -> None:
         connected, self._connected = self._connected, None
+        self.wire.fd = -1  # before the socket closes: its number may be reused at once
         if connected is not None:
             connected.reader_scope.cancel()
             connected.close()

@@ -177,6 +177,9 @@ class ConnectedUdp:
         new, self.dropped_counted = total - self.dropped_counted, total
         return max(new, 0)
 
+    def fileno(self) -> int:
+        return self._socket.fileno()
+
     def send(self, data: bytes | memoryview) -> bool:
         try:
             self._socket.send(data)

@@ -39,6 +39,7 @@ _MAX_RTP_INPUT = _BUFFER - pylibsrtp.SRTP_MAX_TRAILER_LEN  # what pylibsrtp's ow
 _FANOUT_BUFFER: Any = _ffi.new("char[]", _BUFFER)
 _FANOUT_VIEW = memoryview(_ffi.buffer(_FANOUT_BUFFER))
 _FANOUT_LENGTH: Any = _ffi.new("int *")
+_PROTECT_ADDRESS = int(_ffi.cast("uintptr_t", _ffi.addressof(_lib, "srtp_protect")))
 
 
 def _classify(error: pylibsrtp.Error) -> str:
@@ -113,6 +114,13 @@ class SrtpSession:
             self.counters["rtp_protect_failed"] += 1
             raise ValueError(f"cannot protect RTP packet: libsrtp status {status}")
         return _FANOUT_VIEW[: _FANOUT_LENGTH[0]]
+
+    @property
+    def fanout_handles(self) -> tuple[int, int]:
+        """The outbound libsrtp context's address and srtp_protect's, for the compiled fan-out (which
+        protects as `protect_rtp_as` does; keep this session alive while it holds them)."""
+        context = int(_ffi.cast("uintptr_t", self._tx_context))
+        return context, _PROTECT_ADDRESS
 
     def protect_rtcp(self, packet: bytes) -> bytes:
         """SRTCP-protect one RTCP (compound) packet."""

@@ -1,0 +1,757 @@
+"""A deterministic fan-out scenario whose output is every datagram the players' sockets receive.
+
+tests/media/test_fastpath.py runs it twice, with the compiled fan-out (_fastpath.c, built by
+setup.py) and with the Python one (TRIO_SFU_PURE_PYTHON=1), and requires byte-identical output. From
+the repository root:
+
+    python -c "from tests.media.fastpath_scenario import main; main()"
+
+prints the summary as JSON. Everything that could vary is pinned: the SRTP keys, the rewriters'
+initial sequence numbers and timestamps, the clock (`now`, which abs-send-time is stamped from).
+
+The players' sinks behave as `TransportDriver.send_rtp` / `send_rtp_as` do: protect with a real
+`SrtpSession`, send on the player's own connected non-blocking socket (UDP on 127.0.0.1; a Unix
+datagram socket pair for the player whose kernel buffer fills, which UDP on loopback never does), count
+`Totals`; and each exposes the `Wire` the server layer keeps (`srtp.fanout_handles`, the socket's fd),
+which the compiled path sends with.
+
+The stream covers: video before any keyframe, a keyframe, steady packets, loss gaps (one past
+MAX_MISORDER), reordered, late and duplicate packets, payload types the players did not negotiate,
+packets around the 1356-byte protect limit and over it, sequence and timestamp wraparound (input and
+output), mute and unmute (with and without a fresh cached keyframe), a player joining midway (from the
+keyframe cache), a player connecting midway, NACKs (RTX and plain), probes, a player whose socket is
+dropped or whose wire is detached for a while, a player whose kernel buffer and then backlog fill, a
+player whose receiver goes away (send errors), and a simulcast (H264) layer switch and back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from trio_sfu.media import fanout
+from trio_sfu.media import producer as producer_module
+from trio_sfu.media.consumer import Consumer
+from trio_sfu.media.fanout import Wire
+from trio_sfu.media.negotiation import NegotiatedTrack
+from trio_sfu.media.producer import Producer
+from trio_sfu.media.rewriter import abs_send_time
+from trio_sfu.media.totals import Totals
+from trio_sfu.server.session import ChannelBacklog
+from trio_sfu.transport.dtls import SrtpKeys, SrtpProfile
+from trio_sfu.transport.srtp import SrtpSession
+from trio_sfu.wire.rtp import RtpHeader
+
+from ..support.media_model import (
+    C_ABS,
+    C_LEVEL,
+    C_MID,
+    C_TCC,
+    CHROMIUM_AUDIO_SSRC,
+    CHROMIUM_OPUS,
+    CHROMIUM_VIDEO_SSRC,
+    CHROMIUM_VP8,
+    FakeLink,
+    header,
+    play,
+    publish,
+    rtp_packet,
+)
+
+__all__ = [
+    "PROFILES",
+    "CountingConsumer",
+    "PlayerSink",
+    "main",
+    "player_keys",
+    "pure_fan_out",
+    "run",
+    "run_all",
+]
+
+PROFILES = (SrtpProfile.AEAD_AES_128_GCM, SrtpProfile.AES_CM_128_HMAC_SHA1_80)
+WALL = 1_767_225_600.0
+TICK = 0.004  # seconds between video packets
+UNMAPPED_VIDEO_PT = 100  # negotiated by no player
+UNMAPPED_AUDIO_PT = 0
+H264_IN, H264_OUT = 102, 104
+LOW_SSRC, HIGH_SSRC = 0x0A0A0A01, 0x0B0B0B02
+
+FanOut = Callable[[Sequence[Any], bytes, RtpHeader, float], None]
+
+
+def pure_fan_out(consumers: Sequence[Any], packet: bytes, header: RtpHeader, now: float) -> None:
+    """The Python loop the compiled fan-out stands for."""
+    for consumer in consumers:
+        consumer.forward(packet, header, now)
+
+
+def player_keys(profile: SrtpProfile, index: int) -> SrtpKeys:
+    """Fixed key material for player `index`: the server's (local) key and the player's."""
+    length = profile.key_length + profile.salt_length
+    local = bytes((index * 37 + 3 * j + 1) & 0xFF for j in range(length))
+    remote = bytes((index * 53 + 5 * j + 7) & 0xFF for j in range(length))
+    return SrtpKeys(profile=profile, local_key=local, remote_key=remote)
+
+
+class PlayerSink:
+    """A player's transport as its consumers see it: TransportDriver's send_rtp / send_rtp_as on the
+    player's own connected socket, its totals, and its Wire (what the compiled fan-out sends with)."""
+
+    whole_frames_only = False
+
+    def __init__(self, keys: SrtpKeys, totals: Totals, *, unix: bool = False, connected: bool = True) -> None:
+        self.keys = keys
+        self.totals = totals
+        self.wire = Wire()
+        self.srtp: SrtpSession | None = None
+        self.send_errors = 0
+        self.datagrams: list[bytes] = []
+        if unix:
+            # Loopback UDP never says EWOULDBLOCK (the datagram is handed to the receiver at once);
+            # a Unix datagram pair does, deterministically, once the receiver holds a few.
+            self.sender, self.receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self.sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        else:
+            self.receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.receiver.bind(("127.0.0.1", 0))
+            self.receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            self.sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.sender.bind(("127.0.0.1", 0))
+            self.sender.connect(self.receiver.getsockname())
+        self.sender.setblocking(False)
+        self.receiver.setblocking(False)
+        self.receiver_open = True
+        if connected:
+            self.connect()
+
+    def connect(self) -> None:
+        """DTLS is up and the peer's own socket connected (TransportDriver._connected_now and
+        _follow_media_address)."""
+        if self.srtp is None:
+            self.srtp = SrtpSession(self.keys)
+        self.wire.attach(*self.srtp.fanout_handles, self.srtp)
+        self.wire.fd = self.sender.fileno()
+
+    # ---- TransportDriver's send path ----
+
+    def send_rtp(self, packet: bytes) -> bool | None:
+        srtp = self.srtp
+        if srtp is None:
+            return None
+        try:
+            protected = srtp.protect_rtp(packet)
+        except ValueError:
+            return True
+        return self._send_rtp_protected(protected)
+
+    def send_rtp_as(self, packet: bytes, sequence: int, timestamp: int, ssrc: int) -> bool | None:
+        srtp = self.srtp
+        if srtp is None:
+            return None
+        try:
+            protected = srtp.protect_rtp_as(packet, sequence, timestamp, ssrc)
+        except ValueError:
+            return True
+        return self._send_rtp_protected(protected)
+
+    def _send_rtp_protected(self, protected: bytes | memoryview) -> bool:
+        try:  # ConnectedUdp.send
+            self.sender.send(protected)
+        except BlockingIOError:
+            return False
+        except OSError:
+            self.send_errors += 1
+        self.totals.rtp_packets_out += 1
+        self.totals.rtp_bytes_out += len(protected)
+        return True
+
+    # ---- the player's side ----
+
+    def receive(self) -> None:
+        while self.receiver_open:
+            try:
+                self.datagrams.append(self.receiver.recv(4096))
+            except BlockingIOError:
+                break
+
+    def close_receiver(self) -> None:
+        self.receive()
+        self.receiver.close()
+        self.receiver_open = False
+
+    def close(self) -> None:
+        self.wire.detach()
+        self.sender.close()
+        if self.receiver_open:
+            self.receiver.close()
+
+
+class CountingConsumer(Consumer):
+    """Counts the calls of its Python `forward` (the compiled fan-out calls it, by name, for whatever
+    it does not send itself); weak-referenceable, for the tests."""
+
+    __slots__ = ("__weakref__", "forward_calls", "would_block_calls")
+
+    def __init__(self, *args: Any) -> None:
+        self.forward_calls = 0
+        self.would_block_calls = 0
+        super().__init__(*args)
+
+    def forward(self, packet: bytes, header: RtpHeader, now: float) -> None:
+        self.forward_calls += 1
+        super().forward(packet, header, now)
+
+    def _would_block(self, mapped: bytes, sequence: int, timestamp: int) -> None:
+        self.would_block_calls += 1  # the compiled path only: its send found the kernel buffer full
+        super()._would_block(mapped, sequence, timestamp)
+
+
+@attrs.define(eq=False)
+class Player:
+    name: str
+    index: int  # its keys are player_keys(profile, index)
+    sink: PlayerSink
+    consumers: dict[str, CountingConsumer]
+    backlogs: dict[str, trio.MemoryReceiveChannel[bytes]]
+    pending: dict[str, bytes] = attrs.Factory(dict)
+
+    def pump(self) -> None:
+        """Read what arrived, then send what queued (Session._forward, which waits for writability
+        where this stops until the next pump)."""
+        self.sink.receive()
+        for kind, consumer in self.consumers.items():
+            while True:
+                packet = self.pending.pop(kind, None)
+                if packet is None:
+                    try:
+                        packet = self.backlogs[kind].receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                if self.sink.send_rtp(packet) is False:
+                    self.pending[kind] = packet
+                    break
+                consumer.backlogged -= 1
+        self.sink.receive()
+
+
+def make_player(
+    name: str,
+    index: int,
+    fixture: str,
+    tracks: Sequence[NegotiatedTrack],
+    producers: dict[str, Producer],
+    keys: SrtpKeys,
+    totals: Totals,
+    *,
+    initial: dict[str, tuple[int, int]] | None = None,
+    backlog: int = 128,
+    unix: bool = False,
+    connected: bool = True,
+    codec: dict[str, Any] | None = None,
+) -> Player:
+    sink = PlayerSink(keys, totals, unix=unix, connected=connected)
+    played = play(tracks, fixture).tracks
+    consumers: dict[str, CountingConsumer] = {}
+    backlogs: dict[str, trio.MemoryReceiveChannel[bytes]] = {}
+    for offset, track in enumerate(played):
+        base = 0x01000000 * (index + 1) + 0x100 * offset
+        changes: dict[str, Any] = {"ssrc": base + 1}
+        if track.rtx_ssrc is not None:
+            changes["rtx_ssrc"] = base + 2
+        if codec is not None and track.kind == "video":
+            changes["codec"] = attrs.evolve(track.codec, **codec)
+        track = attrs.evolve(track, **changes)
+        producer = producers[track.kind]
+        send, receive = trio.open_memory_channel[bytes](backlog)
+        consumer = CountingConsumer(name, producer, track, sink, ChannelBacklog(send))
+        sequence, timestamp = (initial or {}).get(
+            track.kind, (1000 * (index + 1) + offset * 500, 0x01234567 * (index + 1 + offset))
+        )
+        # The rewriter's output starts here (RFC 3550 random by default): pinned before any packet.
+        consumer.rewriter._initial_sequence = sequence & 0xFFFF
+        consumer.rewriter._initial_timestamp = timestamp & 0xFFFFFFFF
+        consumers[track.kind] = consumer
+        backlogs[track.kind] = receive
+    return Player(name, index, sink, consumers, backlogs)
+
+
+def body(size: int, seed: int) -> bytes:
+    pattern = bytes((seed * 13 + 7 * j) & 0xFF for j in range(64))
+    return (pattern * (size // 64 + 1))[:size]
+
+
+class Publisher:
+    """A Chromium publisher's VP8 video and Opus audio, on a clock that moves TICK per video packet."""
+
+    def __init__(self, video: Producer, audio: Producer, after_tick: Callable[[], None]) -> None:
+        self.video_producer = video
+        self.audio_producer = audio
+        self.after_tick = after_tick
+        self.ticks = 0
+        self.now = 10.0
+        self.video_ssrc = CHROMIUM_VIDEO_SSRC
+        self.video_seq = 65_400  # both wrap early on
+        self.video_ts = 0xFFFF_0000
+        self.audio_seq = 65_500
+        self.audio_ts = 0xFFFF_FA00
+        self.tcc = 0
+        self.sent: dict[int, bytes] = {}  # video input sequence -> packet
+
+    def _extensions(self, audio: bool) -> list[tuple[int, bytes]]:
+        self.tcc = (self.tcc + 1) & 0xFFFF
+        elements = [(C_ABS, abs_send_time(self.now - 0.05)), (C_TCC, self.tcc.to_bytes(2, "big"))]
+        return [(C_LEVEL, b"\x85"), *elements, (C_MID, b"0")] if audio else [*elements, (C_MID, b"1")]
+
+    def send_video(self, packet: bytes) -> None:
+        self.video_producer.receive(packet, header(packet), self.now)
+
+    def video(
+        self,
+        payload: bytes,
+        *,
+        marker: bool = False,
+        sequence: int | None = None,
+        payload_type: int = CHROMIUM_VP8,
+        advance: bool = True,
+    ) -> bytes:
+        """One video packet at the current frame's timestamp; `sequence` None: the next one."""
+        if sequence is None:
+            sequence = self.video_seq
+            self.video_seq = (self.video_seq + 1) & 0xFFFF
+        packet = rtp_packet(
+            sequence,
+            self.video_ts,
+            self.video_ssrc,
+            payload_type,
+            payload,
+            marker=marker,
+            extensions=self._extensions(False),
+        )
+        self.sent[sequence] = packet
+        self.send_video(packet)
+        if advance:
+            self.tick()
+        return packet
+
+    def frame(self, packets: int, *, key: bool = False, sizes: Sequence[int] = ()) -> None:
+        """One VP8 frame: a first packet (S=1, P bit for delta), continuations, the marker last."""
+        for i in range(packets):
+            size = sizes[i] if i < len(sizes) else (300 if key else 40) + (self.video_seq * 7) % 50
+            if i == 0:
+                payload = (b"\x10\x50" if key else b"\x10\x51") + body(size, self.video_seq)
+            else:
+                payload = b"\x00" + body(size, self.video_seq)
+            self.video(payload, marker=i == packets - 1)
+        self.video_ts = (self.video_ts + 3000) & 0xFFFFFFFF
+
+    def frames(self, count: int, per_frame: int = 3) -> None:
+        for _ in range(count):
+            self.frame(per_frame)
+
+    def audio(self, payload_type: int = CHROMIUM_OPUS) -> None:
+        packet = rtp_packet(
+            self.audio_seq,
+            self.audio_ts,
+            CHROMIUM_AUDIO_SSRC,
+            payload_type,
+            b"\xfc" + body(60 + self.audio_seq % 30, self.audio_seq),
+            extensions=self._extensions(True),
+        )
+        self.audio_seq = (self.audio_seq + 1) & 0xFFFF
+        self.audio_ts = (self.audio_ts + 960) & 0xFFFFFFFF
+        self.audio_producer.receive(packet, header(packet), self.now)
+
+    def tick(self) -> None:
+        self.ticks += 1
+        self.now = 10.0 + self.ticks * TICK
+        if self.ticks % 5 == 0:
+            self.audio()
+        self.after_tick()
+
+
+def sent_map_digest(consumer: Consumer) -> str:
+    """The consumer's output -> input sequence map (Outlet's), over every output number."""
+    digest = hashlib.sha256()
+    for output in range(0x10000):
+        source = consumer.sent_source(output)
+        if source is not None:
+            digest.update(output.to_bytes(2, "big") + source.to_bytes(4, "big", signed=True))
+    return digest.hexdigest()
+
+
+LANE_FIELDS = (
+    "packets",
+    "octets",
+    "last_sequence",
+    "last_timestamp",
+    "last_sent_at",
+    "_seq_offset",
+    "_ts_offset",
+    "_max_input",
+    "_max_back",
+    "_input_ssrc",
+)
+
+
+def consumer_summary(consumer: Consumer, now: float) -> dict[str, Any]:
+    rewriter = consumer.rewriter
+    report = consumer.sender_report(now, WALL)
+    return {
+        "counters": dict(sorted(consumer.counters.items())),
+        "rewriter": {name: getattr(rewriter, name) for name in LANE_FIELDS}
+        | {"muted": bool(rewriter._muted), "needs_sync": bool(rewriter._needs_sync)}
+        | {"drops": list(rewriter._drops)},
+        "timestamp_offset": consumer._timestamp_offset,
+        "ready": bool(consumer._ready),
+        "awaiting_keyframe": consumer.awaiting_keyframe,
+        "backlogged": consumer.backlogged,
+        "rtx_sequence": consumer._rtx_sequence,
+        "sent_map": sent_map_digest(consumer),
+        "sender_report": None if report is None else attrs.asdict(report),
+    }
+
+
+def run(profile: SrtpProfile, fan_out: FanOut | None = None) -> dict[str, Any]:
+    """The scenario for one SRTP profile. `fan_out`: what Producer.receive fans out with (default:
+    trio_sfu.media.fanout's, compiled where built)."""
+    saved = getattr(producer_module, "fan_out")  # noqa: B009 - the name Producer.receive looks up
+    if fan_out is not None:
+        setattr(producer_module, "fan_out", fan_out)  # noqa: B010
+    try:
+        return _run(profile)
+    finally:
+        setattr(producer_module, "fan_out", saved)  # noqa: B010
+
+
+def _run(profile: SrtpProfile) -> dict[str, Any]:
+    published = publish()
+    link = FakeLink()
+    producers = {t.kind: Producer(t, link) for t in published.tracks}
+    tracks = published.tracks
+    server_totals = Totals()  # shared by two players: the compiled path batches across consumers
+    own: dict[str, Totals] = {}
+    players: dict[str, Player] = {}
+
+    def add(name: str, fixture: str, *, shared: bool = False, join: bool = True, **options: Any) -> Player:
+        index = len(players)
+        totals = server_totals if shared else own.setdefault(name, Totals())
+        player = make_player(
+            name, index, fixture, tracks, producers, player_keys(profile, index), totals, **options
+        )
+        players[name] = player
+        if join:
+            for consumer in player.consumers.values():
+                consumer.update_mute(False, 10.0)
+                consumer.producer.add_player(consumer)
+        return player
+
+    # Players in fan-out order; neighbours map headers differently (the compiled path maps a packet once
+    # per map and switches maps between consumers).
+    p0 = add(
+        "aiortc",
+        "aiortc_offer_play",
+        # Output sequence and timestamp wrap soon after the start.
+        initial={"video": (65_450, 0xFFFF_F000), "audio": (65_530, 0xFFFF_FF00)},
+    )
+    p1 = add("chromium", "chromium_offer_play", shared=True)
+    p2 = add("firefox", "firefox_offer_play_max_bundle", shared=True)
+    p3 = add("blocked", "gstreamer_offer_play_max_bundle", unix=True, backlog=4)
+    p5 = add("unconnected", "chromium_offer_play", connected=False)
+    p6 = add("gone", "aiortc_offer_play")
+    blocked_pumps = [0]
+
+    def after_tick() -> None:
+        for player in players.values():
+            if player is not p3:
+                player.pump()
+        if publisher.ticks % 16 == 0:  # the blocked player's socket drains now and then
+            p3.pump()
+            blocked_pumps[0] += 1
+
+    video, audio = producers["video"], producers["audio"]
+    publisher = Publisher(video, audio, after_tick)
+
+    # Video before any keyframe: every player waits (and asks for one).
+    publisher.frames(2, per_frame=3)
+    # The keyframe, then steady frames.
+    publisher.frame(8, key=True)
+    publisher.frames(15)
+    # A loss gap upstream: five packets never arrive (a NACK for one finds it missing).
+    gap = (p0.consumers["video"].rewriter.last_sequence + 2) & 0xFFFF
+    publisher.video_seq = (publisher.video_seq + 5) & 0xFFFF
+    publisher.frames(4)
+    p0.consumers["video"].retransmit((gap,), publisher.now)
+    # Reordering, a late packet and a duplicate.
+    n = publisher.video_seq
+    first = publisher.video(b"\x10\x51" + body(50, n), sequence=n)
+    publisher.video(b"\x00" + body(51, n + 2), sequence=(n + 2) & 0xFFFF)
+    publisher.video(b"\x00" + body(52, n + 1), sequence=(n + 1) & 0xFFFF)
+    publisher.video(b"\x00" + body(53, n + 3), sequence=(n + 3) & 0xFFFF, marker=True)
+    publisher.send_video(publisher.sent[(n + 3) & 0xFFFF])  # the same packet again: a duplicate
+    publisher.send_video(bytes(first))  # an equal copy (another object) of an older one
+    publisher.video_seq = (n + 4) & 0xFFFF
+    publisher.video_ts = (publisher.video_ts + 3000) & 0xFFFFFFFF
+    publisher.frames(4)
+    # Around the protect limit (1356 bytes in): the players' maps leave 12 + 8 + payload (abs-send-time
+    # only) or 12 + payload (no extensions); the last two are too long for everyone.
+    publisher.frame(16, sizes=[*range(1330, 1344), 1440, 1460])
+    publisher.frames(4)
+
+    # Mute: the aiortc player's video and the chromium player's audio.
+    now = publisher.now
+    before_mute = p0.consumers["video"].rewriter.last_sequence
+    p0.consumers["video"].muted_by_player = True
+    p0.consumers["video"].update_mute(False, now)
+    p1.consumers["audio"].muted_by_player = True
+    p1.consumers["audio"].update_mute(False, now)
+    publisher.frames(6)
+    publisher.frame(6, key=True)  # during the mute: fresh in the cache at unmute
+    publisher.frames(4)
+    now = publisher.now
+    p0.consumers["video"].muted_by_player = False
+    p0.consumers["video"].update_mute(False, now)  # starts from the cache at once
+    p1.consumers["audio"].muted_by_player = False
+    p1.consumers["audio"].update_mute(False, now)
+    p0.pump()
+    publisher.frames(5)
+
+    # NACKs: across the unmute splice, recent ones, one lost upstream, and a repeat (too soon).
+    now = publisher.now
+    v0 = p0.consumers["video"]
+    last = v0.rewriter.last_sequence
+    v0.retransmit(((before_mute - 2) & 0xFFFF, before_mute, (last - 1) & 0xFFFF, last), now)
+    v0.retransmit((last,), now + 0.001)
+    v1 = p1.consumers["video"]
+    v1.retransmit(tuple((v1.rewriter.last_sequence - k) & 0xFFFF for k in (0, 3, 7)), now)
+    v3 = p3.consumers["video"]
+    v3.retransmit(((v3.rewriter.last_sequence - 1) & 0xFFFF,), now)  # no RTX: the packet itself
+    for player in players.values():
+        player.sink.receive()
+    publisher.frames(3)
+
+    # Mute the firefox player's video with no keyframe after it: it waits for the publisher's next.
+    now = publisher.now
+    v2 = p2.consumers["video"]
+    v2.muted_by_player = True
+    v2.update_mute(False, now)
+    publisher.frames(3)
+    v2.muted_by_player = False
+    v2.update_mute(False, publisher.now)
+    publisher.frames(5)
+
+    # The unconnected player's DTLS comes up: its consumers start from the cache (on_connected).
+    p5.sink.connect()
+    for consumer in p5.consumers.values():
+        if not consumer.start_from_cache(publisher.now):
+            consumer.producer.request_keyframe(publisher.now)
+    publisher.frames(2)
+
+    # A player joins midway: from the keyframe cache at once.
+    p4 = add("late", "aiortc_offer_play")
+    for consumer in p4.consumers.values():
+        if not consumer.start_from_cache(publisher.now):
+            consumer.producer.request_keyframe(publisher.now)
+    p4.pump()
+    publisher.frames(3)
+
+    # The chromium player's connected socket goes (the shared socket sends: the Python path) and
+    # comes back; the firefox player's wire is detached for a while.
+    p1.sink.wire.fd = -1
+    publisher.frames(4)
+    p1.sink.wire.fd = p1.sink.sender.fileno()
+    p2.sink.wire.detach()
+    publisher.frames(4)
+    p2.sink.connect()
+    publisher.frames(2)
+
+    # Payload types nobody negotiated: dropped, numbers closed over (the rewriters' drop lists).
+    publisher.video(b"\x10\x51" + body(30, 1), payload_type=UNMAPPED_VIDEO_PT)
+    publisher.audio(payload_type=UNMAPPED_AUDIO_PT)
+    publisher.frames(3)
+
+    # A long loss upstream, past MAX_MISORDER: the drop lists empty and the compiled path takes over.
+    publisher.video_seq = (publisher.video_seq + 1200) & 0xFFFF
+    publisher.audio_seq = (publisher.audio_seq + 1100) & 0xFFFF
+    publisher.frames(8)
+    publisher.frame(6, key=True)
+    publisher.frames(10)
+
+    # Probes, and NACKs after the gap.
+    now = publisher.now
+    v0.send_probe(2000, now)
+    p4.consumers["video"].retransmit(((p4.consumers["video"].rewriter.last_sequence - 2) & 0xFFFF,), now)
+    for player in players.values():
+        player.sink.receive()
+
+    # The publisher restarts its encoder: a new SSRC and timestamp, sequence numbers close to the old
+    # ones (the same numbers on another SSRC must still be spliced, not numbered as the old stream's).
+    publisher.video_ssrc = CHROMIUM_VIDEO_SSRC ^ 0x5A5A
+    publisher.video_seq = (publisher.video_seq + 10) & 0xFFFF
+    publisher.video_ts = 777_777
+    publisher.frame(5, key=True)
+    publisher.frames(5)
+
+    # The "gone" player's receiver closes: its sends fail now and then (ICMP port unreachable).
+    p6.sink.close_receiver()
+    publisher.frames(6)
+    for consumer in p6.consumers.values():
+        consumer.producer.remove_player(consumer)
+        consumer.close()
+    publisher.frames(10)
+
+    # The blocked player catches up.
+    for _ in range(4):
+        p3.pump()
+
+    simulcast = _simulcast(profile, publisher.now)
+
+    end = publisher.now + 0.5
+    result: dict[str, Any] = {"players": {}, "consumers": {}, "totals": {}, "producers": {}}
+    for player in players.values():
+        player.sink.receive()
+        srtp = player.sink.srtp
+        result["players"][player.name] = {
+            "index": player.index,
+            "datagrams": [d.hex() for d in player.sink.datagrams],
+            "send_errors": player.sink.send_errors + player.sink.wire.send_errors,
+            "protect_failed": (srtp.counters["rtp_protect_failed"] if srtp else 0)
+            + player.sink.wire.protect_failed,
+        }
+        for kind, consumer in player.consumers.items():
+            result["consumers"][f"{player.name}/{kind}"] = consumer_summary(consumer, end)
+    result["totals"]["server"] = attrs.asdict(server_totals)
+    for name, totals in own.items():
+        result["totals"][name] = attrs.asdict(totals)
+    for kind, producer in producers.items():
+        result["producers"][kind] = {
+            "keyframe_requests": producer.keyframe_requests,
+            "packets": producer.packets,
+            "gop": len(producer.keyframe_cache),
+        }
+    result["producers"]["keyframe_requests_sent"] = len(link.keyframes)
+    result["blocked_pumps"] = blocked_pumps[0]
+    result["simulcast"] = simulcast["summary"]
+    calls = {
+        f"{player.name}/{kind}": consumer.forward_calls
+        for player in players.values()
+        for kind, consumer in player.consumers.items()
+    }
+    calls["blocked/would_block"] = sum(c.would_block_calls for c in p3.consumers.values())
+    calls |= simulcast["calls"]
+    for player in players.values():
+        player.sink.close()
+    return {"summary": result, "forward_calls": calls}
+
+
+def _simulcast(profile: SrtpProfile, start: float) -> dict[str, Any]:
+    """H264 simulcast (no VP8 picture ids to rewrite: the compiled path serves it): two layers, a
+    player that moves up at the high layer's keyframe and back down, one that stays."""
+    published = publish()
+    video_track = next(t for t in published.tracks if t.kind == "video")
+    codec = attrs.evolve(video_track.codec, name="H264", payload_type=H264_IN, parameters=())
+    link = FakeLink()
+    layers = [
+        Producer(attrs.evolve(video_track, codec=codec, ssrc=ssrc, rids=("l", "h")), link, rid=rid)
+        for rid, ssrc in (("l", LOW_SSRC), ("h", HIGH_SSRC))
+    ]
+    for layer in layers:
+        layer.layers = layers
+    low, high = layers
+    audio = Producer(next(t for t in published.tracks if t.kind == "audio"), link)
+    producers = {"video": low, "audio": audio}
+    totals = Totals()
+    h264 = {"name": "H264", "payload_type": H264_OUT, "parameters": ()}
+    players = [
+        make_player(
+            name,
+            20 + i,
+            "aiortc_offer_play",
+            published.tracks,
+            producers,
+            player_keys(profile, 20 + i),
+            totals,
+            codec=h264,
+        )
+        for i, name in enumerate(("switching", "staying"))
+    ]
+    for player in players:
+        consumer = player.consumers["video"]
+        consumer.producer.add_player(consumer)
+    now = start
+    seqs = {LOW_SSRC: 30_000, HIGH_SSRC: 65_530}
+    ts = {LOW_SSRC: 1_000_000, HIGH_SSRC: 0xFFFF_FF00}
+
+    def send(layer: Producer, key: bool = False, size: int = 60) -> None:
+        ssrc = layer.ssrc
+        assert ssrc is not None
+        payload = (b"\x65" if key else b"\x41") + body(size, seqs[ssrc])
+        packet = rtp_packet(
+            seqs[ssrc],
+            ts[ssrc],
+            ssrc,
+            H264_IN,
+            payload,
+            marker=True,
+            extensions=[(C_ABS, abs_send_time(now)), (C_MID, b"1")],
+        )
+        seqs[ssrc] = (seqs[ssrc] + 1) & 0xFFFF
+        ts[ssrc] = (ts[ssrc] + 3000) & 0xFFFFFFFF
+        layer.receive(packet, header(packet), now)
+
+    def tick(count: int, key_at: dict[int, Producer] | None = None) -> None:
+        nonlocal now
+        for i in range(count):
+            now += 0.033
+            send(low, key=(key_at or {}).get(i) is low, size=60 + i % 7)
+            send(high, key=(key_at or {}).get(i) is high, size=400 + i % 11)
+            for player in players:
+                player.pump()
+
+    switching = players[0].consumers["video"]
+    tick(5, {2: low})
+    switching.select_layer(high, now)
+    tick(12, {6: high})
+    switching.select_layer(low, now)
+    tick(12, {4: low, 8: high})
+    switching.retransmit(((switching.rewriter.last_sequence - 1) & 0xFFFF,), now)
+    tick(6)
+    summary: dict[str, Any] = {"totals": attrs.asdict(totals), "players": {}}
+    calls = {}
+    for player in players:
+        player.sink.receive()
+        consumer = player.consumers["video"]
+        summary["players"][player.name] = {
+            "index": player.index,
+            "datagrams": [d.hex() for d in player.sink.datagrams],
+            "video": consumer_summary(consumer, now + 0.5),
+        }
+        calls[f"simulcast/{player.name}"] = consumer.forward_calls
+        player.sink.close()
+    return {"summary": summary, "calls": calls}
+
+
+def run_all(fan_out: FanOut | None = None) -> dict[str, Any]:
+    runs = {profile.name: run(profile, fan_out) for profile in PROFILES}
+    return {
+        "compiled": fanout.COMPILED,
+        "pure_python_env": os.environ.get(fanout.PURE_PYTHON_ENV),
+        "runs": {name: r["summary"] for name, r in runs.items()},
+        # How often each consumer's Python `forward` ran: differs between the paths by design.
+        "forward_calls": {name: r["forward_calls"] for name, r in runs.items()},
+    }
+
+
+def main() -> None:
+    print(json.dumps(run_all(), sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

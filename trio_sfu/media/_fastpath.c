@@ -1,0 +1,540 @@
+/* The fan-out's inner loop, compiled: for one packet, every player of a track in one call.
+ *
+ * Python (trio_sfu/media/fanout.py, consumer.py, rewriter.py) owns every decision; this file only
+ * repeats the steady case of `Consumer.forward` (a player past its first keyframe, not muted, not
+ * switching layers, packets in order, its own connected UDP socket) without the interpreter: number
+ * the packet, write the player's header fields, protect with libsrtp, send. Any other case, for any
+ * player, is handed to that player's `forward` in Python, in list order, so both paths share one
+ * state and give byte-identical output (tests/media/test_fastpath.py checks that).
+ *
+ * The state lives here so that both paths read it at C speed: `Lane` is the base of `Rewriter` (its
+ * numbering), `Outlet` the base of `Consumer` (its gate, SSRC and sent-sequence map), `Wire` what the
+ * server layer hands a player's consumers (its SRTP context and socket). The Python fallback in
+ * fanout.py defines the same three with the same fields.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define MAX_DROPOUT 3000   /* wire/rtp.py */
+#define MAX_MISORDER 1000  /* wire/rtp.py */
+#define SEQUENCE_MAP 1024  /* media/consumer.py */
+#define BUFFER_SIZE 1500   /* transport/srtp.py: pylibsrtp's buffer */
+#define MAX_TRAILER 144    /* libsrtp's SRTP_MAX_TRAILER_LEN */
+#define SRTP_MAX_INPUT (BUFFER_SIZE - MAX_TRAILER)
+
+typedef int (*protect_fn)(void *ctx, void *rtp, int *length);
+
+/* ---- Wire: one player's SRTP context and connected socket ---- */
+
+typedef struct {
+    PyObject_HEAD
+    unsigned long long ctx;      /* srtp_t, 0: no keys yet */
+    unsigned long long protect;  /* srtp_protect's address */
+    int fd;                      /* the player's own connected UDP socket, -1: none */
+    long long send_errors;
+    long long protect_failed;
+    PyObject *keep;              /* what owns ctx (the SrtpSession): alive as long as ctx is set */
+} Wire;
+
+static int Wire_init(Wire *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "", kwlist)) return -1;
+    self->ctx = 0;
+    self->protect = 0;
+    self->fd = -1;
+    return 0;
+}
+
+static int Wire_traverse(Wire *self, visitproc visit, void *arg) {
+    Py_VISIT(self->keep);
+    return 0;
+}
+
+static int Wire_clear(Wire *self) {
+    self->ctx = 0;
+    Py_CLEAR(self->keep);
+    return 0;
+}
+
+static void Wire_dealloc(Wire *self) {
+    PyObject_GC_UnTrack(self);
+    Wire_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Wire_attach(Wire *self, PyObject *args) {
+    unsigned long long ctx, protect;
+    PyObject *keep;
+    if (!PyArg_ParseTuple(args, "KKO", &ctx, &protect, &keep)) return NULL;
+    Py_INCREF(keep);
+    Py_XSETREF(self->keep, keep);
+    self->ctx = ctx;
+    self->protect = protect;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Wire_detach(Wire *self, PyObject *unused) {
+    self->fd = -1;
+    Wire_clear(self);
+    Py_RETURN_NONE;
+}
+
+static PyMemberDef Wire_members[] = {
+    {"fd", T_INT, offsetof(Wire, fd), 0, "the player's connected socket (-1: none)"},
+    {"send_errors", T_LONGLONG, offsetof(Wire, send_errors), 0, NULL},
+    {"protect_failed", T_LONGLONG, offsetof(Wire, protect_failed), 0, NULL},
+    {NULL},
+};
+
+static PyObject *Wire_get_attached(Wire *self, void *closure) {
+    return PyBool_FromLong(self->ctx != 0);
+}
+
+static PyGetSetDef Wire_getset[] = {
+    {"attached", (getter)Wire_get_attached, NULL, "whether SRTP keys are set", NULL},
+    {NULL},
+};
+
+static PyMethodDef Wire_methods[] = {
+    {"attach", (PyCFunction)Wire_attach, METH_VARARGS,
+     "attach(ctx, protect, owner): protect with libsrtp context `ctx` (owner keeps it alive)"},
+    {"detach", (PyCFunction)Wire_detach, METH_NOARGS, "no keys and no socket: the slow path"},
+    {NULL},
+};
+
+static PyTypeObject WireType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "trio_sfu.media._fastpath.Wire",
+    .tp_basicsize = sizeof(Wire),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "A player's SRTP context and connected socket, for the compiled fan-out.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Wire_init,
+    .tp_traverse = (traverseproc)Wire_traverse,
+    .tp_clear = (inquiry)Wire_clear,
+    .tp_dealloc = (destructor)Wire_dealloc,
+    .tp_members = Wire_members,
+    .tp_getset = Wire_getset,
+    .tp_methods = Wire_methods,
+};
+
+/* ---- Lane: the rewriter's numbering state (Rewriter's base class) ---- */
+
+typedef struct {
+    PyObject_HEAD
+    char muted;
+    char needs_sync;
+    long long input_ssrc;
+    int seq_offset;
+    long long ts_offset;
+    int max_input;
+    int max_back;
+    long long packets;
+    long long octets;
+    int last_sequence;
+    long long last_timestamp;
+    double last_sent_at;
+    PyObject *drops;       /* list of input sequence numbers dropped lately */
+    PyObject *pt_map;      /* list of 128 ints: publisher PT -> player PT, -1: drop */
+    PyObject *header_map;  /* HeaderMap */
+} Lane;
+
+static int Lane_traverse(Lane *self, visitproc visit, void *arg) {
+    Py_VISIT(self->drops);
+    Py_VISIT(self->pt_map);
+    Py_VISIT(self->header_map);
+    return 0;
+}
+
+static int Lane_clear(Lane *self) {
+    Py_CLEAR(self->drops);
+    Py_CLEAR(self->pt_map);
+    Py_CLEAR(self->header_map);
+    return 0;
+}
+
+static void Lane_dealloc(Lane *self) {
+    PyObject_GC_UnTrack(self);
+    Lane_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef Lane_members[] = {
+    {"_muted", T_BOOL, offsetof(Lane, muted), 0, NULL},
+    {"_needs_sync", T_BOOL, offsetof(Lane, needs_sync), 0, NULL},
+    {"_input_ssrc", T_LONGLONG, offsetof(Lane, input_ssrc), 0, NULL},
+    {"_seq_offset", T_INT, offsetof(Lane, seq_offset), 0, NULL},
+    {"_ts_offset", T_LONGLONG, offsetof(Lane, ts_offset), 0, NULL},
+    {"_max_input", T_INT, offsetof(Lane, max_input), 0, NULL},
+    {"_max_back", T_INT, offsetof(Lane, max_back), 0, NULL},
+    {"packets", T_LONGLONG, offsetof(Lane, packets), 0, NULL},
+    {"octets", T_LONGLONG, offsetof(Lane, octets), 0, NULL},
+    {"last_sequence", T_INT, offsetof(Lane, last_sequence), 0, NULL},
+    {"last_timestamp", T_LONGLONG, offsetof(Lane, last_timestamp), 0, NULL},
+    {"last_sent_at", T_DOUBLE, offsetof(Lane, last_sent_at), 0, NULL},
+    {"_drops", T_OBJECT_EX, offsetof(Lane, drops), 0, NULL},
+    {"_pt_map", T_OBJECT_EX, offsetof(Lane, pt_map), 0, NULL},
+    {"header_map", T_OBJECT_EX, offsetof(Lane, header_map), 0, NULL},
+    {NULL},
+};
+
+static PyTypeObject LaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "trio_sfu.media._fastpath.Lane",
+    .tp_basicsize = sizeof(Lane),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "A rewriter's numbering state, readable by the compiled fan-out.",
+    .tp_new = PyType_GenericNew,
+    .tp_traverse = (traverseproc)Lane_traverse,
+    .tp_clear = (inquiry)Lane_clear,
+    .tp_dealloc = (destructor)Lane_dealloc,
+    .tp_members = Lane_members,
+};
+
+/* ---- Outlet: one player of one track (Consumer's base class) ---- */
+
+typedef struct {
+    PyObject_HEAD
+    char ready;               /* the consumer's own gate: no keyframe awaited, no switch, no backlog */
+    long long ssrc;
+    long long timestamp_offset;
+    PyObject *rewriter;       /* Lane */
+    PyObject *wire;           /* Wire or None */
+    PyObject *totals;         /* Totals */
+    /* Output sequence -> input sequence of recent packets (a slot counts once written). */
+    uint16_t sent_output[SEQUENCE_MAP];
+    uint16_t sent_input[SEQUENCE_MAP];
+    uint8_t written[SEQUENCE_MAP / 8];
+} Outlet;
+
+static PyObject *Outlet_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    return type->tp_alloc(type, 0); /* zeroed: no slot written */
+}
+
+static int Outlet_traverse(Outlet *self, visitproc visit, void *arg) {
+    Py_VISIT(self->rewriter);
+    Py_VISIT(self->wire);
+    Py_VISIT(self->totals);
+    return 0;
+}
+
+static int Outlet_clear(Outlet *self) {
+    Py_CLEAR(self->rewriter);
+    Py_CLEAR(self->wire);
+    Py_CLEAR(self->totals);
+    return 0;
+}
+
+static void Outlet_dealloc(Outlet *self) {
+    PyObject_GC_UnTrack(self);
+    Outlet_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static inline void record(Outlet *self, uint32_t output, uint32_t source) {
+    int slot = (int)(output % SEQUENCE_MAP);
+    self->sent_output[slot] = (uint16_t)output;
+    self->sent_input[slot] = (uint16_t)source;
+    self->written[slot >> 3] |= (uint8_t)(1u << (slot & 7));
+}
+
+static PyObject *Outlet_record_sent(Outlet *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "record_sent(output, source)");
+        return NULL;
+    }
+    long output = PyLong_AsLong(args[0]);
+    long source = PyLong_AsLong(args[1]);
+    if (PyErr_Occurred()) return NULL;
+    record(self, (uint32_t)output & 0xFFFF, (uint32_t)source & 0xFFFF);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Outlet_sent_source(Outlet *self, PyObject *arg) {
+    long output = PyLong_AsLong(arg);
+    if (output == -1 && PyErr_Occurred()) return NULL;
+    if (output < 0 || output > 0xFFFF) Py_RETURN_NONE;
+    int slot = (int)(output % SEQUENCE_MAP);
+    if (!(self->written[slot >> 3] & (1u << (slot & 7))) || self->sent_output[slot] != output)
+        Py_RETURN_NONE;
+    return PyLong_FromLong(self->sent_input[slot]);
+}
+
+static PyMemberDef Outlet_members[] = {
+    {"_ready", T_BOOL, offsetof(Outlet, ready), 0, NULL},
+    {"ssrc", T_LONGLONG, offsetof(Outlet, ssrc), 0, NULL},
+    {"_timestamp_offset", T_LONGLONG, offsetof(Outlet, timestamp_offset), 0, NULL},
+    {"rewriter", T_OBJECT_EX, offsetof(Outlet, rewriter), 0, NULL},
+    {"_wire", T_OBJECT, offsetof(Outlet, wire), 0, NULL},
+    {"totals", T_OBJECT_EX, offsetof(Outlet, totals), 0, NULL},
+    {NULL},
+};
+
+static PyMethodDef Outlet_methods[] = {
+    {"record_sent", (PyCFunction)(void (*)(void))Outlet_record_sent, METH_FASTCALL,
+     "record_sent(output, source): output sequence number `output` carried input `source`"},
+    {"sent_source", (PyCFunction)Outlet_sent_source, METH_O,
+     "the input sequence number recorded for `output`, or None"},
+    {NULL},
+};
+
+static PyTypeObject OutletType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "trio_sfu.media._fastpath.Outlet",
+    .tp_basicsize = sizeof(Outlet),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "A consumer's state that the compiled fan-out reads and writes.",
+    .tp_new = Outlet_new,
+    .tp_traverse = (traverseproc)Outlet_traverse,
+    .tp_clear = (inquiry)Outlet_clear,
+    .tp_dealloc = (destructor)Outlet_dealloc,
+    .tp_members = Outlet_members,
+    .tp_methods = Outlet_methods,
+};
+
+/* ---- fan_out ---- */
+
+static PyObject *s_forward, *s_apply, *s_would_block, *s_sequence, *s_timestamp, *s_ssrc,
+    *s_payload_type, *s_payload_length, *s_rtp_packets_out, *s_rtp_bytes_out;
+
+static unsigned char buffer[BUFFER_SIZE];
+
+typedef struct {
+    long sequence, payload_type;
+    long long timestamp, ssrc, payload_length;
+    double now;
+    PyObject *packet, *header, *now_obj;
+    PyObject *map, *mapped;       /* the last header map applied and its output (borrowed by map) */
+    PyObject *totals;             /* counts not yet added to it */
+    long long packets, octets;
+} Round;
+
+static long header_long(PyObject *header, PyObject *name, int *failed) {
+    PyObject *value = PyObject_GetAttr(header, name);
+    if (value == NULL) {
+        *failed = 1;
+        return 0;
+    }
+    long long result = PyLong_AsLongLong(value);
+    Py_DECREF(value);
+    if (result == -1 && PyErr_Occurred()) *failed = 1;
+    return (long)result;
+}
+
+static int add_to(PyObject *totals, PyObject *name, long long amount) {
+    PyObject *value = PyObject_GetAttr(totals, name);
+    if (value == NULL) return -1;
+    PyObject *delta = PyLong_FromLongLong(amount);
+    PyObject *sum = delta ? PyNumber_Add(value, delta) : NULL;
+    Py_DECREF(value);
+    Py_XDECREF(delta);
+    if (sum == NULL) return -1;
+    int status = PyObject_SetAttr(totals, name, sum);
+    Py_DECREF(sum);
+    return status;
+}
+
+static int flush_totals(Round *round) {
+    int status = 0;
+    if (round->totals != NULL && round->packets) {
+        if (add_to(round->totals, s_rtp_packets_out, round->packets) < 0 ||
+            add_to(round->totals, s_rtp_bytes_out, round->octets) < 0)
+            status = -1;
+    }
+    round->packets = round->octets = 0;
+    Py_CLEAR(round->totals);
+    return status;
+}
+
+/* 1: sent (or queued) here; 0: Python's forward must take it; -1: a Python error is set. */
+static int forward_fast(Outlet *outlet, Round *round) {
+    if (!outlet->ready || !PyObject_TypeCheck(outlet->rewriter, &LaneType)) return 0;
+    Lane *lane = (Lane *)outlet->rewriter;
+    if (lane->muted || lane->needs_sync || lane->input_ssrc != round->ssrc) return 0;
+    if (lane->drops == NULL || !PyList_CheckExact(lane->drops) || PyList_GET_SIZE(lane->drops)) return 0;
+    if (lane->pt_map == NULL || !PyList_CheckExact(lane->pt_map) ||
+        PyList_GET_SIZE(lane->pt_map) <= round->payload_type)
+        return 0;
+    long pt = PyLong_AsLong(PyList_GET_ITEM(lane->pt_map, round->payload_type));
+    if (pt < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    int delta = (int)((round->sequence - lane->max_input) & 0xFFFF);
+    if (!(0 < delta && delta < MAX_DROPOUT)) return 0;
+    if (outlet->wire == NULL || Py_TYPE(outlet->wire) != &WireType) return 0;
+    Wire *wire = (Wire *)outlet->wire;
+    if (wire->fd < 0 || wire->ctx == 0 || wire->protect == 0) return 0;
+    if (outlet->totals == NULL || lane->header_map == NULL) return 0;
+
+    if (lane->header_map != round->map) {
+        PyObject *mapped = PyObject_CallMethodObjArgs(
+            lane->header_map, s_apply, round->packet, round->header, round->now_obj, NULL);
+        if (mapped == NULL) return -1;
+        Py_XSETREF(round->mapped, mapped);
+        round->map = lane->header_map;
+    }
+    PyObject *mapped = round->mapped;
+    if (!PyBytes_CheckExact(mapped)) return 0;
+    Py_ssize_t size = PyBytes_GET_SIZE(mapped);
+    if (size < 12 || size > SRTP_MAX_INPUT) return 0; /* Python's path counts why */
+
+    /* Rewriter.number, the newest-packet case */
+    lane->max_input = (int)round->sequence;
+    int back = lane->max_back + delta;
+    lane->max_back = back > MAX_MISORDER ? MAX_MISORDER : back;
+    uint32_t out_sequence = (uint32_t)((round->sequence + lane->seq_offset) & 0xFFFF);
+    uint32_t out_timestamp = (uint32_t)((round->timestamp + lane->ts_offset) & 0xFFFFFFFFLL);
+    lane->packets += 1;
+    lane->octets += round->payload_length;
+    lane->last_sequence = (int)out_sequence;
+    lane->last_timestamp = out_timestamp;
+    lane->last_sent_at = round->now;
+    /* Consumer.forward's bookkeeping */
+    record(outlet, out_sequence, (uint32_t)round->sequence);
+    outlet->timestamp_offset = (long long)((out_timestamp - (uint32_t)round->timestamp) & 0xFFFFFFFFu);
+
+    /* SrtpSession.protect_rtp_as, then the connected socket's send */
+    memcpy(buffer, PyBytes_AS_STRING(mapped), (size_t)size);
+    uint32_t ssrc = (uint32_t)outlet->ssrc;
+    buffer[2] = (unsigned char)(out_sequence >> 8);
+    buffer[3] = (unsigned char)out_sequence;
+    buffer[4] = (unsigned char)(out_timestamp >> 24);
+    buffer[5] = (unsigned char)(out_timestamp >> 16);
+    buffer[6] = (unsigned char)(out_timestamp >> 8);
+    buffer[7] = (unsigned char)out_timestamp;
+    buffer[8] = (unsigned char)(ssrc >> 24);
+    buffer[9] = (unsigned char)(ssrc >> 16);
+    buffer[10] = (unsigned char)(ssrc >> 8);
+    buffer[11] = (unsigned char)ssrc;
+    int length = (int)size;
+    if (((protect_fn)(uintptr_t)wire->protect)((void *)(uintptr_t)wire->ctx, buffer, &length) != 0) {
+        wire->protect_failed += 1;
+        return 1;
+    }
+    ssize_t sent = send(wire->fd, buffer, (size_t)length, MSG_DONTWAIT);
+    if (sent < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            /* The kernel buffer is full: the consumer queues it, as Python's path does. */
+            PyObject *number = PyLong_FromUnsignedLong(out_sequence);
+            PyObject *stamp = PyLong_FromUnsignedLong(out_timestamp);
+            PyObject *result = NULL;
+            if (number != NULL && stamp != NULL)
+                result = PyObject_CallMethodObjArgs((PyObject *)outlet, s_would_block, mapped, number,
+                                                    stamp, NULL);
+            Py_XDECREF(number);
+            Py_XDECREF(stamp);
+            if (result == NULL) return -1;
+            Py_DECREF(result);
+            return 1;
+        }
+        wire->send_errors += 1; /* UDP promises nothing: counted, and sent as far as we know */
+    }
+    if (outlet->totals != round->totals) {
+        if (flush_totals(round) < 0) return -1;
+        Py_INCREF(outlet->totals);
+        round->totals = outlet->totals;
+    }
+    round->packets += 1;
+    round->octets += length;
+    return 1;
+}
+
+static PyObject *fan_out(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "fan_out(consumers: list, packet, header, now)");
+        return NULL;
+    }
+    PyObject *consumers = args[0];
+    Round round = {0};
+    int failed = 0;
+    round.packet = args[1];
+    round.header = args[2];
+    round.now_obj = args[3];
+    round.now = PyFloat_AsDouble(args[3]);
+    if (round.now == -1.0 && PyErr_Occurred()) return NULL;
+    round.sequence = header_long(round.header, s_sequence, &failed);
+    round.timestamp = header_long(round.header, s_timestamp, &failed);
+    round.ssrc = header_long(round.header, s_ssrc, &failed);
+    round.payload_type = header_long(round.header, s_payload_type, &failed);
+    round.payload_length = header_long(round.header, s_payload_length, &failed);
+    if (failed) return NULL;
+    if (round.payload_type < 0 || round.payload_type > 127) round.payload_type = 0x7FFF;
+
+    int status = 0;
+    /* The list may change under a Python forward (a layer switch): read its length every time. */
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(consumers); i++) {
+        PyObject *consumer = PyList_GET_ITEM(consumers, i);
+        Py_INCREF(consumer);
+        int done = 0;
+        if (PyObject_TypeCheck(consumer, &OutletType)) done = forward_fast((Outlet *)consumer, &round);
+        if (done == 0) {
+            PyObject *result = PyObject_CallMethodObjArgs(consumer, s_forward, round.packet, round.header,
+                                                          round.now_obj, NULL);
+            if (result == NULL)
+                done = -1;
+            else
+                Py_DECREF(result);
+        }
+        Py_DECREF(consumer);
+        if (done < 0) {
+            status = -1;
+            break;
+        }
+    }
+    Py_CLEAR(round.mapped);
+    if (status < 0) {
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        flush_totals(&round);
+        PyErr_Restore(type, value, traceback);
+        return NULL;
+    }
+    if (flush_totals(&round) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"fan_out", (PyCFunction)(void (*)(void))fan_out, METH_FASTCALL,
+     "fan_out(consumers, packet, header, now): forward one packet to every consumer, in order"},
+    {NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "trio_sfu.media._fastpath",
+    "The fan-out's compiled inner loop (see trio_sfu/media/fanout.py).", -1, module_methods,
+};
+
+#define INTERN(var, text) \
+    if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+
+PyMODINIT_FUNC PyInit__fastpath(void) {
+    INTERN(s_forward, "forward");
+    INTERN(s_apply, "apply");
+    INTERN(s_would_block, "_would_block");
+    INTERN(s_sequence, "sequence");
+    INTERN(s_timestamp, "timestamp");
+    INTERN(s_ssrc, "ssrc");
+    INTERN(s_payload_type, "payload_type");
+    INTERN(s_payload_length, "payload_length");
+    INTERN(s_rtp_packets_out, "rtp_packets_out");
+    INTERN(s_rtp_bytes_out, "rtp_bytes_out");
+    if (PyType_Ready(&WireType) < 0 || PyType_Ready(&LaneType) < 0 || PyType_Ready(&OutletType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddObjectRef(m, "Wire", (PyObject *)&WireType) < 0 ||
+        PyModule_AddObjectRef(m, "Lane", (PyObject *)&LaneType) < 0 ||
+        PyModule_AddObjectRef(m, "Outlet", (PyObject *)&OutletType) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_INPUT", SRTP_MAX_INPUT) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
