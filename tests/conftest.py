@@ -81,15 +81,22 @@ class Harness:
 
 @asynccontextmanager
 async def running_server(
-    config: Config | None = None, *, udp: bool = False, **kwargs: Any
+    config: Config | None = None,
+    *,
+    udp: bool = False,
+    wrap_endpoint: Callable[[DatagramEndpoint], DatagramEndpoint] | None = None,
+    **kwargs: Any,
 ) -> AsyncIterator[Harness]:
-    """A server on in-memory WebSockets; media on an in-memory network, or real UDP on loopback."""
+    """A server on in-memory WebSockets; media on an in-memory network, or real UDP on loopback.
+    `wrap_endpoint`: what the server's media endpoint is seen through (a test's fault)."""
     config = config or Config()
     network = MemoryNetwork()
     server = Server(config, **kwargs)
     endpoint: DatagramEndpoint = (
         UdpEndpoint.bind(HostPort("127.0.0.1", 0)) if udp else network.endpoint("127.0.0.1", 40000)
     )
+    if wrap_endpoint is not None:
+        endpoint = wrap_endpoint(endpoint)
     async with trio.open_nursery() as nursery:
         await nursery.start(
             lambda task_status: server.serve(

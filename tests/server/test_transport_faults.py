@@ -9,6 +9,8 @@ the same faults with aiortc peers over real UDP, where the timing can only be lo
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
 import trio.testing
@@ -186,6 +188,86 @@ async def test_media_flows(autojump_clock: trio.testing.MockClock) -> None:
             assert sfu.server.totals.rtp_packets_in == 51
             assert sfu.server.totals.rtp_packets_out == 51
             assert sfu.server.limits.handshakes == 0
+
+
+class StallingEndpoint:
+    """The server's media endpoint with a kernel buffer that can be made full: while `stalled`, every
+    send is refused (as a non-blocking sendto with EAGAIN) and `wait_writable` waits."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.stalled = False
+        self.refused = 0
+        self._writable = trio.Event()
+
+    @property
+    def local_address(self) -> Address:
+        return self.inner.local_address
+
+    async def receive(self) -> tuple[bytes, Address]:
+        return await self.inner.receive()
+
+    def send(self, data: bytes | memoryview, address: Address) -> bool:
+        if self.stalled:
+            self.refused += 1
+            return False
+        return self.inner.send(data, address)
+
+    async def wait_writable(self) -> None:
+        while self.stalled:
+            await self._writable.wait()
+        await self.inner.wait_writable()
+
+    def resume(self) -> None:
+        self.stalled = False
+        self._writable.set()
+        self._writable = trio.Event()
+
+    def connect(self, remote: Address) -> None:
+        return None
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+async def test_a_full_socket_queues_in_a_task_started_then_and_drains_in_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """No backlog task until a player's socket refuses a packet; then what it refused is queued, sent
+    in order once the socket is writable, and nothing is lost or duplicated."""
+    stall: list[StallingEndpoint] = []
+
+    def wrap(endpoint: Any) -> Any:
+        stall.append(StallingEndpoint(endpoint))
+        return stall[0]
+
+    async with running_server(CONFIG, wrap_endpoint=wrap) as sfu:
+        network = sfu.network  # type: ignore[attr-defined]
+        async with (
+            sfu.client(uid="pub") as pub_sig,
+            sfu.client(uid="p1") as play_sig,
+            open_client(pub_sig, network.endpoint(), publish=True) as pub,
+            open_client(play_sig, network.endpoint(), publish=False) as player,
+        ):
+            await stream_video(pub, 10)
+            await settle()
+            forwarders = [name for name in task_names() if name.endswith("play>.forward")]
+            assert forwarders == [] and len(received(player)) == 10
+            stall[0].stalled = True
+            await stream_video(pub, 10, start=10)
+            await settle()
+            assert stall[0].refused >= 1 and len(received(player)) == 10  # queued behind the first
+            forwarders = [name for name in task_names() if name.endswith("play>.forward")]
+            assert len(forwarders) == 1  # the video track's, started by the first refusal
+            stall[0].resume()
+            await stream_video(pub, 10, start=20)
+            await settle()
+            video = [p for p in received(player) if p[1].ssrc == player.answer.ssrcs["video"]]
+            assert [payload for _, _, payload in video] == [video_payload(i) for i in range(30)]
+            sequences = [h.sequence for _, h, _ in video]
+            assert sequences == [(sequences[0] + i) & 0xFFFF for i in range(30)]
+            assert player.transport.received.srtp_failures == 0
+            assert sfu.server.totals.drop_fanout_queue_full == 0
 
 
 # ---- liveness ----------------------------------------------------------------------------------------

@@ -76,6 +76,51 @@ class ChannelBacklog:
         self._send.close()
 
 
+class LazyBacklog:
+    """A consumer's backlog whose channel, and the task draining it, are made the first time the
+    player's socket refuses a packet: most players never fill their socket buffer, and each channel and
+    task costs a few KB a track (issue 16's memory per session)."""
+
+    __slots__ = ("_closed", "_on_closed", "_send", "_start_drain")
+
+    def __init__(
+        self,
+        start_drain: Callable[[LazyBacklog, trio.MemoryReceiveChannel[bytes]], bool],
+        on_closed: Callable[[], None],
+    ) -> None:
+        self._start_drain = start_drain  # False: the session cannot start it (not running, or ending)
+        self._on_closed = on_closed  # the producer ended and no task is there to see it
+        self._send: trio.MemorySendChannel[bytes] | None = None
+        self._closed = False
+
+    def offer(self, packet: bytes) -> bool | None:
+        if self._closed:
+            return None
+        send = self._send
+        if send is None:
+            send, receive = trio.open_memory_channel[bytes](Session.BACKLOG)
+            if not self._start_drain(self, receive):
+                return None
+            self._send = send
+        try:
+            send.send_nowait(packet)
+        except trio.WouldBlock:
+            return False
+        except trio.ClosedResourceError:
+            return None
+        return True
+
+    def close(self) -> None:
+        """The producer is gone: the drain task, if any, sends what is queued and then ends the session."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._send is not None:
+            self._send.close()
+        else:
+            self._on_closed()
+
+
 class Session:
     BACKLOG = 128  # packets queued per consumer while the player's socket would block
 
@@ -112,7 +157,8 @@ class Session:
         self.muted = {kind: False for kind in KINDS}
         self.publication: Publication | None = None
         self.publisher_media: PublisherMedia | None = None
-        self.consumers: list[tuple[Consumer, trio.MemoryReceiveChannel[bytes]]] = []
+        self.consumers: list[tuple[Consumer, LazyBacklog]] = []
+        self._nursery: trio.Nursery | None = None
         self.ending: Ending | None = None  # set once, by whoever ends the session first
         self._scope = trio.CancelScope()
         self.done = trio.Event()  # set when its tasks are gone and it has left the router
@@ -178,11 +224,11 @@ class Session:
             for producer in publication.producers_for(played)
         ]
         for track, producer in zip(played, starts, strict=True):
-            send, receive = trio.open_memory_channel[bytes](self.BACKLOG)
-            consumer = Consumer(self, producer, track, self.transport, ChannelBacklog(send))
+            backlog = LazyBacklog(self._start_drain, self._producer_ended)
+            consumer = Consumer(self, producer, track, self.transport, backlog)
             consumer.update_mute(publication.muted[track.kind], now)
             producer.add_player(consumer)
-            self.consumers.append((consumer, receive))
+            self.consumers.append((consumer, backlog))
         cname = next((t.cname for t in played if t.cname), "trio_sfu")
         player = PlayerMedia([c for c, _ in self.consumers], cname=cname, send_rtcp=self.transport.send_rtcp)
         player.max_rank = self._max_layer
@@ -196,20 +242,33 @@ class Session:
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self.transport.run, name=f"{self!r}.transport")
-                    for consumer, backlog in self.consumers:
-                        nursery.start_soon(self._forward, consumer, backlog, name=f"{self!r}.forward")
+                    self._nursery = nursery
                     task_status.started()
         finally:
+            self._nursery = None
             self._detach()
             self.done.set()
 
+    def _start_drain(self, backlog: LazyBacklog, receive: trio.MemoryReceiveChannel[bytes]) -> bool:
+        """A consumer's socket refused a packet for the first time: start the task that drains its
+        backlog (False while the session is not running)."""
+        nursery = self._nursery
+        consumer = next((c for c, b in self.consumers if b is backlog), None)
+        if nursery is None or consumer is None or self.ending is not None:
+            return False
+        nursery.start_soon(self._forward, consumer, receive, name=f"{self!r}.forward")
+        return True
+
     async def _forward(self, consumer: Consumer, backlog: trio.MemoryReceiveChannel[bytes]) -> None:
-        """Own one consumer: send what queued while the socket was full; end with the producer."""
+        """Own one consumer's backlog: send what queued while the socket was full; end with the producer."""
         async with backlog:
             async for packet in backlog:
                 while self.transport.send_rtp(packet) is False:
                     await self.transport.wait_writable()
                 consumer.backlogged -= 1
+        self._producer_ended()
+
+    def _producer_ended(self) -> None:
         publication = self.publication
         reason = publication.end_reason if publication else None
         self.end(reason or CloseReason.PUBLISHER_GONE)
