@@ -310,7 +310,7 @@ typedef struct {
     long long timestamp, ssrc, payload_length;
     double now;
     PyObject *packet, *header, *now_obj;
-    PyObject *map, *mapped;       /* the last header map applied and its output (borrowed by map) */
+    PyObject *map, *mapped;       /* the last header map applied and its output (both held) */
     PyObject *totals;             /* counts not yet added to it */
     long long packets, octets;
 } Round;
@@ -378,7 +378,8 @@ static int forward_fast(Outlet *outlet, Round *round) {
             lane->header_map, s_apply, round->packet, round->header, round->now_obj, NULL);
         if (mapped == NULL) return -1;
         Py_XSETREF(round->mapped, mapped);
-        round->map = lane->header_map;
+        Py_INCREF(lane->header_map); /* held: a map freed mid-round must not be taken for a new one */
+        Py_XSETREF(round->map, lane->header_map);
     }
     PyObject *mapped = round->mapped;
     if (!PyBytes_CheckExact(mapped)) return 0;
@@ -489,6 +490,7 @@ static PyObject *fan_out(PyObject *module, PyObject *const *args, Py_ssize_t nar
         }
     }
     Py_CLEAR(round.mapped);
+    Py_CLEAR(round.map);
     if (status < 0) {
         PyObject *type, *value, *traceback;
         PyErr_Fetch(&type, &value, &traceback);
