@@ -111,6 +111,7 @@ def _context(certificate: Certificate, profiles: tuple[SrtpProfile, ...]) -> SSL
         SSL.OP_NO_QUERY_MTU | SSL.OP_NO_TICKET | SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE
     )
     context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     context.set_verify(_VERIFY_MODE, _reject_unchecked)
     return context
 
