@@ -22,10 +22,18 @@ output), mute and unmute (with and without a fresh cached keyframe), a player jo
 keyframe cache), a player connecting midway, NACKs (RTX and plain), probes, a player whose socket is
 dropped or whose wire is detached for a while, a player whose kernel buffer and then backlog fill, a
 player whose receiver goes away (send errors), and a simulcast (H264) layer switch and back.
+
+Then VP8 simulcast (`vp8_simulcast`), whose players get picture ids and TL0PICIDX renumbered
+(Vp8Pictures) and upper temporal layers dropped on request: three layers (15-bit picture ids, 7-bit ones,
+no descriptor extension), L1T3 frames of several packets, picture id and TL0PICIDX wraparound, players
+that stay, switch up and down, join from the keyframe cache, and have a temporal cap set and lifted;
+descriptors with some fields only, truncated ones, reordered, late and duplicate packets, NACKs and
+probes.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import os
@@ -67,6 +75,7 @@ from ..support.media_model import (
 
 __all__ = [
     "PROFILES",
+    "VP8_STATE",
     "CountingConsumer",
     "PlayerSink",
     "main",
@@ -74,6 +83,8 @@ __all__ = [
     "pure_fan_out",
     "run",
     "run_all",
+    "vp8_descriptor",
+    "vp8_simulcast",
 ]
 
 PROFILES = (SrtpProfile.AEAD_AES_128_GCM, SrtpProfile.AES_CM_128_HMAC_SHA1_80)
@@ -646,6 +657,9 @@ def _run(profile: SrtpProfile) -> dict[str, Any]:
     }
     calls["blocked/would_block"] = sum(c.would_block_calls for c in p3.consumers.values())
     calls |= simulcast["calls"]
+    vp8 = vp8_simulcast(profile)
+    result["vp8_simulcast"] = vp8["summary"]
+    calls |= vp8["calls"]
     for player in players.values():
         player.sink.close()
     return {"summary": result, "forward_calls": calls}
@@ -735,6 +749,480 @@ def _simulcast(profile: SrtpProfile, start: float) -> dict[str, Any]:
         }
         calls[f"simulcast/{player.name}"] = consumer.forward_calls
         player.sink.close()
+    return {"summary": summary, "calls": calls}
+
+
+# --------------------------------------------------------------------------- VP8 simulcast
+
+VP8_SSRCS = {"q": 0x0C0C0C01, "h": 0x0D0D0D02, "f": 0x0E0E0E03}
+L1T3 = (0, 2, 1, 2)  # the TID of each frame in turn, from a keyframe on (Chromium's simulcast layers)
+VP8_FRAME = 1 / 30
+VP8_FRAME_TICKS = 3000  # RTP timestamp units a frame at 90 kHz
+
+
+def vp8_descriptor(
+    picture_id: int | None = None,
+    tl0: int | None = None,
+    tid: int | None = None,
+    *,
+    sync: bool = False,
+    start: bool = True,
+    wide: bool = True,
+    keyidx: int | None = None,
+) -> bytes:
+    """RFC 7741's payload descriptor: S at a frame's first packet (PID 0); X when any of I (picture id,
+    15 bits if `wide`, else 7), L (TL0PICIDX), T (TID and Y) or K (KEYIDX) follows."""
+    first = 0x10 if start else 0x00
+    if picture_id is None and tl0 is None and tid is None and keyidx is None:
+        return bytes([first])
+    extension = (0x80 if picture_id is not None else 0) | (0x40 if tl0 is not None else 0)
+    extension |= (0x20 if tid is not None else 0) | (0x10 if keyidx is not None else 0)
+    out = [0x80 | first, extension]
+    if picture_id is not None:
+        out += [0x80 | picture_id >> 8, picture_id & 0xFF] if wide else [picture_id & 0x7F]
+    if tl0 is not None:
+        out.append(tl0)
+    if tid is not None or keyidx is not None:
+        out.append((tid or 0) << 6 | (0x20 if sync else 0) | (keyidx or 0))
+    return bytes(out)
+
+
+class Vp8Layer:
+    """One simulcast layer's frames: L1T3 with picture ids (`wide`: 15-bit, else 7-bit) and TL0PICIDX in
+    every packet's descriptor, or (`numbered` False) a descriptor with no extension at all (X clear)."""
+
+    def __init__(
+        self,
+        stream: Vp8Stream,
+        producer: Producer,
+        *,
+        sequence: int,
+        picture_id: int = 0,
+        tl0: int = 0,
+        wide: bool = True,
+        numbered: bool = True,
+        packets: int = 2,
+        size: int = 60,
+        width: int = 320,
+    ) -> None:
+        self.stream, self.producer = stream, producer
+        self.sequence = sequence
+        self.picture_id, self.tl0 = picture_id, tl0
+        self.wide, self.numbered = wide, numbered
+        self.packets, self.size, self.width = packets, size, width
+        self.index = 0  # the frame's place in the L1T3 pattern (restarted at a keyframe)
+        self.started = False
+        self.last_sent = b""
+
+    def next_tid(self) -> int:
+        """The TID of the next frame, unless it is a keyframe."""
+        return L1T3[self.index % len(L1T3)]
+
+    def frame(
+        self,
+        *,
+        key: bool = False,
+        variant: str = "",
+        order: Sequence[int] | None = None,
+        hold: Sequence[int] = (),
+        extra: tuple[int, bytes] | None = None,
+        between: Callable[[], None] | None = None,
+    ) -> list[bytes]:
+        """Send one frame at the stream's timestamp: a first packet (S, the VP8 frame header: P clear
+        at a keyframe, with its size), continuations, the marker on the last. `variant` leaves fields
+        out of the descriptor ("i-only", "t-only", "k-only", "x-clear"); `extra`: (place, payload) of
+        another packet of this frame (a truncated descriptor, say); `order`: the order the packets are
+        sent in; `hold`: packets built (numbered) but not sent (returned: the caller sends them late);
+        `between`: called after the first packet sent."""
+        if key:
+            self.index = 0
+        tid = 0 if key else self.next_tid()
+        sync = tid > 0 and L1T3[(self.index - 1) % len(L1T3)] == 0  # right after a TL0 frame
+        self.index += 1
+        # A frame without picture id or TL0PICIDX takes no number (the next one that has it goes on).
+        numbers_picture = self.numbered and variant in ("", "i-only")
+        if tid == 0 and self.started and self.numbered and not variant:
+            self.tl0 = (self.tl0 + 1) & 0xFF
+        self.started = True
+        fields: dict[str, Any] = {"picture_id": self.picture_id, "tl0": self.tl0, "tid": tid}
+        if not self.numbered or variant == "x-clear":
+            fields = {}
+        elif variant == "i-only":
+            fields = {"picture_id": self.picture_id}
+        elif variant == "t-only":
+            fields = {"tid": tid}
+        elif variant == "k-only":
+            fields = {"keyidx": 5}
+        if key:
+            height = self.width * 9 // 16
+            frame_header = b"\x10\x02\x00\x9d\x01\x2a" + self.width.to_bytes(2, "little")
+            frame_header += height.to_bytes(2, "little")
+        else:
+            frame_header = b"\x31\x01\x00"  # P set: an interframe
+        count = self.packets + (2 if key else 0)
+        payloads = []
+        for i in range(count):
+            descriptor = vp8_descriptor(**fields, sync=sync, start=i == 0, wide=self.wide)
+            data = body(self.size + 3 * i, self.sequence + i)
+            payloads.append(descriptor + (frame_header if i == 0 else b"") + data)
+        if extra is not None:
+            payloads.insert(extra[0], extra[1])
+        packets = []
+        for i, payload in enumerate(payloads):
+            sequence, self.sequence = self.sequence, (self.sequence + 1) & 0xFFFF
+            last = i == len(payloads) - 1
+            packets.append(self.stream.packet(self.producer, sequence, payload, marker=last))
+        held = [packets[i] for i in hold]
+        for n, i in enumerate(order if order is not None else range(len(packets))):
+            if i in hold:
+                continue
+            self.send(packets[i])
+            if n == 0 and between is not None:
+                between()
+        if numbers_picture:
+            self.picture_id = (self.picture_id + 1) & (0x7FFF if self.wide else 0x7F)
+        return held
+
+    def send(self, packet: bytes) -> None:
+        self.last_sent = packet
+        self.stream.send(self.producer, packet)
+
+
+VP8_STATE = (  # what vp8_state lists, in order
+    "layer",
+    "target",
+    "temporal",
+    "temporal_target",
+    "frame_timestamp",
+    "frame_forwarded",
+    "picture_offset",
+    "tl0_offset",
+    "last_picture",
+    "last_tl0",
+    "drops",
+    "needs_sync",
+    "last_sequence",
+    "packets",
+)
+
+
+def vp8_state(consumer: Consumer) -> list[Any]:
+    """A VP8 simulcast player's layer, temporal and picture numbering state (the fields VP8_STATE
+    names): a list, as the scenario keeps one a frame for each player."""
+    pictures = consumer.pictures
+    assert pictures is not None
+    target = consumer.target
+    return [
+        consumer.producer.rid,
+        None if target is None else target.rid,
+        consumer.temporal,
+        consumer.temporal_target,
+        consumer._frame_timestamp,
+        bool(consumer._frame_forwarded),
+        pictures._picture_offset,
+        pictures._tl0_offset,
+        pictures._last_picture,
+        pictures._last_tl0,
+        list(pictures._drops),
+        bool(pictures.needs_sync),
+        consumer.rewriter.last_sequence,
+        consumer.rewriter.packets,
+    ]
+
+
+class Vp8Stream:
+    """A VP8 simulcast publisher's layers (capture timestamps shared across layers, a frame every
+    VP8_FRAME seconds) and the players of its video."""
+
+    def __init__(self, start: float) -> None:
+        self.now = start
+        self.timestamp = 0xFFFF_A000  # wraps early on
+        self.tcc = 0
+        self.layers: dict[str, Vp8Layer] = {}
+        self.players: dict[str, Player] = {}
+        self.offered: collections.Counter[str] = collections.Counter()  # packets fanned out to each
+        self.trace: dict[str, list[list[Any]]] = {}
+        self._opened: dict[str, tuple[int, int]] = {}
+        self.windows: dict[str, dict[str, int]] = {}  # name -> packets offered, forward calls
+
+    def video(self, name: str) -> CountingConsumer:
+        return self.players[name].consumers["video"]
+
+    def packet(self, producer: Producer, sequence: int, payload: bytes, *, marker: bool) -> bytes:
+        self.tcc = (self.tcc + 1) & 0xFFFF
+        assert producer.ssrc is not None
+        return rtp_packet(
+            sequence,
+            self.timestamp,
+            producer.ssrc,
+            CHROMIUM_VP8,
+            payload,
+            marker=marker,
+            extensions=[
+                (C_ABS, abs_send_time(self.now)),
+                (C_TCC, self.tcc.to_bytes(2, "big")),
+                (C_MID, b"1"),
+            ],
+        )
+
+    def send(self, producer: Producer, packet: bytes) -> None:
+        for consumer in producer.consumers:
+            self.offered[consumer.owner] += 1  # what the Python loop calls `forward` for
+        producer.receive(packet, header(packet), self.now)
+
+    def tick(self, *, keys: str = "", **options: dict[str, Any]) -> dict[str, list[bytes]]:
+        """The next frame of every layer (`keys`: the layers whose frame is a keyframe; `options`, by
+        rid: Vp8Layer.frame's), then the players read; what was held back, by rid."""
+        self.now += VP8_FRAME
+        held = {
+            rid: layer.frame(key=rid in keys, **options.get(rid, {})) for rid, layer in self.layers.items()
+        }
+        self.timestamp = (self.timestamp + VP8_FRAME_TICKS) & 0xFFFFFFFF
+        self.pump()
+        for name in self.players:
+            self.trace.setdefault(name, []).append(vp8_state(self.video(name)))
+        return held
+
+    def ticks(self, count: int) -> None:
+        for _ in range(count):
+            self.tick()
+
+    def until(self, rid: str, tid: int) -> None:
+        """Frames until layer `rid`'s next one is of temporal layer `tid`."""
+        while self.layers[rid].next_tid() != tid:
+            self.tick()
+
+    def pump(self) -> None:
+        for player in self.players.values():
+            player.pump()
+
+    def open_window(self, name: str) -> None:
+        """From here, `name` is in the steady case (no cap, no switch pending, numbering in sync)."""
+        self._opened[name] = (self.offered[name], self.video(name).forward_calls)
+
+    def close_window(self, name: str) -> None:
+        offered, calls = self._opened.pop(name)
+        self.windows[name] = {
+            "offered": self.offered[name] - offered,
+            "forward_calls": self.video(name).forward_calls - calls,
+        }
+
+
+def vp8_simulcast(profile: SrtpProfile, start: float = 200.0) -> dict[str, Any]:
+    """VP8 simulcast: three layers, q (15-bit picture ids), h (7-bit ones, three packets a frame) and f
+    (no descriptor extension), and six players of them.
+
+    "steady-q" and "steady-h" stay on one layer, all temporal layers; "settled" moves from h to q once
+    and stays (its numbers go on with offsets); "switching" goes q -> h -> f -> q (targets replaced
+    before a keyframe, one given up); "capped" gets a temporal cap on q (TL1, then TL0) while late and
+    odd packets come, has it lifted, moves to h (its drops forgotten), is capped there and lifted again;
+    "joiner" joins q from the keyframe cache midway. `summary` is the same on both paths; `calls` (the
+    Python `forward` calls) differ by design, and so do `windows`' forward calls (the stretches each
+    player spends in the steady case)."""
+    published = publish()
+    video_track = next(t for t in published.tracks if t.kind == "video")
+    link = FakeLink()
+    rids = tuple(VP8_SSRCS)
+    producers = {
+        rid: Producer(attrs.evolve(video_track, ssrc=ssrc, rids=rids), link, rid=rid)
+        for rid, ssrc in VP8_SSRCS.items()
+    }
+    layers = list(producers.values())
+    for layer in layers:
+        layer.layers = layers
+    q, h, f = (producers[rid] for rid in rids)
+    audio = Producer(next(t for t in published.tracks if t.kind == "audio"), link)
+    stream = Vp8Stream(start)
+    # q's picture id wraps (0x7FFF -> 0) about 150 frames in and its TL0PICIDX (255 -> 0) about 160; h's
+    # 7-bit ids wrap every 128 frames, its TL0PICIDX about 150 frames in.
+    stream.layers = {
+        "q": Vp8Layer(stream, q, sequence=65_480, picture_id=0x7FFF - 150, tl0=216, packets=2, size=60),
+        "h": Vp8Layer(stream, h, sequence=20_000, picture_id=40, tl0=219, wide=False, packets=3, size=200),
+        "f": Vp8Layer(stream, f, sequence=40_000, numbered=False, packets=1, size=500, width=1280),
+    }
+    totals = Totals()
+
+    def add(name: str, fixture: str, layer: Producer, **options: Any) -> CountingConsumer:
+        index = 30 + len(stream.players)
+        player = make_player(
+            name,
+            index,
+            fixture,
+            published.tracks,
+            {"video": layer, "audio": audio},
+            player_keys(profile, index),
+            totals,
+            **options,
+        )
+        stream.players[name] = player
+        consumer = player.consumers["video"]
+        assert consumer.pictures is not None
+        layer.add_player(consumer)
+        return consumer
+
+    # Neighbours in a layer's fan-out list map headers alike or not (aiortc's, chromium's, firefox's and
+    # gstreamer's maps differ in size: the picture id is at a different place in each player's copy).
+    add("steady-q", "aiortc_offer_play", q)
+    capped = add("capped", "chromium_offer_play", q)
+    # Output sequence numbers wrap soon.
+    switching = add("switching", "firefox_offer_play_max_bundle", q, initial={"video": (65_500, 0xFFFF_FFF0)})
+    steady_h = add("steady-h", "gstreamer_offer_play_max_bundle", h)
+    settled = add("settled", "aiortc_offer_play", h)
+
+    # Every layer's keyframe: each player starts (it waited for one).
+    stream.tick(keys="qhf")
+    stream.open_window("steady-q")
+    stream.open_window("steady-h")
+    stream.ticks(8)
+    # The settled player moves up to q at q's next keyframe (q's frames before it: keyframe requests).
+    settled.select_layer(q, stream.now)
+    stream.ticks(3)
+    stream.tick(keys="q")
+    stream.open_window("settled")
+    stream.ticks(4)
+    # The switching player goes to h (7-bit picture ids) at h's keyframe.
+    switching.select_layer(h, stream.now)
+    stream.ticks(5)
+    stream.tick(keys="h")
+    stream.ticks(6)
+    # Packets out of order within a frame; one held back and sent after the next frame (an older
+    # picture's); a duplicate.
+    held = stream.tick(q={"order": (1, 0)}, h={"order": (0, 2, 1), "hold": (1,)})
+    stream.tick()
+    stream.layers["h"].send(held["h"][0])
+    stream.layers["q"].send(stream.layers["q"].last_sent)
+    stream.ticks(2)
+
+    # A temporal cap (TL1) for the capped player, come while a TL2 frame is in progress on q: the
+    # frame's other packets still go.
+    stream.until("q", 2)
+    stream.tick(q={"between": lambda: capped.select_layer(q, stream.now, temporal=1)})
+    stream.ticks(6)
+    # Late packets: a TL1 picture's (kept; a dropped TL2 picture came after it) and a TL2 one's (dropped).
+    stream.until("q", 1)
+    late_tl1 = stream.tick(q={"hold": (1,)})["q"]
+    late_tl2 = stream.tick(q={"hold": (0,)})["q"]
+    stream.tick()
+    stream.layers["q"].send(late_tl1[0])
+    stream.layers["q"].send(late_tl2[0])
+    stream.ticks(2)
+    # Descriptors with some fields only (picture id, TID, KEYIDX), none (X clear), and cut short.
+    stream.tick(q={"variant": "i-only"})
+    stream.until("q", 2)
+    stream.tick(q={"variant": "t-only"})  # TL2 with no picture id: dropped for the capped player, no gap
+    stream.tick(q={"variant": "k-only"})
+    stream.tick(q={"variant": "x-clear"})
+    stream.tick(q={"extra": (1, b"\x80\xe0")})  # X, then I, L and T said but nothing follows
+    stream.tick(q={"extra": (2, b"\x90")})  # X, and no extension byte
+    stream.ticks(2)
+    capped.select_layer(q, stream.now, temporal=0)  # down to TL0
+    stream.ticks(8)
+    # NACKs and a probe while capped: the resent packets carry the numbers the originals had.
+    last = capped.rewriter.last_sequence
+    capped.retransmit(tuple((last - k) & 0xFFFF for k in (0, 1, 4)), stream.now)
+    capped.send_probe(2500, stream.now)
+    stream.pump()
+
+    # The switching player goes to f (no picture ids) at f's keyframe.
+    switching.select_layer(f, stream.now)
+    stream.ticks(3)
+    stream.tick(keys="f")
+    stream.ticks(5)
+    # The cap lifted: TL1 and TL2 come back at a frame marked Y, the rest at q's next keyframe.
+    capped.select_layer(q, stream.now)
+    stream.ticks(8)
+    # The switching player asks for q, then h, then q again, before any keyframe (targets replaced).
+    switching.select_layer(q, stream.now)
+    stream.ticks(2)
+    switching.select_layer(h, stream.now)
+    stream.ticks(2)
+    switching.select_layer(q, stream.now)
+    stream.ticks(2)
+    # A player joins q midway, from the keyframe cache (q's latest keyframe and every packet since).
+    joiner = add("joiner", "aiortc_offer_play", q)
+    if not joiner.start_from_cache(stream.now):
+        q.request_keyframe(stream.now)
+    stream.pump()
+    stream.open_window("joiner")
+    stream.ticks(2)
+    stream.tick(keys="q")  # the switching player moves to q; the capped one gets every layer again
+    stream.ticks(15)
+    # The switching player asks for h and gives it up before h's keyframe.
+    switching.select_layer(h, stream.now)
+    stream.ticks(2)
+    switching.select_layer(q, stream.now)
+    stream.tick()
+    stream.open_window("switching")
+    # NACKs: from before its switch to q (the previous layer's), recent ones; a probe. The gstreamer
+    # player has no RTX: the packet itself is resent.
+    last = switching.rewriter.last_sequence
+    assert switching.switched_at is not None
+    switching.retransmit(((switching.switched_at - 2) & 0xFFFF, (last - 1) & 0xFFFF, last), stream.now)
+    switching.send_probe(2500, stream.now)
+    steady_h.retransmit(((steady_h.rewriter.last_sequence - 1) & 0xFFFF,), stream.now)
+    stream.pump()
+    stream.ticks(10)
+    # The capped player moves to h (its dropped pictures forgotten): its numbers go on with offsets.
+    capped.select_layer(h, stream.now)
+    stream.ticks(3)
+    stream.tick(keys="h")
+    stream.open_window("capped")
+    # Late packets from before q's wraps: of picture 0x7FFF after pictures 0 and 1, and of the last
+    # frame with TL0PICIDX 255 after TL0PICIDX 0 began.
+    q_frames = stream.layers["q"]
+    while q_frames.picture_id != 0x7FFF:
+        stream.tick()
+    late = stream.tick(q={"hold": (1,)})["q"]
+    stream.ticks(2)
+    q_frames.send(late[0])
+    while not (q_frames.tl0 == 255 and q_frames.next_tid() == 2 and q_frames.index % len(L1T3) == 3):
+        stream.tick()
+    late = stream.tick(q={"hold": (0,)})["q"]
+    stream.ticks(2)
+    q_frames.send(late[0])
+    stream.ticks(10)
+    stream.close_window("capped")
+    # Capped again, on h (7-bit picture ids), and lifted.
+    capped.select_layer(h, stream.now, temporal=0)
+    stream.ticks(10)
+    capped.select_layer(h, stream.now)
+    stream.ticks(6)
+    stream.tick(keys="h")
+    stream.ticks(20)
+    for name in ("steady-q", "steady-h", "settled", "switching", "joiner"):
+        stream.close_window(name)
+
+    end = stream.now
+    summary: dict[str, Any] = {"totals": attrs.asdict(totals), "players": {}, "producers": {}}
+    calls: dict[str, int] = {}
+    for name, player in stream.players.items():
+        player.sink.receive()
+        consumer = player.consumers["video"]
+        summary["players"][name] = {
+            "index": player.index,
+            "ssrc": consumer.ssrc,
+            "datagrams": [d.hex() for d in player.sink.datagrams],
+            "video": consumer_summary(consumer, end + 0.5)
+            | {
+                "vp8": vp8_state(consumer),
+                "switched_at": consumer.switched_at,
+                "option_since": consumer.option_since,
+            },
+            "trace": stream.trace[name],
+        }
+        calls[f"vp8/{name}"] = consumer.forward_calls
+        player.sink.close()
+    for rid, producer in producers.items():
+        summary["producers"][rid] = {
+            "packets": producer.packets,
+            "keyframe_requests": producer.keyframe_requests,
+            "gop": len(producer.keyframe_cache),
+            "pixels": producer.pixels,
+        }
+    summary["keyframe_requests_sent"] = [producer.rid for producer in link.keyframes]
+    summary["offered"] = dict(sorted(stream.offered.items()))
+    summary["windows"] = {name: window["offered"] for name, window in stream.windows.items()}
+    calls |= {f"vp8-window/{name}": window["forward_calls"] for name, window in stream.windows.items()}
     return {"summary": summary, "calls": calls}
 
 

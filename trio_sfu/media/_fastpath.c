@@ -2,15 +2,17 @@
  *
  * Python (trio_sfu/media/fanout.py, consumer.py, rewriter.py) owns every decision; this file only
  * repeats the steady case of `Consumer.forward` (a player past its first keyframe, not muted, not
- * switching layers, packets in order, its own connected UDP socket) without the interpreter: number
- * the packet, write the player's header fields, protect with libsrtp, send. Any other case, for any
- * player, is handed to that player's `forward` in Python, in list order, so both paths share one
- * state and give byte-identical output (tests/media/test_fastpath.py checks that).
+ * switching layers, packets in order, its own connected UDP socket; for simulcast VP8 also no
+ * temporal cap and its picture numbering in sync) without the interpreter: number the packet, write
+ * the player's header fields (and VP8 picture id and TL0PICIDX), protect with libsrtp, send. Any
+ * other case, for any player, is handed to that player's `forward` in Python, in list order, so both
+ * paths share one state and give byte-identical output (tests/media/test_fastpath.py checks that).
  *
  * The state lives here so that both paths read it at C speed: `Lane` is the base of `Rewriter` (its
- * numbering), `Outlet` the base of `Consumer` (its gate, SSRC and sent-sequence map), `Wire` what the
- * server layer hands a player's consumers (its SRTP context and socket). The Python fallback in
- * fanout.py defines the same three with the same fields.
+ * numbering), `Outlet` the base of `Consumer` (its gate, SSRC, sent-sequence map and temporal-layer
+ * state), `PictureState` the base of `Vp8Pictures`, `Wire` what the server layer hands a player's
+ * consumers (its SRTP context and socket). The Python fallback in fanout.py defines the same types
+ * with the same fields.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -197,6 +199,61 @@ static PyTypeObject LaneType = {
     .tp_members = Lane_members,
 };
 
+/* ---- PictureState: a simulcast VP8 player's picture numbering (Vp8Pictures' base class) ---- */
+
+typedef struct {
+    PyObject_HEAD
+    int picture_offset;
+    int tl0_offset;
+    PyObject *last_picture; /* int, or None before the first picture */
+    PyObject *last_tl0;     /* int, or None */
+    PyObject *drops;        /* list: pictures dropped since the last switch */
+    char needs_sync;
+} PictureState;
+
+static int PictureState_traverse(PictureState *self, visitproc visit, void *arg) {
+    Py_VISIT(self->last_picture);
+    Py_VISIT(self->last_tl0);
+    Py_VISIT(self->drops);
+    return 0;
+}
+
+static int PictureState_clear(PictureState *self) {
+    Py_CLEAR(self->last_picture);
+    Py_CLEAR(self->last_tl0);
+    Py_CLEAR(self->drops);
+    return 0;
+}
+
+static void PictureState_dealloc(PictureState *self) {
+    PyObject_GC_UnTrack(self);
+    PictureState_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef PictureState_members[] = {
+    {"_picture_offset", T_INT, offsetof(PictureState, picture_offset), 0, NULL},
+    {"_tl0_offset", T_INT, offsetof(PictureState, tl0_offset), 0, NULL},
+    {"_last_picture", T_OBJECT, offsetof(PictureState, last_picture), 0, NULL},
+    {"_last_tl0", T_OBJECT, offsetof(PictureState, last_tl0), 0, NULL},
+    {"_drops", T_OBJECT_EX, offsetof(PictureState, drops), 0, NULL},
+    {"needs_sync", T_BOOL, offsetof(PictureState, needs_sync), 0, NULL},
+    {NULL},
+};
+
+static PyTypeObject PictureStateType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "trio_sfu.media._fastpath.PictureState",
+    .tp_basicsize = sizeof(PictureState),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "A simulcast VP8 player's picture numbering, readable by the compiled fan-out.",
+    .tp_new = PyType_GenericNew,
+    .tp_traverse = (traverseproc)PictureState_traverse,
+    .tp_clear = (inquiry)PictureState_clear,
+    .tp_dealloc = (destructor)PictureState_dealloc,
+    .tp_members = PictureState_members,
+};
+
 /* ---- Outlet: one player of one track (Consumer's base class) ---- */
 
 typedef struct {
@@ -207,6 +264,11 @@ typedef struct {
     PyObject *rewriter;       /* Lane */
     PyObject *wire;           /* Wire or None */
     PyObject *totals;         /* Totals */
+    PyObject *pictures;       /* PictureState (simulcast VP8) or None */
+    int temporal;             /* the highest VP8 temporal layer forwarded, and the one wanted */
+    int temporal_target;
+    long long frame_timestamp; /* the frame in progress and whether it is forwarded */
+    char frame_forwarded;
     /* Output sequence -> input sequence of recent packets (a slot counts once written). */
     uint16_t sent_output[SEQUENCE_MAP];
     uint16_t sent_input[SEQUENCE_MAP];
@@ -221,6 +283,7 @@ static int Outlet_traverse(Outlet *self, visitproc visit, void *arg) {
     Py_VISIT(self->rewriter);
     Py_VISIT(self->wire);
     Py_VISIT(self->totals);
+    Py_VISIT(self->pictures);
     return 0;
 }
 
@@ -228,6 +291,7 @@ static int Outlet_clear(Outlet *self) {
     Py_CLEAR(self->rewriter);
     Py_CLEAR(self->wire);
     Py_CLEAR(self->totals);
+    Py_CLEAR(self->pictures);
     return 0;
 }
 
@@ -273,6 +337,11 @@ static PyMemberDef Outlet_members[] = {
     {"rewriter", T_OBJECT_EX, offsetof(Outlet, rewriter), 0, NULL},
     {"_wire", T_OBJECT, offsetof(Outlet, wire), 0, NULL},
     {"totals", T_OBJECT_EX, offsetof(Outlet, totals), 0, NULL},
+    {"pictures", T_OBJECT, offsetof(Outlet, pictures), 0, NULL},
+    {"temporal", T_INT, offsetof(Outlet, temporal), 0, NULL},
+    {"temporal_target", T_INT, offsetof(Outlet, temporal_target), 0, NULL},
+    {"_frame_timestamp", T_LONGLONG, offsetof(Outlet, frame_timestamp), 0, NULL},
+    {"_frame_forwarded", T_BOOL, offsetof(Outlet, frame_forwarded), 0, NULL},
     {NULL},
 };
 
@@ -300,20 +369,139 @@ static PyTypeObject OutletType = {
 
 /* ---- fan_out ---- */
 
-static PyObject *s_forward, *s_apply, *s_would_block, *s_sequence, *s_timestamp, *s_ssrc,
+static PyObject *s_header_length, *s_forward, *s_apply, *s_would_block, *s_sequence, *s_timestamp, *s_ssrc,
     *s_payload_type, *s_payload_length, *s_rtp_packets_out, *s_rtp_bytes_out;
 
 static unsigned char buffer[BUFFER_SIZE];
 
 typedef struct {
-    long sequence, payload_type;
+    long sequence, payload_type, header_length;
     long long timestamp, ssrc, payload_length;
     double now;
     PyObject *packet, *header, *now_obj;
     PyObject *map, *mapped;       /* the last header map applied and its output (both held) */
     PyObject *totals;             /* counts not yet added to it */
     long long packets, octets;
+    /* The packet's VP8 descriptor as its producer parsed it (Producer.last_descriptor), read at the
+       first simulcast VP8 player: 0 not read yet, 1 read, -1 none to use (Python parses it). */
+    int descriptor_state;
+    long picture_id, picture_at, tl0_at, temporal_id;
+    int wide;
 } Round;
+
+#define ALL_TEMPORAL 3 /* media/consumer.py: a temporal cap that drops nothing */
+
+static long descriptor_long(PyObject *descriptor, const char *name, int *failed) {
+    PyObject *value = PyObject_GetAttrString(descriptor, name);
+    if (value == NULL) {
+        PyErr_Clear();
+        *failed = 1;
+        return 0;
+    }
+    long result = PyLong_AsLong(value); /* bool is an int */
+    Py_DECREF(value);
+    if (result == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        *failed = 1;
+    }
+    return result;
+}
+
+/* Read the descriptor Producer.receive parsed for this packet, if it is this packet's. */
+static void read_descriptor(PyObject *consumer, Round *round) {
+    round->descriptor_state = -1;
+    PyObject *producer = PyObject_GetAttrString(consumer, "producer");
+    if (producer == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    PyObject *last = PyObject_GetAttrString(producer, "last_descriptor");
+    Py_DECREF(producer);
+    if (last == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    if (PyTuple_CheckExact(last) && PyTuple_GET_SIZE(last) == 2 && PyTuple_GET_ITEM(last, 0) == round->packet &&
+        PyTuple_GET_ITEM(last, 1) != Py_None) {
+        PyObject *descriptor = PyTuple_GET_ITEM(last, 1);
+        int failed = 0;
+        round->picture_id = descriptor_long(descriptor, "picture_id", &failed);
+        round->picture_at = descriptor_long(descriptor, "picture_at", &failed);
+        round->tl0_at = descriptor_long(descriptor, "tl0_at", &failed);
+        round->temporal_id = descriptor_long(descriptor, "temporal_id", &failed);
+        round->wide = (int)descriptor_long(descriptor, "wide", &failed);
+        if (!failed) round->descriptor_state = 1;
+    }
+    Py_DECREF(last);
+}
+
+/* For a simulcast VP8 player in its steady case (no temporal cap, numbering in sync, no dropped
+   picture pending): 1 and the numbers to write, else 0 (Python's forward takes it). Changes nothing. */
+typedef struct {
+    long picture, tl0;      /* the numbers to write (-1: none) */
+    int picture_newest, tl0_newest;
+    int new_frame;
+} PictureStep;
+
+static int plan_pictures(Outlet *outlet, Round *round, const unsigned char *mapped, Py_ssize_t size,
+                         Py_ssize_t payload_start, PictureStep *step) {
+    if (round->descriptor_state == 0) read_descriptor((PyObject *)outlet, round);
+    if (round->descriptor_state != 1) return 0;
+    if (outlet->temporal != ALL_TEMPORAL || outlet->temporal_target != ALL_TEMPORAL) return 0;
+    if (outlet->pictures == NULL || !PyObject_TypeCheck(outlet->pictures, &PictureStateType)) return 0;
+    PictureState *pictures = (PictureState *)outlet->pictures;
+    if (pictures->needs_sync || pictures->drops == NULL || !PyList_CheckExact(pictures->drops) ||
+        PyList_GET_SIZE(pictures->drops))
+        return 0;
+    step->new_frame = 0;
+    if (round->temporal_id >= 0) {
+        /* Consumer._temporal_passes with no cap: every frame passes; a frame already refused stays so */
+        if (round->timestamp == outlet->frame_timestamp) {
+            if (!outlet->frame_forwarded) return 0;
+        } else {
+            step->new_frame = 1;
+        }
+    }
+    step->picture = step->tl0 = -1;
+    step->picture_newest = step->tl0_newest = 0;
+    if (round->picture_at >= 0) {
+        if (pictures->last_picture == NULL || !PyLong_CheckExact(pictures->last_picture)) return 0;
+        long last = PyLong_AsLong(pictures->last_picture);
+        Py_ssize_t at = payload_start + round->picture_at;
+        if (round->picture_id < 0 || at < 0 || at + (round->wide ? 1 : 0) >= size) return 0;
+        step->picture = (round->picture_id + pictures->picture_offset) & 0x7FFF;
+        step->picture_newest = 0 < ((step->picture - last) & 0x7FFF) && ((step->picture - last) & 0x7FFF) < 0x4000;
+    }
+    if (round->tl0_at >= 0) {
+        if (pictures->last_tl0 == NULL || !PyLong_CheckExact(pictures->last_tl0)) return 0;
+        long last = PyLong_AsLong(pictures->last_tl0);
+        Py_ssize_t at = payload_start + round->tl0_at;
+        if (at < 0 || at >= size) return 0;
+        step->tl0 = (mapped[at] + pictures->tl0_offset) & 0xFF;
+        step->tl0_newest = 0 < ((step->tl0 - last) & 0xFF) && ((step->tl0 - last) & 0xFF) < 0x80;
+    }
+    return 1;
+}
+
+/* Vp8Pictures.rewrite's bookkeeping for a planned step (-1: a Python error is set). */
+static int commit_pictures(Outlet *outlet, Round *round, const PictureStep *step) {
+    PictureState *pictures = (PictureState *)outlet->pictures;
+    if (step->new_frame) {
+        outlet->frame_timestamp = round->timestamp;
+        outlet->frame_forwarded = 1;
+    }
+    if (step->picture_newest) {
+        PyObject *value = PyLong_FromLong(step->picture);
+        if (value == NULL) return -1;
+        Py_XSETREF(pictures->last_picture, value);
+    }
+    if (step->tl0_newest) {
+        PyObject *value = PyLong_FromLong(step->tl0);
+        if (value == NULL) return -1;
+        Py_XSETREF(pictures->last_tl0, value);
+    }
+    return 0;
+}
 
 static long header_long(PyObject *header, PyObject *name, int *failed) {
     PyObject *value = PyObject_GetAttr(header, name);
@@ -385,6 +573,13 @@ static int forward_fast(Outlet *outlet, Round *round) {
     if (!PyBytes_CheckExact(mapped)) return 0;
     Py_ssize_t size = PyBytes_GET_SIZE(mapped);
     if (size < 12 || size > SRTP_MAX_INPUT) return 0; /* Python's path counts why */
+    PictureStep step;
+    Py_ssize_t payload_start = size - PyBytes_GET_SIZE(round->packet) + round->header_length;
+    int simulcast_vp8 = outlet->pictures != NULL && outlet->pictures != Py_None;
+    if (simulcast_vp8 &&
+        !plan_pictures(outlet, round, (const unsigned char *)PyBytes_AS_STRING(mapped), size, payload_start,
+                       &step))
+        return 0;
 
     /* Rewriter.number, the newest-packet case */
     lane->max_input = (int)round->sequence;
@@ -400,6 +595,8 @@ static int forward_fast(Outlet *outlet, Round *round) {
     /* Consumer.forward's bookkeeping */
     record(outlet, out_sequence, (uint32_t)round->sequence);
     outlet->timestamp_offset = (long long)((out_timestamp - (uint32_t)round->timestamp) & 0xFFFFFFFFu);
+    /* Consumer._temporal_passes and Vp8Pictures.rewrite's bookkeeping (simulcast VP8) */
+    if (simulcast_vp8 && commit_pictures(outlet, round, &step) < 0) return -1;
 
     /* SrtpSession.protect_rtp_as, then the connected socket's send */
     memcpy(buffer, PyBytes_AS_STRING(mapped), (size_t)size);
@@ -414,6 +611,18 @@ static int forward_fast(Outlet *outlet, Round *round) {
     buffer[9] = (unsigned char)(ssrc >> 16);
     buffer[10] = (unsigned char)(ssrc >> 8);
     buffer[11] = (unsigned char)ssrc;
+    if (simulcast_vp8) { /* this player's picture id and TL0PICIDX, in its copy */
+        if (step.picture >= 0) {
+            Py_ssize_t at = payload_start + round->picture_at;
+            if (round->wide) {
+                buffer[at] = (unsigned char)(0x80 | (step.picture >> 8));
+                buffer[at + 1] = (unsigned char)(step.picture & 0xFF);
+            } else {
+                buffer[at] = (unsigned char)(step.picture & 0x7F);
+            }
+        }
+        if (step.tl0 >= 0) buffer[payload_start + round->tl0_at] = (unsigned char)step.tl0;
+    }
     int length = (int)size;
     if (((protect_fn)(uintptr_t)wire->protect)((void *)(uintptr_t)wire->ctx, buffer, &length) != 0) {
         wire->protect_failed += 1;
@@ -465,6 +674,7 @@ static PyObject *fan_out(PyObject *module, PyObject *const *args, Py_ssize_t nar
     round.ssrc = header_long(round.header, s_ssrc, &failed);
     round.payload_type = header_long(round.header, s_payload_type, &failed);
     round.payload_length = header_long(round.header, s_payload_length, &failed);
+    round.header_length = header_long(round.header, s_header_length, &failed);
     if (failed) return NULL;
     if (round.payload_type < 0 || round.payload_type > 127) round.payload_type = 0x7FFF;
 
@@ -525,15 +735,18 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     INTERN(s_ssrc, "ssrc");
     INTERN(s_payload_type, "payload_type");
     INTERN(s_payload_length, "payload_length");
+    INTERN(s_header_length, "header_length");
     INTERN(s_rtp_packets_out, "rtp_packets_out");
     INTERN(s_rtp_bytes_out, "rtp_bytes_out");
-    if (PyType_Ready(&WireType) < 0 || PyType_Ready(&LaneType) < 0 || PyType_Ready(&OutletType) < 0)
+    if (PyType_Ready(&WireType) < 0 || PyType_Ready(&LaneType) < 0 || PyType_Ready(&OutletType) < 0 ||
+        PyType_Ready(&PictureStateType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     if (PyModule_AddObjectRef(m, "Wire", (PyObject *)&WireType) < 0 ||
         PyModule_AddObjectRef(m, "Lane", (PyObject *)&LaneType) < 0 ||
         PyModule_AddObjectRef(m, "Outlet", (PyObject *)&OutletType) < 0 ||
+        PyModule_AddObjectRef(m, "PictureState", (PyObject *)&PictureStateType) < 0 ||
         PyModule_AddIntConstant(m, "MAX_INPUT", SRTP_MAX_INPUT) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -106,8 +106,6 @@ class Consumer(Outlet):
         "_backlog",
         "_backlogged",
         "_congestion_wait",
-        "_frame_forwarded",
-        "_frame_timestamp",
         "_gated",
         "_muted_at",
         "_resent_at",
@@ -124,7 +122,6 @@ class Consumer(Outlet):
         "option_since",
         "option_since_at",
         "owner",
-        "pictures",
         "played",
         "producer",
         "round_trip",
@@ -132,8 +129,6 @@ class Consumer(Outlet):
         "rtx_ssrc",
         "sink",
         "switched_at",
-        "temporal",
-        "temporal_target",
     )
 
     def __init__(
@@ -250,7 +245,6 @@ class Consumer(Outlet):
             not self._awaiting_keyframe
             and self._target is None
             and not self._backlogged
-            and self.pictures is None
             and self._wire is not None
         )
 

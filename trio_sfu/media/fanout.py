@@ -5,10 +5,11 @@ trio_sfu/media/_fastpath.c does the same in one call, and sends a player's packe
 header fields, protect with libsrtp, send on its connected socket) while that player is in the steady
 case, which is nearly every packet; for anything else it calls the player's own `forward`.
 
-The state both paths share lives in three small types, defined here in Python and there in C with
-the same fields: `Lane` (a rewriter's numbering; Rewriter's base), `Outlet` (a consumer's gate, SSRC
-and sent-sequence map; Consumer's base) and `Wire` (a player's SRTP context and connected socket,
-which the server layer keeps current). The compiled ones are used unless the extension could not be
+The state both paths share lives in small types, defined here in Python and there in C with the
+same fields: `Lane` (a rewriter's numbering; Rewriter's base), `Outlet` (a consumer's gate, SSRC,
+sent-sequence map and VP8 temporal-layer state; Consumer's base), `PictureState` (a simulcast VP8
+player's picture numbering; Vp8Pictures' base) and `Wire` (a player's SRTP context and connected
+socket, which the server layer keeps current). The compiled ones are used unless the extension could not be
 built (no C compiler at install) or TRIO_SFU_PURE_PYTHON=1; `COMPILED` says which.
 """
 
@@ -24,8 +25,9 @@ from trio_sfu.wire.rtp import RtpHeader
 if TYPE_CHECKING:
     from trio_sfu.media.rewriter import HeaderMap, Rewriter
     from trio_sfu.media.totals import Totals
+    from trio_sfu.media.vp8_pictures import Vp8Pictures
 
-__all__ = ["COMPILED", "PURE_PYTHON_ENV", "Lane", "Outlet", "Wire", "fan_out"]
+__all__ = ["COMPILED", "PURE_PYTHON_ENV", "Lane", "Outlet", "PictureState", "Wire", "fan_out"]
 
 PURE_PYTHON_ENV = "TRIO_SFU_PURE_PYTHON"
 SEQUENCE_MAP = 1024  # output sequence -> input sequence of recently sent packets, for NACKs
@@ -94,19 +96,41 @@ class Lane:
     packets: int
 
 
+class PictureState:
+    """A simulcast VP8 player's picture numbering (see Vp8Pictures)."""
+
+    __slots__ = ("_drops", "_last_picture", "_last_tl0", "_picture_offset", "_tl0_offset", "needs_sync")
+    _drops: list[int]
+    _last_picture: int | None
+    _last_tl0: int | None
+    _picture_offset: int
+    _tl0_offset: int
+    needs_sync: bool
+
+
 class Outlet:
     """A consumer's state on the packet path (see Consumer)."""
 
     __slots__ = (
+        "_frame_forwarded",
+        "_frame_timestamp",
         "_ready",
         "_sent_input",
         "_sent_output",
         "_timestamp_offset",
         "_wire",
+        "pictures",
         "rewriter",
         "ssrc",
+        "temporal",
+        "temporal_target",
         "totals",
     )
+    _frame_forwarded: bool
+    _frame_timestamp: int
+    pictures: Vp8Pictures | None
+    temporal: int
+    temporal_target: int
     _ready: bool
     _timestamp_offset: int
     _wire: Wire | None
@@ -141,7 +165,7 @@ def fan_out(consumers: Sequence[Forwarder], packet: bytes, header: RtpHeader, no
 COMPILED = False
 if not TYPE_CHECKING and os.environ.get(PURE_PYTHON_ENV, "") in ("", "0"):
     try:
-        from trio_sfu.media._fastpath import Lane, Outlet, Wire, fan_out
+        from trio_sfu.media._fastpath import Lane, Outlet, PictureState, Wire, fan_out
     except ImportError:  # built without a C compiler: the Python path above
         pass
     else:

@@ -12,16 +12,18 @@ continues from the last one sent, and each dropped picture moves the later ones 
 
 from __future__ import annotations
 
+from trio_sfu.media.fanout import PictureState
 from trio_sfu.wire.vp8 import Vp8Descriptor
 
 PICTURE_ID_MASK = 0x7FFF
 DROPS_KEPT = 64  # dropped pictures remembered, so a late packet of an older picture keeps its number
 
 
-class Vp8Pictures:
-    """One player's picture id and TL0PICIDX offsets for one simulcast VP8 track."""
+class Vp8Pictures(PictureState):
+    """One player's picture id and TL0PICIDX offsets for one simulcast VP8 track (the fields are
+    PictureState's: the compiled fan-out renumbers a steady player's pictures itself)."""
 
-    __slots__ = ("_drops", "_last_picture", "_last_tl0", "_picture_offset", "_tl0_offset", "needs_sync")
+    __slots__ = ()
 
     def __init__(self) -> None:
         self._picture_offset = 0
