@@ -930,6 +930,9 @@ def vp8_state(consumer: Consumer) -> list[Any]:
     ]
 
 
+SLOW_PUMP = 8  # frames between two reads of a slow player's socket: its kernel buffer fills between
+
+
 class Vp8Stream:
     """A VP8 simulcast publisher's layers (capture timestamps shared across layers, a frame every
     VP8_FRAME seconds) and the players of its video."""
@@ -944,6 +947,8 @@ class Vp8Stream:
         self.trace: dict[str, list[list[Any]]] = {}
         self._opened: dict[str, tuple[int, int]] = {}
         self.windows: dict[str, dict[str, int]] = {}  # name -> packets offered, forward calls
+        self.slow: set[str] = set()  # players whose socket is read every SLOW_PUMP frames only
+        self.frame_count = 0
 
     def video(self, name: str) -> CountingConsumer:
         return self.players[name].consumers["video"]
@@ -993,8 +998,13 @@ class Vp8Stream:
             self.tick()
 
     def pump(self) -> None:
-        for player in self.players.values():
-            player.pump()
+        self.frame_count += 1
+        for name, player in self.players.items():
+            if name not in self.slow:
+                player.pump()
+            elif self.frame_count % SLOW_PUMP == 0:
+                for _ in range(64):  # read and send until its backlog is empty
+                    player.pump()
 
     def open_window(self, name: str) -> None:
         """From here, `name` is in the steady case (no cap, no switch pending, numbering in sync)."""
@@ -1067,6 +1077,10 @@ def vp8_simulcast(profile: SrtpProfile, start: float = 200.0) -> dict[str, Any]:
     # Output sequence numbers wrap soon.
     switching = add("switching", "firefox_offer_play_max_bundle", q, initial={"video": (65_500, 0xFFFF_FFF0)})
     steady_h = add("steady-h", "gstreamer_offer_play_max_bundle", h)
+    # A player whose socket is full now and then (a Unix datagram pair with a small buffer, read every
+    # few frames): the packets it refuses are queued with its own picture numbers.
+    blocked = add("blocked-h", "chromium_offer_play", h, unix=True)
+    stream.slow.add("blocked-h")
     settled = add("settled", "aiortc_offer_play", h)
 
     # Every layer's keyframe: each player starts (it waited for one).
@@ -1076,6 +1090,7 @@ def vp8_simulcast(profile: SrtpProfile, start: float = 200.0) -> dict[str, Any]:
     stream.ticks(8)
     # The settled player moves up to q at q's next keyframe (q's frames before it: keyframe requests).
     settled.select_layer(q, stream.now)
+    blocked.select_layer(q, stream.now)  # so that its picture numbers are not the publisher's
     stream.ticks(3)
     stream.tick(keys="q")
     stream.open_window("settled")
@@ -1211,6 +1226,7 @@ def vp8_simulcast(profile: SrtpProfile, start: float = 200.0) -> dict[str, Any]:
             "trace": stream.trace[name],
         }
         calls[f"vp8/{name}"] = consumer.forward_calls
+        calls[f"vp8-would-block/{name}"] = consumer.would_block_calls
         player.sink.close()
     for rid, producer in producers.items():
         summary["producers"][rid] = {

@@ -483,6 +483,22 @@ static int plan_pictures(Outlet *outlet, Round *round, const unsigned char *mapp
     return 1;
 }
 
+/* Vp8Pictures.rewrite's bytes: the planned picture id and TL0PICIDX into `out`, a copy of the mapped
+   packet whose payload starts at `payload_start` (bounds checked by plan_pictures). */
+static void write_pictures(unsigned char *out, const Round *round, const PictureStep *step,
+                           Py_ssize_t payload_start) {
+    if (step->picture >= 0) {
+        Py_ssize_t at = payload_start + round->picture_at;
+        if (round->wide) {
+            out[at] = (unsigned char)(0x80 | (step->picture >> 8));
+            out[at + 1] = (unsigned char)(step->picture & 0xFF);
+        } else {
+            out[at] = (unsigned char)(step->picture & 0x7F);
+        }
+    }
+    if (step->tl0 >= 0) out[payload_start + round->tl0_at] = (unsigned char)step->tl0;
+}
+
 /* Vp8Pictures.rewrite's bookkeeping for a planned step (-1: a Python error is set). */
 static int commit_pictures(Outlet *outlet, Round *round, const PictureStep *step) {
     PictureState *pictures = (PictureState *)outlet->pictures;
@@ -611,18 +627,7 @@ static int forward_fast(Outlet *outlet, Round *round) {
     buffer[9] = (unsigned char)(ssrc >> 16);
     buffer[10] = (unsigned char)(ssrc >> 8);
     buffer[11] = (unsigned char)ssrc;
-    if (simulcast_vp8) { /* this player's picture id and TL0PICIDX, in its copy */
-        if (step.picture >= 0) {
-            Py_ssize_t at = payload_start + round->picture_at;
-            if (round->wide) {
-                buffer[at] = (unsigned char)(0x80 | (step.picture >> 8));
-                buffer[at + 1] = (unsigned char)(step.picture & 0xFF);
-            } else {
-                buffer[at] = (unsigned char)(step.picture & 0x7F);
-            }
-        }
-        if (step.tl0 >= 0) buffer[payload_start + round->tl0_at] = (unsigned char)step.tl0;
-    }
+    if (simulcast_vp8) write_pictures(buffer, round, &step, payload_start); /* this player's numbers */
     int length = (int)size;
     if (((protect_fn)(uintptr_t)wire->protect)((void *)(uintptr_t)wire->ctx, buffer, &length) != 0) {
         wire->protect_failed += 1;
@@ -631,13 +636,26 @@ static int forward_fast(Outlet *outlet, Round *round) {
     ssize_t sent = send(wire->fd, buffer, (size_t)length, MSG_DONTWAIT);
     if (sent < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            /* The kernel buffer is full: the consumer queues it, as Python's path does. */
+            /* The kernel buffer is full: the consumer queues it, as Python's path does (the mapped
+               packet, with this player's picture numbers written in its own copy). */
+            PyObject *queued = mapped;
+            Py_INCREF(queued);
+            if (simulcast_vp8) {
+                PyObject *copy = PyBytes_FromStringAndSize(PyBytes_AS_STRING(mapped), size);
+                if (copy == NULL) {
+                    Py_DECREF(queued);
+                    return -1;
+                }
+                write_pictures((unsigned char *)PyBytes_AS_STRING(copy), round, &step, payload_start);
+                Py_SETREF(queued, copy);
+            }
             PyObject *number = PyLong_FromUnsignedLong(out_sequence);
             PyObject *stamp = PyLong_FromUnsignedLong(out_timestamp);
             PyObject *result = NULL;
             if (number != NULL && stamp != NULL)
-                result = PyObject_CallMethodObjArgs((PyObject *)outlet, s_would_block, mapped, number,
+                result = PyObject_CallMethodObjArgs((PyObject *)outlet, s_would_block, queued, number,
                                                     stamp, NULL);
+            Py_DECREF(queued);
             Py_XDECREF(number);
             Py_XDECREF(stamp);
             if (result == NULL) return -1;
