@@ -1,16 +1,16 @@
 """The fan-out loop: one packet to every player of a track, compiled where the extension was built.
 
 `fan_out(consumers, packet, header, now)` means `for consumer in consumers: consumer.forward(...)`.
-trio_sfu/media/_fastpath.c does the same in one call, and sends a player's packet itself (number, write its
-header fields, protect with libsrtp, send on its connected socket) while that player is in the steady
-case, which is nearly every packet; for anything else it calls the player's own `forward`.
+trio_sfu/media/_fastpath.c does the same in one call, and sends a player's packet itself (number,
+write its header fields, protect with libsrtp, send on its connected socket) while that player is in
+the steady case, which is nearly every packet; for anything else it calls the player's own `forward`.
 
 The state both paths share lives in small types, defined here in Python and there in C with the
 same fields: `Lane` (a rewriter's numbering; Rewriter's base), `Outlet` (a consumer's gate, SSRC,
 sent-sequence map and VP8 temporal-layer state; Consumer's base), `PictureState` (a simulcast VP8
 player's picture numbering; Vp8Pictures' base) and `Wire` (a player's SRTP context and connected
-socket, which the server layer keeps current). The compiled ones are used unless the extension could not be
-built (no C compiler at install) or TRIO_SFU_PURE_PYTHON=1; `COMPILED` says which.
+socket, which the server layer keeps current). The compiled ones are used unless the extension could
+not be built (no C compiler at install) or TRIO_SFU_PURE_PYTHON=1; `COMPILED` says which.
 """
 
 from __future__ import annotations
