@@ -9,6 +9,8 @@ the same faults with aiortc peers over real UDP, where the timing can only be lo
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -71,6 +73,20 @@ def send_video(client: Client, index: int) -> None:
     client.transport.send_rtp(
         rtp_packet(VP8_PT, index, index * 4500, client.local.video_ssrc, video_payload(index))
     )
+
+
+@contextlib.asynccontextmanager
+async def publisher_and_player(sfu: Harness) -> AsyncIterator[tuple[Client, Client]]:
+    """A publisher of "cam" and a player of it, each with its own signaling connection and endpoint on
+    the server's in-memory network, connected (ICE and DTLS done)."""
+    network = sfu.network  # type: ignore[attr-defined]
+    async with (
+        sfu.client(uid="pub") as pub_sig,
+        sfu.client(uid="p1") as play_sig,
+        open_client(pub_sig, network.endpoint(), publish=True) as pub,
+        open_client(play_sig, network.endpoint(), publish=False) as player,
+    ):
+        yield pub, player
 
 
 async def stream_video(client: Client, count: int, start: int = 0) -> list[float]:
@@ -162,32 +178,25 @@ class DtlsBlackhole:
 async def test_media_flows(autojump_clock: trio.testing.MockClock) -> None:
     """Every packet reaches the player at the instant it was sent, rewritten to the player's SSRC and
     payload type, in order, with its payload intact; audio too."""
-    async with running_server(CONFIG) as sfu:
-        network = sfu.network  # type: ignore[attr-defined]
-        async with (
-            sfu.client(uid="pub") as pub_sig,
-            sfu.client(uid="p1") as play_sig,
-            open_client(pub_sig, network.endpoint(), publish=True) as pub,
-            open_client(play_sig, network.endpoint(), publish=False) as player,
-        ):
-            sent = await stream_video(pub, 50)
-            pub.transport.send_rtp(rtp_packet(OPUS_PT, 7, 960, pub.local.audio_ssrc, b"opus!"))
-            await settle()
-            packets = received(player)
-            video = [p for p in packets if p[1].ssrc == player.answer.ssrcs["video"]]
-            audio = [p for p in packets if p[1].ssrc == player.answer.ssrcs["audio"]]
-            assert len(video) == 50 and len(audio) == 1 and len(packets) == 51
-            assert [payload for _, _, payload in video] == [video_payload(i) for i in range(50)]
-            assert [at for at, _, _ in video] == sent  # no queueing anywhere: 0 s latency
-            assert {h.payload_type for _, h, _ in video} == {player.answer.payload_types["video"]}
-            sequences = [h.sequence for _, h, _ in video]
-            assert sequences == [(sequences[0] + i) & 0xFFFF for i in range(50)]
-            assert audio[0][2] == b"opus!"
-            assert audio[0][1].payload_type == player.answer.payload_types["audio"]
-            assert player.transport.received.srtp_failures == 0
-            assert sfu.server.totals.rtp_packets_in == 51
-            assert sfu.server.totals.rtp_packets_out == 51
-            assert sfu.server.limits.handshakes == 0
+    async with running_server(CONFIG) as sfu, publisher_and_player(sfu) as (pub, player):
+        sent = await stream_video(pub, 50)
+        pub.transport.send_rtp(rtp_packet(OPUS_PT, 7, 960, pub.local.audio_ssrc, b"opus!"))
+        await settle()
+        packets = received(player)
+        video = [p for p in packets if p[1].ssrc == player.answer.ssrcs["video"]]
+        audio = [p for p in packets if p[1].ssrc == player.answer.ssrcs["audio"]]
+        assert len(video) == 50 and len(audio) == 1 and len(packets) == 51
+        assert [payload for _, _, payload in video] == [video_payload(i) for i in range(50)]
+        assert [at for at, _, _ in video] == sent  # no queueing anywhere: 0 s latency
+        assert {h.payload_type for _, h, _ in video} == {player.answer.payload_types["video"]}
+        sequences = [h.sequence for _, h, _ in video]
+        assert sequences == [(sequences[0] + i) & 0xFFFF for i in range(50)]
+        assert audio[0][2] == b"opus!"
+        assert audio[0][1].payload_type == player.answer.payload_types["audio"]
+        assert player.transport.received.srtp_failures == 0
+        assert sfu.server.totals.rtp_packets_in == 51
+        assert sfu.server.totals.rtp_packets_out == 51
+        assert sfu.server.limits.handshakes == 0
 
 
 class StallingEndpoint:
@@ -241,33 +250,29 @@ async def test_a_full_socket_queues_in_a_task_started_then_and_drains_in_order(
         stall.append(StallingEndpoint(endpoint))
         return stall[0]
 
-    async with running_server(CONFIG, wrap_endpoint=wrap) as sfu:
-        network = sfu.network  # type: ignore[attr-defined]
-        async with (
-            sfu.client(uid="pub") as pub_sig,
-            sfu.client(uid="p1") as play_sig,
-            open_client(pub_sig, network.endpoint(), publish=True) as pub,
-            open_client(play_sig, network.endpoint(), publish=False) as player,
-        ):
-            await stream_video(pub, 10)
-            await settle()
-            forwarders = [name for name in task_names() if name.endswith("play>.forward")]
-            assert forwarders == [] and len(received(player)) == 10
-            stall[0].stalled = True
-            await stream_video(pub, 10, start=10)
-            await settle()
-            assert stall[0].refused >= 1 and len(received(player)) == 10  # queued behind the first
-            forwarders = [name for name in task_names() if name.endswith("play>.forward")]
-            assert len(forwarders) == 1  # the video track's, started by the first refusal
-            stall[0].resume()
-            await stream_video(pub, 10, start=20)
-            await settle()
-            video = [p for p in received(player) if p[1].ssrc == player.answer.ssrcs["video"]]
-            assert [payload for _, _, payload in video] == [video_payload(i) for i in range(30)]
-            sequences = [h.sequence for _, h, _ in video]
-            assert sequences == [(sequences[0] + i) & 0xFFFF for i in range(30)]
-            assert player.transport.received.srtp_failures == 0
-            assert sfu.server.totals.drop_fanout_queue_full == 0
+    async with (
+        running_server(CONFIG, wrap_endpoint=wrap) as sfu,
+        publisher_and_player(sfu) as (pub, player),
+    ):
+        await stream_video(pub, 10)
+        await settle()
+        forwarders = [name for name in task_names() if name.endswith("play>.forward")]
+        assert forwarders == [] and len(received(player)) == 10
+        stall[0].stalled = True
+        await stream_video(pub, 10, start=10)
+        await settle()
+        assert stall[0].refused >= 1 and len(received(player)) == 10  # queued behind the first
+        forwarders = [name for name in task_names() if name.endswith("play>.forward")]
+        assert len(forwarders) == 1  # the video track's, started by the first refusal
+        stall[0].resume()
+        await stream_video(pub, 10, start=20)
+        await settle()
+        video = [p for p in received(player) if p[1].ssrc == player.answer.ssrcs["video"]]
+        assert [payload for _, _, payload in video] == [video_payload(i) for i in range(30)]
+        sequences = [h.sequence for _, h, _ in video]
+        assert sequences == [(sequences[0] + i) & 0xFFFF for i in range(30)]
+        assert player.transport.received.srtp_failures == 0
+        assert sfu.server.totals.drop_fanout_queue_full == 0
 
 
 # ---- liveness ----------------------------------------------------------------------------------------
@@ -276,39 +281,32 @@ async def test_a_full_socket_queues_in_a_task_started_then_and_drains_in_order(
 async def test_silent_publisher_times_out_and_players_are_told(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with running_server(CONFIG) as sfu:
-        network = sfu.network  # type: ignore[attr-defined]
-        async with (
-            sfu.client(uid="pub") as pub_sig,
-            sfu.client(uid="p1") as play_sig,
-            open_client(pub_sig, network.endpoint(), publish=True) as pub,
-            open_client(play_sig, network.endpoint(), publish=False) as player,
-        ):
-            sent = await stream_video(pub, 20)
-            assert len(player.transport.received.rtp) == 20
-            # No consent checks, no media from here on.
-            silent_at, last_refresh = await silence(pub, server_session(sfu, "pub"))
-            # Media refreshed consent until the last packet, one frame before the silence.
-            assert last_refresh == pytest.approx(sent[-1], abs=EXACT)
-            assert sent[-1] == pytest.approx(silent_at - FRAME, abs=EXACT)
+    async with running_server(CONFIG) as sfu, publisher_and_player(sfu) as (pub, player):
+        sent = await stream_video(pub, 20)
+        assert len(player.transport.received.rtp) == 20
+        # No consent checks, no media from here on.
+        silent_at, last_refresh = await silence(pub, server_session(sfu, "pub"))
+        # Media refreshed consent until the last packet, one frame before the silence.
+        assert last_refresh == pytest.approx(sent[-1], abs=EXACT)
+        assert sent[-1] == pytest.approx(silent_at - FRAME, abs=EXACT)
 
-            reason, ended_at = await next_close(pub_sig, LIVENESS + 1)
-            assert reason == "timeout"
-            # Exactly the liveness timeout after the last thing that reached the server.
-            assert ended_at - last_refresh == pytest.approx(LIVENESS, abs=EXACT)
-            # The player is told at the same simulated instant.
-            reason, told_at = await next_close(play_sig, 1)
-            assert (reason, told_at) == ("publisher_gone", ended_at)
+        reason, ended_at = await next_close(pub.signaling, LIVENESS + 1)
+        assert reason == "timeout"
+        # Exactly the liveness timeout after the last thing that reached the server.
+        assert ended_at - last_refresh == pytest.approx(LIVENESS, abs=EXACT)
+        # The player is told at the same simulated instant.
+        reason, told_at = await next_close(player.signaling, 1)
+        assert (reason, told_at) == ("publisher_gone", ended_at)
 
-            await settle()
-            assert trio.current_time() == ended_at
-            assert sessions(sfu) == [] and session_tasks() == []
-            assert sfu.server.router.lookup(("live", "cam")) is None
-            assert sfu.server.mux.sessions_routed == 0
-            assert sfu.server.limits.sessions == 0 and sfu.server.limits.handshakes == 0
-            assert sfu.server.totals.dtls_failures == 0
-            # The session is gone: a late stream.close for it is a 404 (protocol decision 5).
-            assert (await pub_sig.request("stream.close", "cam"))["err"] == 404
+        await settle()
+        assert trio.current_time() == ended_at
+        assert sessions(sfu) == [] and session_tasks() == []
+        assert sfu.server.router.lookup(("live", "cam")) is None
+        assert sfu.server.mux.sessions_routed == 0
+        assert sfu.server.limits.sessions == 0 and sfu.server.limits.handshakes == 0
+        assert sfu.server.totals.dtls_failures == 0
+        # The session is gone: a late stream.close for it is a 404 (protocol decision 5).
+        assert (await pub.signaling.request("stream.close", "cam"))["err"] == 404
 
 
 async def test_silent_player_is_reclaimed_and_the_publisher_goes_on(
@@ -360,29 +358,22 @@ async def test_silent_player_is_reclaimed_and_the_publisher_goes_on(
 async def test_consent_checks_alone_keep_sessions_alive(autojump_clock: trio.testing.MockClock) -> None:
     """No media at all: a publisher's and a player's consent checks (every 5 s) carry them through three
     liveness timeouts."""
-    async with running_server(CONFIG) as sfu:
-        network = sfu.network  # type: ignore[attr-defined]
-        async with (
-            sfu.client(uid="pub") as pub_sig,
-            sfu.client(uid="p1") as play_sig,
-            open_client(pub_sig, network.endpoint(), publish=True) as pub,
-            open_client(play_sig, network.endpoint(), publish=False) as player,
-        ):
-            start = trio.current_time()
-            await trio.sleep(3 * LIVENESS)
-            assert trio.current_time() - start == pytest.approx(3 * LIVENESS, abs=EXACT)
-            assert sessions(sfu) == ["p1:cam:play", "pub:cam:publish"]
-            # Checks every 4 to 6 s (5 s, jittered by RFC 7675's 0.8..1.2).
-            fewest, most = 3 * LIVENESS / (1.2 * CONSENT_INTERVAL), 3 * LIVENESS / (0.8 * CONSENT_INTERVAL)
-            for signaling, client, uid in ((pub_sig, pub, "pub"), (play_sig, player, "p1")):
-                assert told_nothing(signaling)
-                # Each check was answered, and the last one is at most an interval old.
-                checks = client.transport.peer.counters["stun_responses"]
-                assert fewest <= checks <= most + 1  # and the nominating check's response
-                deadline = server_session(sfu, uid).transport.peer.ice.consent_deadline()
-                assert deadline - LIVENESS >= trio.current_time() - 1.2 * CONSENT_INTERVAL
-                assert [type(e) for e in client.transport.events] == [Connected]
-            assert sfu.server.totals.rtp_packets_in == 0
+    async with running_server(CONFIG) as sfu, publisher_and_player(sfu) as (pub, player):
+        start = trio.current_time()
+        await trio.sleep(3 * LIVENESS)
+        assert trio.current_time() - start == pytest.approx(3 * LIVENESS, abs=EXACT)
+        assert sessions(sfu) == ["p1:cam:play", "pub:cam:publish"]
+        # Checks every 4 to 6 s (5 s, jittered by RFC 7675's 0.8..1.2).
+        fewest, most = 3 * LIVENESS / (1.2 * CONSENT_INTERVAL), 3 * LIVENESS / (0.8 * CONSENT_INTERVAL)
+        for signaling, client, uid in ((pub.signaling, pub, "pub"), (player.signaling, player, "p1")):
+            assert told_nothing(signaling)
+            # Each check was answered, and the last one is at most an interval old.
+            checks = client.transport.peer.counters["stun_responses"]
+            assert fewest <= checks <= most + 1  # and the nominating check's response
+            deadline = server_session(sfu, uid).transport.peer.ice.consent_deadline()
+            assert deadline - LIVENESS >= trio.current_time() - 1.2 * CONSENT_INTERVAL
+            assert [type(e) for e in client.transport.events] == [Connected]
+        assert sfu.server.totals.rtp_packets_in == 0
 
 
 # ---- handshakes ----------------------------------------------------------------------------------------
@@ -492,26 +483,19 @@ async def test_stream_close_while_the_handshake_is_pending(autojump_clock: trio.
 
 
 async def test_publisher_closing_dtls_has_left_on_purpose(autojump_clock: trio.testing.MockClock) -> None:
-    async with running_server(CONFIG) as sfu:
-        network = sfu.network  # type: ignore[attr-defined]
-        async with (
-            sfu.client(uid="pub") as pub_sig,
-            sfu.client(uid="p1") as play_sig,
-            open_client(pub_sig, network.endpoint(), publish=True) as pub,
-            open_client(play_sig, network.endpoint(), publish=False) as player,
-        ):
-            await stream_video(pub, 5)
-            closed_at = trio.current_time()
-            pub.transport.close()  # close_notify, as a browser's pc.close()
-            reason, told_at = await next_close(play_sig, 1)
-            assert (reason, told_at) == ("publisher_closed", closed_at)
-            reason, told_at = await next_close(pub_sig, 1)
-            assert (reason, told_at) == ("transport_failed", closed_at)
-            await settle()
-            assert sessions(sfu) == [] and session_tasks() == []
-            assert sfu.server.router.lookup(("live", "cam")) is None
-            assert sfu.server.totals.dtls_failures == 0
-            assert len(player.transport.received.rtp) == 5
+    async with running_server(CONFIG) as sfu, publisher_and_player(sfu) as (pub, player):
+        await stream_video(pub, 5)
+        closed_at = trio.current_time()
+        pub.transport.close()  # close_notify, as a browser's pc.close()
+        reason, told_at = await next_close(player.signaling, 1)
+        assert (reason, told_at) == ("publisher_closed", closed_at)
+        reason, told_at = await next_close(pub.signaling, 1)
+        assert (reason, told_at) == ("transport_failed", closed_at)
+        await settle()
+        assert sessions(sfu) == [] and session_tasks() == []
+        assert sfu.server.router.lookup(("live", "cam")) is None
+        assert sfu.server.totals.dtls_failures == 0
+        assert len(player.transport.received.rtp) == 5
 
 
 async def test_shutdown_tells_every_client_and_their_transports_expire(
