@@ -81,7 +81,7 @@ class LazyBacklog:
     player's socket refuses a packet: most players never fill their socket buffer, and each channel and
     task costs a few KB a track (issue 16's memory per session)."""
 
-    __slots__ = ("_closed", "_on_closed", "_send", "_start_drain")
+    __slots__ = ("_channel", "_closed", "_on_closed", "_start_drain")
 
     def __init__(
         self,
@@ -90,33 +90,27 @@ class LazyBacklog:
     ) -> None:
         self._start_drain = start_drain  # False: the session cannot start it (not running, or ending)
         self._on_closed = on_closed  # the producer ended and no task is there to see it
-        self._send: trio.MemorySendChannel[bytes] | None = None
+        self._channel: ChannelBacklog | None = None
         self._closed = False
 
     def offer(self, packet: bytes) -> bool | None:
         if self._closed:
             return None
-        send = self._send
-        if send is None:
+        channel = self._channel
+        if channel is None:
             send, receive = trio.open_memory_channel[bytes](Session.BACKLOG)
             if not self._start_drain(self, receive):
                 return None
-            self._send = send
-        try:
-            send.send_nowait(packet)
-        except trio.WouldBlock:
-            return False
-        except trio.ClosedResourceError:
-            return None
-        return True
+            channel = self._channel = ChannelBacklog(send)
+        return channel.offer(packet)
 
     def close(self) -> None:
         """The producer is gone: the drain task, if any, sends what is queued and then ends the session."""
         if self._closed:
             return
         self._closed = True
-        if self._send is not None:
-            self._send.close()
+        if self._channel is not None:
+            self._channel.close()
         else:
             self._on_closed()
 
