@@ -25,7 +25,7 @@
 
 #define MAX_DROPOUT 3000   /* wire/rtp.py */
 #define MAX_MISORDER 1000  /* wire/rtp.py */
-#define SEQUENCE_MAP 1024  /* media/consumer.py */
+#define SEQUENCE_MAP 1024  /* media/fanout.py */
 #define BUFFER_SIZE 1500   /* transport/srtp.py: pylibsrtp's buffer */
 #define MAX_TRAILER 144    /* libsrtp's SRTP_MAX_TRAILER_LEN */
 #define SRTP_MAX_INPUT (BUFFER_SIZE - MAX_TRAILER)

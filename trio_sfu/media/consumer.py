@@ -16,7 +16,7 @@ from typing import Protocol
 
 import attrs
 
-from trio_sfu.media.fanout import Outlet, Wire
+from trio_sfu.media.fanout import SEQUENCE_MAP, Outlet, Wire
 from trio_sfu.media.negotiation import EXT_ABS_SEND_TIME, EXT_MID, NegotiatedTrack
 from trio_sfu.media.producer import CACHE_SIZE, TEMPORAL_LAYERS, Producer
 from trio_sfu.media.rewriter import Rewriter
@@ -28,7 +28,6 @@ from trio_sfu.wire.rtp import RtpHeader, parse_rtp
 from trio_sfu.wire.vp8 import Vp8Descriptor, parse_descriptor
 
 NTP_UNITS = 1 << 32
-SEQUENCE_MAP = 1024  # resend times kept, by output sequence
 
 # Retransmission limits (a player behind a link narrower than the stream NACKs nearly every packet, and
 # again each round trip: answering all of it sent such a player dozens of times the stream's rate).
