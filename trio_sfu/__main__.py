@@ -15,6 +15,7 @@ import trio
 
 from trio_sfu import config as config_module
 from trio_sfu.config import Config, ConfigError, HostPort
+from trio_sfu.media import fanout
 from trio_sfu.server.server import ClusterLink as ServerCluster
 from trio_sfu.server.server import Server
 from trio_sfu.signaling.auth import mint_token
@@ -238,6 +239,12 @@ async def run_server(server: Server) -> None:
         # only: with 300 players ~95k objects instead of ~140k, the longest pause 61 ms, was 90.
         gc.collect()
         gc.freeze()
+        if not fanout.COMPILED:
+            log.warning(
+                "event=fanout_in_python hint=%s",
+                "the compiled fan-out is not in use (slower, same packets): install with a C compiler "
+                "(pip install -e . in a checkout), and unset TRIO_SFU_PURE_PYTHON",
+            )
         tls = server.config.tls
         worker = server.config.worker_index
         if worker is None:
