@@ -16,10 +16,10 @@ not be built (no C compiler at install) or TRIO_SFU_PURE_PYTHON=1; `COMPILED` sa
 from __future__ import annotations
 
 import array
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from trio_sfu.transport.compiled import PURE_PYTHON_ENV, compiled_wanted
 from trio_sfu.wire.rtp import RtpHeader
 
 if TYPE_CHECKING:
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = ["COMPILED", "PURE_PYTHON_ENV", "Lane", "Outlet", "PictureState", "Wire", "fan_out"]
 
-PURE_PYTHON_ENV = "TRIO_SFU_PURE_PYTHON"
 SEQUENCE_MAP = 1024  # output sequence -> input sequence of recently sent packets, for NACKs
 
 
@@ -163,7 +162,7 @@ def fan_out(consumers: Sequence[Forwarder], packet: bytes, header: RtpHeader, no
 
 
 COMPILED = False
-if not TYPE_CHECKING and os.environ.get(PURE_PYTHON_ENV, "") in ("", "0"):
+if not TYPE_CHECKING and compiled_wanted():
     try:
         from trio_sfu.media._fastpath import Lane, Outlet, PictureState, Wire, fan_out
     except ImportError:  # built without a C compiler: the Python path above
