@@ -79,6 +79,11 @@ class MediaMux:
         route = self._by_address.get(address)
         return route is not None and route[1] is endpoint
 
+    def routes(self, address: Address, receiver: Receiver, endpoint: DatagramEndpoint) -> bool:
+        """Is what comes from `address` over `endpoint` routed to `receiver`?"""
+        route = self._by_address.get(address)
+        return route is not None and route[0] is receiver and route[1] is endpoint
+
     def forget_address(self, address: Address, endpoint: DatagramEndpoint) -> None:
         """`endpoint` is gone (an ICE-TCP connection closed): nothing more is routed from `address`
         over it (a UDP route with the same numbers stays)."""

@@ -126,19 +126,29 @@ class TransportDriver:
                 peer.receive_dtls(datagram.data, datagram.source, now)
                 self._after_input(now, datagram.endpoint)
             else:
-                self._on_srtp(datagram, now)
+                self._on_srtp(datagram.data, datagram.source, now)
         except Exception:
             # A bug must cost one datagram, never the mux task that serves every session.
             self.counters["internal_error"] += 1
             log.exception("event=datagram_error kind=%s", datagram.kind.value)
         return True
 
-    def _on_srtp(self, datagram: Datagram, now: float) -> None:
+    def _deliver_srtp(self, data: bytes, source: Address) -> None:
+        """`deliver` of SRTP or SRTCP that came over this peer's connected socket (see
+        `_read_connected`): the same handling, without the mux's classification and hand-off."""
+        if self.peer.ended:
+            return
+        try:
+            self._on_srtp(data, source, trio.current_time())
+        except Exception:
+            self.counters["internal_error"] += 1
+            log.exception("event=datagram_error kind=rtp")
+
+    def _on_srtp(self, data: bytes, source: Address, now: float) -> None:
         srtp = self._srtp
         if srtp is None:
             self.counters["srtp_before_dtls"] += 1
             return
-        data = datagram.data
         totals = self.totals
         if is_rtcp(data):
             plain = srtp.unprotect_rtcp(data)
@@ -146,7 +156,7 @@ class TransportDriver:
                 totals.drop_srtcp_auth += 1
                 return
             totals.rtcp_packets_in += 1
-            self.peer.media_received(datagram.source, now)
+            self.peer.media_received(source, now)
             self.handler.on_rtcp(plain, now)
         else:
             plain = srtp.unprotect_rtp(data)
@@ -155,7 +165,7 @@ class TransportDriver:
                 return
             totals.rtp_packets_in += 1
             totals.rtp_bytes_in += len(data)
-            self.peer.media_received(datagram.source, now)
+            self.peer.media_received(source, now)
             self.handler.on_rtp(plain, now)
 
     def _after_input(self, now: float, endpoint: DatagramEndpoint | None = None) -> None:
@@ -349,10 +359,25 @@ class TransportDriver:
 
     async def _read_connected(self, connected: ConnectedUdp, endpoint: DatagramEndpoint) -> None:
         """The kernel now hands this peer's datagrams to its own socket: feed them to the mux as if
-        they had come on the shared one (same classification, same routes)."""
-        handle = self.mux.handle
+        they had come on the shared one (same classification, same routes).
+
+        SRTP and SRTCP from the connected address while the mux routes it here (every packet of a
+        publisher, in the steady state) skip the mux's classification and hand-off: the mux only
+        counts them. The rest, e.g. another peer's datagram taken between bind() and connect(),
+        goes through it."""
+        mux, remote = self.mux, connected.remote
+        handle, received, routes = mux.handle, mux.received, mux.routes
+        counted_as = Kind.RTP.value
+
+        def on_datagram(data: bytes, source: Address) -> None:
+            if data and 127 < data[0] < 192 and source == remote and routes(source, self, endpoint):
+                received[counted_as] += 1
+                self._deliver_srtp(data, source)
+            else:
+                handle(data, source, endpoint)
+
         with connected.reader_scope:
-            await connected.receive_into(lambda data, source: handle(data, source, endpoint))
+            await connected.receive_into(on_datagram)
 
     def _drop_connected(self) -> None:
         connected, self._connected = self._connected, None
