@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
 from trio_sfu.transport.certificate import FINGERPRINT_HASHES, Certificate, fingerprint_of_der
+from trio_sfu.transport.dtls_records import ALERT_NAMES, RecordOpener
 
 __all__ = ["DtlsEndpoint", "DtlsState", "SrtpKeys", "SrtpProfile"]
 
@@ -126,6 +127,7 @@ class _Record:
     type: int
     epoch: int
     message_seq: int | None  # epoch-0 handshake records only
+    data: bytes = attrs.field(default=b"", repr=False)  # the whole record, header included
 
 
 def _parse_records(data: bytes) -> tuple[bytes, list[_Record], int]:
@@ -164,7 +166,7 @@ def _parse_records(data: bytes) -> tuple[bytes, list[_Record], int]:
             dropped += 1
             continue
         kept.append(record)
-        records.append(_Record(content_type, epoch, message_seq))
+        records.append(_Record(content_type, epoch, message_seq, record))
     return b"".join(kept), records, dropped
 
 
@@ -286,6 +288,10 @@ class DtlsEndpoint:
         self._retransmit_at: float | None = None
         self._peer_message_seq = -1  # highest epoch-0 handshake message_seq seen from the peer
         self._epoch0_sequence = 0  # next epoch-0 record number on the wire (see _emit)
+        # Once connected with an AEAD suite, OpenSSL's state is freed (_retire_openssl): the peer's
+        # records are read with `_opener`, and `_goodbye` is our close_notify, written beforehand.
+        self._opener: RecordOpener | None = None
+        self._goodbye: list[bytes] = []
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -328,6 +334,8 @@ class DtlsEndpoint:
             if self.failure is not None:
                 return out
         self.counters["datagrams_in"] += 1
+        if self._opener is not None:
+            return out + self._drive_retired(now, records)
         if self.state is DtlsState.HANDSHAKING:
             self._absorb_openssl_timer()
         self._conn.bio_write(clean)
@@ -359,6 +367,11 @@ class DtlsEndpoint:
             return []
         return self._emit(self._resend(now))
 
+    @property
+    def openssl_freed(self) -> bool:
+        """Connected with an AEAD suite, and OpenSSL's state freed: the peer's records are read here."""
+        return self._opener is not None
+
     def next_deadline(self) -> float | None:
         if self.state is not DtlsState.HANDSHAKING:
             return None
@@ -370,7 +383,9 @@ class DtlsEndpoint:
     def close(self) -> list[bytes]:
         """Send close_notify (when there is a connection to close) and stop."""
         out: list[bytes] = []
-        if self.state in (DtlsState.HANDSHAKING, DtlsState.CONNECTED):
+        if self._opener is not None:
+            out = self._goodbye if self.state is DtlsState.CONNECTED else []
+        elif self.state in (DtlsState.HANDSHAKING, DtlsState.CONNECTED):
             with contextlib.suppress(SSL.Error):  # e.g. during the handshake: nothing to say
                 self._conn.shutdown()
             out = self._drain()
@@ -537,7 +552,66 @@ class DtlsEndpoint:
         # again when the client repeats its own last flight. A client has nothing to repeat.
         self._flight = output if self.server else []
         self._last_sent = now
-        return output + self._read_application()
+        output = output + self._read_application()
+        if self.state is DtlsState.CONNECTED:
+            self._retire_openssl()
+        return output
+
+    def _retire_openssl(self) -> None:
+        """Free OpenSSL's connection (40-90 KB) once nothing but alerts is left to it: keep the peer's
+        record key to read its alerts (see dtls_records), and write our close_notify now for close().
+        Our last flight, for a client that repeats its own, is kept in `_flight` as before."""
+        conn = self._conn
+        master, client_random, server_random = conn.master_key(), conn.client_random(), conn.server_random()
+        opener = None
+        if master is not None and client_random is not None and server_random is not None:
+            opener = RecordOpener.for_peer(
+                conn.get_cipher_name() or "", master, client_random, server_random, server=self.server
+            )
+        if opener is None:  # a CBC suite (older stacks): OpenSSL keeps reading the peer's records
+            self.counters["openssl_kept"] += 1
+            return
+        with contextlib.suppress(SSL.Error):
+            conn.shutdown()
+        self._goodbye = self._drain()
+        self._opener = opener
+        self._conn = None  # type: ignore[assignment]
+
+    def _drive_retired(self, now: float, records: list[_Record]) -> list[bytes]:
+        """`_drive_connected` without OpenSSL: the peer's repeated flight, its alerts; data is ignored."""
+        assert self._opener is not None
+        if self.state is not DtlsState.CONNECTED:
+            return []
+        repeated = False
+        for record in records:
+            if record.epoch == 0:
+                repeated = repeated or record.type in (_HANDSHAKE, _CHANGE_CIPHER_SPEC)
+                continue
+            plain = self._opener.open(record.data)
+            if plain is None:
+                self.counters["bad_record"] += 1
+                continue
+            if record.type == _HANDSHAKE:  # the peer's Finished again: it repeats its last flight
+                repeated = True
+            elif record.type == _ALERT and len(plain) == 2:
+                return self._peer_alert(plain[0], plain[1])
+            else:
+                self.counters["app_data_ignored"] += 1
+        if repeated and self.server:
+            return self._answer_repeat(now)
+        return []
+
+    def _peer_alert(self, level: int, description: int) -> list[bytes]:
+        if description == 0:  # close_notify: answer with ours, as OpenSSL does
+            self.state = DtlsState.CLOSED
+            self._flight = []
+            return self._goodbye
+        if level == 2:
+            self.counters["dtls_errors"] += 1
+            self._fail(f"DTLS alert: {ALERT_NAMES.get(description, f'description {description}')}")
+        else:
+            self.counters["warning_alerts"] += 1
+        return []
 
     def _fail_connected(self, reason: str) -> list[bytes]:
         """Refuse a completed handshake; close_notify is the only way left to tell the peer."""
