@@ -19,6 +19,7 @@ from trio_sfu.media import fanout
 from trio_sfu.server.server import ClusterLink as ServerCluster
 from trio_sfu.server.server import Server
 from trio_sfu.signaling.auth import mint_token
+from trio_sfu.transport.srtp import GCM_COMPILED
 
 log = logging.getLogger("trio_sfu")
 
@@ -239,11 +240,14 @@ async def run_server(server: Server) -> None:
         # only: with 300 players ~95k objects instead of ~140k, the longest pause 61 ms, was 90.
         gc.collect()
         gc.freeze()
-        if not fanout.COMPILED:
+        parts = {"fan-out": fanout.COMPILED, "gcm-sender": GCM_COMPILED}
+        missing = [name for name, built in parts.items() if not built]
+        if missing:
             log.warning(
-                "event=fanout_in_python hint=%s",
-                "the compiled fan-out is not in use (slower, same packets): install with a C compiler "
-                "(pip install -e . in a checkout), and unset TRIO_SFU_PURE_PYTHON",
+                "event=compiled_parts_unused parts=%s hint=%s",
+                ",".join(missing),
+                "slower, same packets: install with a C compiler (pip install -e . in a checkout), "
+                "unset TRIO_SFU_PURE_PYTHON, and for the gcm-sender have OpenSSL's libcrypto.so.3",
             )
         tls = server.config.tls
         worker = server.config.worker_index
