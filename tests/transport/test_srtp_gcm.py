@@ -145,6 +145,9 @@ def test_a_sender_needs_a_16_byte_key_and_a_12_byte_salt() -> None:
     for key, salt in ((b"k" * 15, b"s" * 12), (b"k" * 16, b"s" * 14)):
         with pytest.raises(ValueError):
             srtp.GcmSender(key, salt)
+    unkeyed = srtp.GcmSender.__new__(srtp.GcmSender)  # __init__ never ran: refuses, does not crash
+    with pytest.raises(ValueError):
+        unkeyed.protect(struct.pack("!BBHII", 0x80, 96, 1, 1, 1))
 
 
 def test_the_sender_is_built_where_a_c_compiler_exists() -> None:

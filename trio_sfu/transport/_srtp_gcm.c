@@ -110,6 +110,7 @@ static int gcm_protect(void *context, void *rtp, int *length) {
     GcmSender *self = (GcmSender *)context;
     unsigned char *packet = rtp;
     int size = *length;
+    if (self->ctx == NULL) return STATUS_CIPHER_FAIL; /* never initialised: no key */
     if (size < 12) return STATUS_BAD_PARAM;
     int header = 12 + 4 * (packet[0] & 0x0F);
     if (size < header) return STATUS_BAD_PARAM;

@@ -58,6 +58,7 @@ _UNPROTECT_LENGTH: Any = _ffi.new("int *")
 # libsrtp's srtp_err_status_t values for a packet refused on its merits (see _classify)
 _REFUSED = {7: "auth_failed", 9: "replay", 10: "replay"}
 
+
 def _compiled_gcm_sender() -> Any:
     """The compiled sender's type, or None (no C compiler at install, no libcrypto to load, or
     TRIO_SFU_PURE_PYTHON=1): then libsrtp protects everything."""
