@@ -181,9 +181,11 @@ static void GcmSender_dealloc(GcmSender *self) {
 
 static PyObject *protected_copy(GcmSender *self, const char *data, Py_ssize_t size, const unsigned char *fields) {
     if (size > MAX_PROTECT_INPUT) return PyErr_Format(PyExc_ValueError, "cannot protect RTP packet of %zd bytes", size);
+    if (fields != NULL && size < 12)
+        return PyErr_Format(PyExc_ValueError, "cannot protect RTP packet of %zd bytes", size);
     unsigned char buffer[BUFFER_SIZE];
     memcpy(buffer, data, (size_t)size);
-    if (fields != NULL && size >= 12) memcpy(buffer + 2, fields, 10);
+    if (fields != NULL) memcpy(buffer + 2, fields, 10); /* sequence number, timestamp, SSRC */
     int length = (int)size;
     int status = gcm_protect(self, buffer, &length);
     if (status != STATUS_OK) return PyErr_Format(PyExc_ValueError, "cannot protect RTP packet: status %d", status);
@@ -219,9 +221,7 @@ static PyObject *GcmSender_protect_as(GcmSender *self, PyObject *const *args, Py
     };
     Py_buffer packet;
     if (PyObject_GetBuffer(args[0], &packet, PyBUF_SIMPLE) < 0) return NULL;
-    PyObject *result = packet.len < 12 ? PyErr_Format(PyExc_ValueError, "cannot protect RTP packet of %zd bytes",
-                                                      packet.len)
-                                       : protected_copy(self, packet.buf, packet.len, fields);
+    PyObject *result = protected_copy(self, packet.buf, packet.len, fields);
     PyBuffer_Release(&packet);
     return result;
 }

@@ -127,7 +127,7 @@ class _Record:
     type: int
     epoch: int
     message_seq: int | None  # epoch-0 handshake records only
-    data: bytes = attrs.field(default=b"", repr=False)  # the whole record, header included
+    data: bytes = attrs.field(repr=False)  # the whole record, header included
 
 
 def _parse_records(data: bytes) -> tuple[bytes, list[_Record], int]:

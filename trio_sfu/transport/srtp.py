@@ -55,7 +55,7 @@ _PROTECT_ADDRESS = int(_ffi.cast("uintptr_t", _ffi.addressof(_lib, "srtp_protect
 _UNPROTECT_BUFFER: Any = _ffi.new("char[]", _BUFFER)
 _UNPROTECT_VIEW = memoryview(_ffi.buffer(_UNPROTECT_BUFFER))
 _UNPROTECT_LENGTH: Any = _ffi.new("int *")
-# libsrtp's srtp_err_status_t values for a packet refused on its merits (see _classify)
+# libsrtp's srtp_err_status_t values for a packet refused on its merits; any other is an "error"
 _REFUSED = {7: "auth_failed", 9: "replay", 10: "replay"}
 
 
@@ -94,15 +94,6 @@ def session_key_and_salt(master: bytes, key_length: int = 16, salt_length: int =
     return prf(_RTP_ENCRYPTION, key_length), prf(_RTP_SALT, salt_length)
 
 
-def _classify(error: pylibsrtp.Error) -> str:
-    text = str(error)
-    if text.startswith("authentication failure"):
-        return "auth_failed"
-    if text.startswith("replay check failed"):
-        return "replay"
-    return "error"
-
-
 class SrtpSession:
     """Protect what we send with our key, unprotect what the peer sends with theirs.
 
@@ -138,7 +129,7 @@ class SrtpSession:
         self.counters: collections.Counter[str] = collections.Counter()
         # For `protect_rtp_as`, which calls libsrtp on this context directly (pylibsrtp's binding).
         self._tx_context: Any = self._tx._srtp[0]
-        self._rx_context: Any = self._rx._srtp[0]  # for `unprotect_rtp`, likewise
+        self._rx_context: Any = self._rx._srtp[0]  # for `_unprotect`, likewise (self._rx owns it)
         # Outgoing RTP with AES-GCM, where compiled (libsrtp keeps RTCP: its index is its own).
         self._gcm: Any = None
         if GcmSender is not None and keys.profile is SrtpProfile.AEAD_AES_128_GCM:
@@ -205,28 +196,24 @@ class SrtpSession:
             raise ValueError(f"cannot protect RTCP packet: {error}") from None
 
     def unprotect_rtp(self, packet: bytes) -> bytes | None:
-        """The RTP packet, or None if it is forged, corrupted or replayed.
-
-        A publisher's every packet comes here: libsrtp is called on the context directly, in one
-        buffer for the process (as `protect_rtp_as` does), not through pylibsrtp's per-call setup."""
-        size = len(packet)
-        if size > _BUFFER:
-            self.counters["rtp_error"] += 1
-            return None
-        _UNPROTECT_VIEW[:size] = packet
-        _UNPROTECT_LENGTH[0] = size
-        status = _lib.srtp_unprotect(self._rx_context, _UNPROTECT_BUFFER, _UNPROTECT_LENGTH)
-        if status:
-            self.counters["rtp_" + _REFUSED.get(status, "error")] += 1
-            return None
-        return _UNPROTECT_VIEW[: _UNPROTECT_LENGTH[0]].tobytes()
+        """The RTP packet, or None if it is forged, corrupted or replayed."""
+        return self._unprotect(_lib.srtp_unprotect, packet, "rtp_")
 
     def unprotect_rtcp(self, packet: bytes) -> bytes | None:
         """The RTCP packet, or None if it is forged, corrupted or replayed."""
-        try:
-            return bytes(self._rx.unprotect_rtcp(packet))
-        except pylibsrtp.Error as error:
-            self.counters["rtcp_" + _classify(error)] += 1
-        except (ValueError, TypeError):
-            self.counters["rtcp_error"] += 1
-        return None
+        return self._unprotect(_lib.srtp_unprotect_rtcp, packet, "rtcp_")
+
+    def _unprotect(self, unprotect: Any, packet: bytes, counted_as: str) -> bytes | None:
+        """A publisher's every packet comes here: libsrtp is called on the context directly, in one
+        buffer for the process (as `protect_rtp_as` does), not through pylibsrtp's per-call setup."""
+        size = len(packet)
+        if size > _BUFFER:
+            self.counters[counted_as + "error"] += 1
+            return None
+        _UNPROTECT_VIEW[:size] = packet
+        _UNPROTECT_LENGTH[0] = size
+        status = unprotect(self._rx_context, _UNPROTECT_BUFFER, _UNPROTECT_LENGTH)
+        if status:
+            self.counters[counted_as + _REFUSED.get(status, "error")] += 1
+            return None
+        return _UNPROTECT_VIEW[: _UNPROTECT_LENGTH[0]].tobytes()
