@@ -685,3 +685,24 @@ def test_a_first_estimate_moves_a_player_only_when_far_below_its_option() -> Non
     fell.on_estimate(option_bps(playing) * 0.78, now + 0.1)  # a fall of 29 %: the player saw overuse
     moved = fell.choose(playing, layers, now + 0.15)
     assert moved is not None and moved[0] is bench.layers["q"]
+
+
+def test_7_bit_picture_ids_are_widened_keeping_their_low_bits() -> None:
+    from trio_sfu.media.vp8_pictures import PictureIdWidener
+    from trio_sfu.wire.vp8 import parse_descriptor
+
+    widener = PictureIdWidener()
+
+    def widened(payload: bytes, sequence: int) -> int:
+        descriptor = parse_descriptor(payload, 0)
+        assert descriptor is not None
+        widener.widen(descriptor, sequence)
+        return descriptor.picture_id
+
+    # (picture id, RTP sequence): across the wrap; a late packet of 127; 100 pictures on after a
+    # pause (a 7-bit id cannot tell more); a retransmission from before the pause.
+    sent = [(126, 65534), (127, 65535), (0, 0), (1, 1), (127, 65533), (2, 2), (102, 3), (1, 1)]
+    narrow = [(bytes([0x90, 0x80, picture, 0x00]), sequence) for picture, sequence in sent]
+    assert [widened(*p) for p in narrow] == [126, 127, 128, 129, 127, 130, 230, 129]
+    assert widened(vp8_descriptor(5000, 1), 4) == 5000  # 15-bit ids pass as they are
+    assert widened(bytes([0x10, 0x00]), 5) == -1  # no picture id

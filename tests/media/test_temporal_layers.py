@@ -25,20 +25,24 @@ PATTERN = (0, 2, 1, 2)  # L1T3: the TID of each frame in turn
 FRAME = 1 / 30
 
 
-def descriptor(picture_id: int, tl0: int, tid: int, *, sync: bool = False, start: bool = True) -> bytes:
-    """RFC 7741: X (and S at a frame's first packet); I (15-bit id), L and T; TID and Y."""
-    return bytes([
-        0x90 if start else 0x80, 0xE0, 0x80 | picture_id >> 8, picture_id & 0xFF, tl0,
-        tid << 6 | (0x20 if sync else 0),
-    ])
+def descriptor(
+    picture_id: int, tl0: int, tid: int, *, sync: bool = False, start: bool = True, narrow: bool = False
+) -> bytes:
+    """RFC 7741: X (and S at a frame's first packet); I (a 15-bit id, or `narrow`: 7 bits), L and T;
+    TID and Y."""
+    picture = bytes([picture_id & 0x7F]) if narrow else bytes([0x80 | picture_id >> 8, picture_id & 0xFF])
+    return bytes([0x90 if start else 0x80, 0xE0]) + picture + bytes([tl0, tid << 6 | (0x20 if sync else 0)])
 
 
 class L1T3:
     """One simulcast layer's frames in L1T3, each `packets` packets long."""
 
-    def __init__(self, bench: Bench, rid: str, *, picture_id: int = 100, tl0: int = 10) -> None:
+    def __init__(
+        self, bench: Bench, rid: str, *, picture_id: int = 100, tl0: int = 10, narrow: bool = False
+    ) -> None:
         self.bench, self.rid = bench, rid
         self.picture_id, self.tl0 = picture_id, tl0
+        self.narrow = narrow  # 7-bit picture ids (GStreamer's and FFmpeg's choice), else 15-bit
         self.frame = 0
         self.sent: list[tuple[int, int, int]] = []  # (input sequence, picture id, tid) of each packet
 
@@ -55,11 +59,12 @@ class L1T3:
         sync = tid > 0 and PATTERN[(self.frame - 1) % len(PATTERN)] == 0  # right after a TL0 frame
         frame_header = b"\x10\x02\x00" if keyframe else b"\x01\x00\x00"  # P bit clear: a keyframe
         for index in range(packets):
-            payload = descriptor(self.picture_id, self.tl0, tid, sync=sync, start=index == 0)
+            start = index == 0
+            payload = descriptor(self.picture_id, self.tl0, tid, sync=sync, start=start, narrow=self.narrow)
             payload += (frame_header if index == 0 else b"") + bytes(size)
             self.sent.append((self.bench.sequence[self.rid], self.picture_id, tid))
             self.bench.send(self.rid, payload, first=not self.sent[:-1])  # mid and rid at first
-        self.picture_id = (self.picture_id + 1) & 0x7FFF
+        self.picture_id = (self.picture_id + 1) & (0x7F if self.narrow else 0x7FFF)
         self.frame += 1
         return tid
 
@@ -320,3 +325,27 @@ def test_a_switch_keyframe_sharing_a_dropped_frames_timestamp_is_forwarded() -> 
     h.next_frame(keyframe=True, advance=False, packets=2)  # same timestamp: the switch
     assert consumer.producer is bench.layers["h"]
     assert len(consumer.sink.rtp) == sent + 2  # type: ignore[attr-defined]
+
+
+def test_7_bit_picture_ids_stay_continuous_across_their_wrap_with_drops_and_a_switch() -> None:
+    """A 7-bit picture id wraps every 128 pictures (~4 s at 30 fps): the renumbering must follow it
+    through dropped TL2 pictures and a layer switch, as it does 15-bit ones."""
+    bench = Bench()
+    streams = {rid: L1T3(bench, rid, picture_id=100 + 10 * i, narrow=True) for i, rid in enumerate(SIZES)}
+    for stream in streams.values():
+        stream.next_frame(keyframe=True)
+    run_all(bench, streams, 1.2)
+    consumer = bench.player("f")
+    consumer.select_layer(bench.layers["f"], bench.now, temporal=1)  # TL2 dropped: ids shift down
+    before = len(consumer.sink.rtp)  # type: ignore[attr-defined]
+    run_all(bench, streams, 5.0)  # f's ids wrap past 127 at least once, its shifted ones too
+    consumer.select_layer(bench.layers["h"], bench.now)
+    bench.now += FRAME
+    streams["h"].next_frame(keyframe=True, advance=False)  # the switch, in h's own numbering
+    run_all(bench, streams, 5.0)
+    assert consumer.producer is bench.layers["h"]
+    seen = pictures(consumer)[before:]
+    assert consumer.counters["temporal_drops"] > 50
+    ids = [picture for picture, _, _ in seen]
+    assert max(ids) < 0x80 and continuous(ids, 0x7F), ids
+    assert continuous([tl0 for _, tl0, _ in seen], 0xFF)

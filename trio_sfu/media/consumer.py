@@ -25,7 +25,7 @@ from trio_sfu.media.vp8_pictures import Vp8Pictures
 from trio_sfu.wire.keyframe import detector
 from trio_sfu.wire.rtcp import SenderReport, ntp_timestamp
 from trio_sfu.wire.rtp import RtpHeader, parse_rtp
-from trio_sfu.wire.vp8 import Vp8Descriptor, parse_descriptor
+from trio_sfu.wire.vp8 import Vp8Descriptor
 
 NTP_UNITS = 1 << 32
 
@@ -275,7 +275,7 @@ class Consumer(Outlet):
             if last is not None and last[0] is packet:
                 descriptor = last[1]  # parsed once, by the producer, for all its players
             else:
-                descriptor = parse_descriptor(packet, header.header_length)
+                descriptor = self.producer.vp8_descriptor(packet, header)
             if (
                 descriptor is not None
                 and descriptor.temporal_id >= 0
@@ -360,8 +360,10 @@ class Consumer(Outlet):
         if self.pictures is None:
             return packet
         header = parse_rtp(packet)
-        descriptor = parse_descriptor(packet, header.header_length) if header is not None else None
-        if header is None or descriptor is None:
+        if header is None:
+            return packet
+        descriptor = self.producer.vp8_descriptor(packet, header)
+        if descriptor is None:
             return packet
         return self.pictures.rewrite(packet, descriptor, header.header_length)
 

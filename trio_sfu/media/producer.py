@@ -18,6 +18,7 @@ import attrs
 from trio_sfu.media.fanout import fan_out
 from trio_sfu.media.negotiation import NegotiatedTrack
 from trio_sfu.media.rewriter import HeaderMap
+from trio_sfu.media.vp8_pictures import PictureIdWidener
 from trio_sfu.wire.keyframe import detector, vp8_keyframe_size
 from trio_sfu.wire.rtcp import ReportBlock, SenderReport
 from trio_sfu.wire.rtp import RtpHeader, parse_rtp
@@ -184,6 +185,7 @@ class Producer:
         self.temporal_fps: list[float] = []
         # The packet being fanned out and its VP8 descriptor, parsed once here for all its players.
         self.last_descriptor: tuple[bytes, Vp8Descriptor | None] | None = None
+        self._picture_ids = PictureIdWidener()
 
     def rename(self, rid: str) -> None:
         """This stream turns out to be simulcast layer `rid` (a relay's first leg): measured as one."""
@@ -207,7 +209,7 @@ class Producer:
             self._remember(packet, header, now)
         temporal_octets = self._temporal_octets
         if temporal_octets is not None:
-            descriptor = parse_descriptor(packet, header.header_length)
+            descriptor = self.vp8_descriptor(packet, header)
             self.last_descriptor = (packet, descriptor)
             if descriptor is not None and descriptor.temporal_id >= 0:
                 temporal_octets[descriptor.temporal_id] += len(packet)
@@ -218,6 +220,14 @@ class Producer:
         fan_out(self.consumers, packet, header, now)
         for tap in self.taps:
             tap.receive(packet, header, now)
+
+    def vp8_descriptor(self, packet: bytes, header: RtpHeader) -> Vp8Descriptor | None:
+        """The VP8 descriptor of one of this stream's packets, a 7-bit picture id widened (see
+        PictureIdWidener): what players' picture numbering reads."""
+        descriptor = parse_descriptor(packet, header.header_length)
+        if descriptor is not None:
+            self._picture_ids.widen(descriptor, header.sequence)
+        return descriptor
 
     def _remember(self, packet: bytes, header: RtpHeader, now: float) -> None:
         """Keep the packets from the latest keyframe on, for players that start now."""

@@ -16,7 +16,37 @@ from trio_sfu.media.fanout import PictureState
 from trio_sfu.wire.vp8 import Vp8Descriptor
 
 PICTURE_ID_MASK = 0x7FFF
+NARROW_MASK = 0x7F
 DROPS_KEPT = 64  # dropped pictures remembered, so a late packet of an older picture keeps its number
+
+
+class PictureIdWidener:
+    """One VP8 stream's 7-bit picture ids carried into the 15-bit space, so Vp8Pictures' arithmetic
+    (offsets, drops, "newer than") holds across their wrap every 128 pictures.
+
+    The widened id keeps the low 7 bits it came with, so writing it back into a 7-bit field is exact.
+    The RTP sequence number says which way to go: a packet newer than any before carries the same or
+    a later picture (up to 127 on, e.g. after a pause), an older one (late, or a retransmission) the
+    same or an earlier one. 15-bit ids pass unchanged."""
+
+    __slots__ = ("_newest", "_newest_sequence")
+
+    def __init__(self) -> None:
+        self._newest: int | None = None  # the widened id of the newest packet
+        self._newest_sequence = 0
+
+    def widen(self, descriptor: Vp8Descriptor, sequence: int) -> None:
+        if descriptor.picture_at < 0 or descriptor.wide:
+            return
+        newest, picture = self._newest, descriptor.picture_id
+        if newest is None:
+            self._newest, self._newest_sequence = picture, sequence
+        elif 0 < (sequence - self._newest_sequence) & 0xFFFF < 0x8000:
+            widened = (newest + ((picture - newest) & NARROW_MASK)) & PICTURE_ID_MASK
+            self._newest, self._newest_sequence = widened, sequence
+            descriptor.picture_id = widened
+        else:
+            descriptor.picture_id = (newest - ((newest - picture) & NARROW_MASK)) & PICTURE_ID_MASK
 
 
 class Vp8Pictures(PictureState):
