@@ -10,6 +10,11 @@ import time
 import pytest
 import trio
 from aioice import stun
+from prometheus_client.parser import text_string_to_metric_families
+
+from trio_sfu.config import Config
+from trio_sfu.server.metrics import make_registry, render
+from trio_sfu.server.session import Session
 
 from ..conftest import eventually, running_server
 from ..peers.aiortc_peers import AsyncioThread, Player, Publisher
@@ -95,6 +100,49 @@ async def test_player_loss_is_repaired_from_the_cache(aio: AsyncioThread) -> Non
         assert relay.dropped > 10
         assert consumers[0].counters["nack_answered"] > 0
         assert_video_matches(player, publisher, lossy_since)
+
+
+async def test_sends_to_a_player_that_vanished_are_counted_and_spare_the_others(aio: AsyncioThread) -> None:
+    """A player's host disappears: some of the server's sends to it fail (ICMP port unreachable) until
+    its consent expires. Each failure is dropped and counted on /metrics, during the session and after
+    it; the other player's media goes on."""
+    publisher, player, other = Publisher(), Player(), Player()
+    config = Config(liveness_timeout=4.0)
+    async with (
+        running_server(config, udp=True) as sfu,
+        session(sfu, aio, publisher, "pub"),
+        session(sfu, aio, other, "other"),
+        relayed(sfu, aio, player, "gone") as (client, relay),
+    ):
+        await wait_for(
+            lambda: len(valid_counters(player)) >= 10 and len(valid_counters(other)) >= 10, 20, "video"
+        )
+
+        def send_errors() -> float:
+            for family in text_string_to_metric_families(render(make_registry(sfu.server)).decode()):
+                for sample in family.samples:
+                    if sample.name == "trio_sfu_dropped_packets_total" and sample.labels == {
+                        "reason": "send_error"
+                    }:
+                        return sample.value
+            raise AssertionError("no send_error on /metrics")
+
+        def sessions() -> list[Session]:
+            return [s for connection in sfu.server.connections for s in connection.sessions.values()]
+
+        assert send_errors() == 0
+        await relay.vanish()
+        gone_at = time.monotonic()
+        # The kernel limits ICMP errors (net.ipv4.icmp_ratelimit), so only some sends fail.
+        await wait_for(lambda: send_errors() >= 2, 5, "failed sends counted while the session lives")
+        assert any(s.transport.unsent()[1] for s in sessions())  # still the live transport's
+        with trio.fail_after(15):
+            notice = await client.next_server_request()  # consent expired
+        assert (notice["method"], notice["data"]) == ("stream.close", {"reason": "timeout"}), notice
+        await eventually(lambda: len(sessions()) == 2)
+        assert send_errors() >= 2  # kept once the session is gone
+        assert len(valid_counters(other, gone_at)) >= 30
+        assert_video_matches(other, publisher, gone_at)
 
 
 async def test_fingerprint_mismatch_ends_the_session(aio: AsyncioThread) -> None:

@@ -45,6 +45,8 @@ class UdpRelay:
         self.rtp_bytes_to_peer = 0
         self.rtp_bytes_to_server = 0
         self._random = random.Random(seed)
+        self._running: trio.CancelScope | None = None
+        self._stopped = trio.Event()
 
     async def bind(self) -> None:
         await self.front.bind(("127.0.0.1", 0))
@@ -61,8 +63,18 @@ class UdpRelay:
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
+            self._running = nursery.cancel_scope
             nursery.start_soon(self._towards_server)
             nursery.start_soon(self._towards_peer)
+        self._stopped.set()
+
+    async def vanish(self) -> None:
+        """The peer's host goes away without a word: the port the server sends to closes, so what it
+        sends there now meets ICMP port unreachable."""
+        assert self._running is not None, "run() first"
+        self._running.cancel()
+        await self._stopped.wait()
+        self.back.close()
 
     async def _towards_server(self) -> None:
         while True:

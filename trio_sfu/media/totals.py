@@ -30,6 +30,8 @@ class Totals:
     drop_fanout_queue_full: int = 0  # a player's backlog was full
     drop_stream_congestion: int = 0  # an ICE-TCP player's connection was full: dropped, whole frames
     drop_nack_budget_exceeded: int = 0  # a player asked for more retransmissions than it may
+    drop_protect_failed: int = 0  # SRTP would not protect it (too long, or older than its window)
+    drop_send_error: int = 0  # the kernel's send failed (e.g. no route, the peer's port closed)
 
     def copy(self) -> Totals:
         return attrs.evolve(self)

@@ -150,6 +150,7 @@ class Server:
         self.totals = Totals()  # packets, handshakes and drops across sessions, read by /metrics
         self.connections: set[SignalingSocket] = set()
         self._idle = trio.Event()  # set when the last connection ends during shutdown
+        self._media_endpoints: list[DatagramEndpoint] = []  # the media sockets, once bound (run)
         self.limits = Limits(
             LimitSettings(
                 max_sessions=config.max_sessions,
@@ -200,7 +201,7 @@ class Server:
             streams_played=len({s.key for s in sessions if not s.publish}),
             connections=len(self.connections),
             shutting_down=self.shutting_down,
-            totals=self.totals.copy(),
+            totals=self._totals_now(sessions),
             datagrams=dict(self.mux.received),
             mux_drops=dict(self.mux.dropped),
             bad_requests=self.counters["bad_request"],
@@ -210,6 +211,18 @@ class Server:
             relayed_in=sum(1 for p in self.router.publications() if not isinstance(p.publisher, Session)),
             ice_tcp=self._ice_tcp_counters(),
         )
+
+    def _totals_now(self, sessions: list[Session]) -> Totals:
+        """The totals with what live transports and the shared sockets counted on their own."""
+        totals = self.totals.copy()
+        for session in sessions:
+            protect_failed, send_errors = session.transport.unsent()
+            totals.drop_protect_failed += protect_failed
+            totals.drop_send_error += send_errors
+        totals.drop_send_error += sum(
+            e.send_errors for e in self._media_endpoints if isinstance(e, UdpEndpoint)
+        )
+        return totals
 
     def open_session(
         self,
@@ -368,7 +381,7 @@ class Server:
         task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Run until cancelled or `shutdown`; started() once every listener is bound."""
-        endpoints = list(media_endpoints or [])
+        endpoints = self._media_endpoints = list(media_endpoints or [])
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery

@@ -225,7 +225,8 @@ class TransportDriver:
             return None
         try:
             protected = srtp.protect_rtp(packet)
-        except ValueError:  # too long for SRTP, or too old to protect again: counted by srtp
+        except ValueError:  # too long for SRTP, or too old to protect again
+            self.totals.drop_protect_failed += 1
             return True
         return self._send_rtp_protected(protected, peer)
 
@@ -237,7 +238,8 @@ class TransportDriver:
             return None
         try:
             protected = srtp.protect_rtp_as(packet, sequence, timestamp, ssrc)
-        except ValueError:  # too long for SRTP: counted by srtp
+        except ValueError:  # too long for SRTP
+            self.totals.drop_protect_failed += 1
             return True
         return self._send_rtp_protected(protected, peer)
 
@@ -265,6 +267,7 @@ class TransportDriver:
         try:
             protected = srtp.protect_rtcp(packet)
         except ValueError:
+            self.totals.drop_protect_failed += 1
             return True
         self.totals.rtcp_packets_out += 1
         return self._send_protected(protected, peer)
@@ -312,6 +315,7 @@ class TransportDriver:
                 finally:
                     self._drop_connected()
                     self.wire.detach()
+                    self._fold_unsent()
 
     def _on_timer(self, now: float) -> None:
         self.peer.handle_timer(now)
@@ -383,5 +387,19 @@ class TransportDriver:
         connected, self._connected = self._connected, None
         self.wire.fd = -1  # before the socket closes: its number may be reused at once
         if connected is not None:
+            self.totals.drop_send_error += connected.send_errors
             connected.reader_scope.cancel()
             connected.close()
+
+    def unsent(self) -> tuple[int, int]:
+        """Packets this transport could not send and `totals` does not have yet: (refused by SRTP,
+        failed in the kernel's send). The compiled fan-out counts them on the wire and the peer's
+        socket counts its own, so nothing is added to the packet path; /metrics adds these."""
+        connected, wire = self._connected, self.wire
+        return wire.protect_failed, wire.send_errors + (connected.send_errors if connected is not None else 0)
+
+    def _fold_unsent(self) -> None:
+        wire, totals = self.wire, self.totals
+        totals.drop_protect_failed += wire.protect_failed
+        totals.drop_send_error += wire.send_errors
+        wire.protect_failed = wire.send_errors = 0
