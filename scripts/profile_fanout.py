@@ -40,6 +40,13 @@ try:
 except ImportError:  # a tree from before the compiled fan-out (scripts/instructions.py --tree)
     COMPILED = False
 
+try:
+    from trio_sfu.server.timers import Timers
+
+    TIMERS = {"timers": Timers()}
+except ImportError:  # a tree from before the shared timers
+    TIMERS = {}
+
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "sdp"
 CERTIFICATE = Certificate.generate()
 
@@ -50,7 +57,7 @@ def connected_transport(
     """A real TransportDriver in the state a finished ICE + DTLS handshake leaves it: SRTP keys, the
     selected peer and (unless --sendto) the peer's own connected socket."""
     offer = parse_offer((FIXTURES / "aiortc_offer_play.sdp").read_text())
-    transport = TransportDriver(MediaMux(), offer, CERTIFICATE, totals=totals)
+    transport = TransportDriver(MediaMux(), offer, CERTIFICATE, totals=totals, **TIMERS)
     keys = SrtpKeys(SrtpProfile.AEAD_AES_128_GCM, os.urandom(28), os.urandom(28))
     srtp = transport._srtp = transport.peer.srtp = SrtpSession(keys)
     transport._media_peer = (endpoint, peer)

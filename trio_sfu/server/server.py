@@ -37,6 +37,7 @@ from trio_sfu.server.mux import MediaMux
 from trio_sfu.server.recording import Recordings
 from trio_sfu.server.session import Session
 from trio_sfu.server.signaling_socket import SignalingSocket
+from trio_sfu.server.timers import Timers
 from trio_sfu.server.transport_driver import TransportDriver
 from trio_sfu.server.udp import DatagramEndpoint, UdpEndpoint
 from trio_sfu.server.webhooks import Webhooks
@@ -146,6 +147,7 @@ class Server:
         self.wall_clock = wall_clock
         self.router = Router()
         self.mux = MediaMux()
+        self.timers = Timers()  # every transport's deadlines, on one task
         self.counters: collections.Counter[str] = collections.Counter()
         self.totals = Totals()  # packets, handshakes and drops across sessions, read by /metrics
         self.connections: set[SignalingSocket] = set()
@@ -259,6 +261,7 @@ class Server:
                 self.mux,
                 offer,
                 self.certificate,
+                timers=self.timers,
                 consent_timeout=self.config.liveness_timeout,
                 handshake_timeout=self.config.dtls_handshake_timeout,
                 totals=self.totals,
@@ -395,6 +398,7 @@ class Server:
                 self.candidates = self._candidates(endpoints)
                 if self.config.ice_tcp and media_endpoints is None:
                     await self._serve_ice_tcp(nursery, endpoints)
+                await nursery.start(self.timers.run)
                 for endpoint in endpoints:
                     nursery.start_soon(self.mux.serve, endpoint, name="media-mux")
                 await nursery.start(self.http.whip.run)  # WHIP/WHEP sessions (tests use it unlistened)

@@ -2,15 +2,17 @@
 
 Datagrams are handled synchronously on the mux's receive task (`deliver`), so a media packet goes from
 the socket to the players' sockets without a task switch. The driver's own task (`run`) owns the
-session's route in the mux for exactly as long as it runs, and sleeps until the next deadline: the
-transport's (a DTLS retransmission, consent expiry) or the media's next RTCP report. Every decision
-about ICE, DTLS and SRTP is the sans-IO transport's; this module only moves bytes and time.
+session's route in the mux and its timer for exactly as long as it runs. The timer (in the server's
+`Timers`, whose task calls it back) holds the next deadline: the transport's (a DTLS retransmission,
+consent expiry) or the media's next RTCP report. Every decision about ICE, DTLS and SRTP is the sans-IO
+transport's; this module only moves bytes and time.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -21,6 +23,7 @@ from trio_sfu.media.leg import MediaHandler
 from trio_sfu.media.negotiation import answer_setup
 from trio_sfu.media.totals import Totals
 from trio_sfu.server.mux import Datagram, MediaMux
+from trio_sfu.server.timers import Timer, Timers
 from trio_sfu.server.udp import ConnectedUdp, DatagramEndpoint
 from trio_sfu.transport.certificate import Certificate
 from trio_sfu.transport.ice import ice_credential
@@ -40,6 +43,10 @@ from trio_sfu.wire.rtp import is_rtcp
 from trio_sfu.wire.sdp import Offer
 
 log = logging.getLogger(__name__)
+
+
+async def _raise(exc: Exception) -> None:
+    raise exc
 
 TransportEnded = Failed | PeerClosed
 
@@ -64,6 +71,7 @@ class TransportDriver:
         "on_ended",
         "on_established",
         "peer",
+        "timers",
         "totals",
         "wire",
     )
@@ -74,11 +82,13 @@ class TransportDriver:
         remote: Offer,
         certificate: Certificate,
         *,
+        timers: Timers,
         consent_timeout: float = 30.0,
         handshake_timeout: float = 10.0,
         totals: Totals | None = None,
     ) -> None:
         self.mux = mux
+        self.timers = timers
         self.local_ufrag = ice_credential(8)
         self.local_pwd = ice_credential(24)
         self.peer = PeerTransport(
@@ -107,7 +117,7 @@ class TransportDriver:
         self.connected = trio.Event()
         self.counters: collections.Counter[str] = collections.Counter()
         self.totals = Totals() if totals is None else totals  # the server's, shared by every transport
-        self._timer: trio.CancelScope | None = None
+        self._timer: Timer | None = None  # while `run` runs
         self._next_tick = float("inf")  # the media's next RTCP round, once connected
 
     # ---- receive path (runs on the mux task) ----
@@ -294,28 +304,39 @@ class TransportDriver:
         return self._next_tick if deadline is None else min(deadline, self._next_tick)
 
     def _reschedule(self) -> None:
-        if self._timer is not None:
-            self._timer.deadline = self._deadline()
+        timer = self._timer
+        if timer is not None:
+            timer.set(math.inf if self.peer.ended else self._deadline())
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with self.mux.route_ufrag(self.local_ufrag, self):
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self._timer = timer = self.timers.add(self._on_alarm)
                 task_status.started()
                 try:
                     self._after_input(trio.current_time())  # e.g. no usable fingerprint: failed already
-                    while not self.peer.ended:
-                        with trio.CancelScope(deadline=self._deadline()) as self._timer:
-                            await trio.sleep_forever()
-                        self._timer = None
-                        self._on_timer(trio.current_time())
-                    # Ended: the session is being cancelled; wait for it here, still routed, so
-                    # nothing arrives for a half-torn-down transport.
+                    # The timer's callbacks do the rest. Ended or not, the session is cancelled from
+                    # outside; until then this task keeps the route, so nothing arrives for a
+                    # half-torn-down transport.
                     await trio.sleep_forever()
                 finally:
+                    timer.cancel()
+                    self._timer = None
                     self._drop_connected()
                     self.wire.detach()
                     self._fold_unsent()
+
+    def _on_alarm(self, now: float) -> None:
+        """The timer's callback (on the Timers task): a bug ends this session, as it would have in its
+        own task, and nothing else."""
+        try:
+            self._on_timer(now)
+        except Exception as exc:
+            if self._nursery is not None:
+                self._nursery.start_soon(_raise, exc)
+            return
+        self._reschedule()
 
     def _on_timer(self, now: float) -> None:
         self.peer.handle_timer(now)
