@@ -67,6 +67,9 @@ def connected_transport(
         wire.attach(*srtp.fanout_handles, srtp)
         if transport._connected is not None:
             wire.fd = transport._connected.fileno()
+            shared = getattr(transport._connected, "shared_fileno", -1)  # batched sends (none before them)
+            if shared >= 0:
+                wire.share(shared)
     return transport
 
 

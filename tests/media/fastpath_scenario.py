@@ -75,6 +75,7 @@ from ..support.media_model import (
 
 __all__ = [
     "PROFILES",
+    "SHARED_ENV",
     "VP8_STATE",
     "CountingConsumer",
     "PlayerSink",
@@ -96,6 +97,29 @@ H264_IN, H264_OUT = 102, 104
 LOW_SSRC, HIGH_SSRC = 0x0A0A0A01, 0x0B0B0B02
 
 FanOut = Callable[[Sequence[Any], bytes, RtpHeader, float], None]
+
+SHARED_ENV = "TRIO_SFU_SCENARIO_SHARED"
+
+
+@attrs.define
+class SharedSocket:
+    """The server's shared UDP socket, when the run has the compiled fan-out send through it in
+    batches (`Wire.share`); counts the datagrams that came from it and from the players' own sockets."""
+
+    sock: socket.socket | None = None
+    received: collections.Counter[str] = attrs.Factory(collections.Counter)
+
+    def open(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+
+    def count(self, source: object) -> None:
+        shared = self.sock is not None and source == self.sock.getsockname()
+        self.received["shared" if shared else "own"] += 1
+
+
+SHARED = SharedSocket()
 
 
 def pure_fan_out(consumers: Sequence[Any], packet: bytes, header: RtpHeader, now: float) -> None:
@@ -149,7 +173,13 @@ class PlayerSink:
         if self.srtp is None:
             self.srtp = SrtpSession(self.keys)
         self.wire.attach(*self.srtp.fanout_handles, self.srtp)
+        self.set_socket()
+
+    def set_socket(self) -> None:
+        """Its own socket, and the shared one if the run has one (TransportDriver._follow_media_address)."""
         self.wire.fd = self.sender.fileno()
+        if SHARED.sock is not None:
+            self.wire.share(SHARED.sock.fileno())
 
     # ---- TransportDriver's send path ----
 
@@ -189,9 +219,11 @@ class PlayerSink:
     def receive(self) -> None:
         while self.receiver_open:
             try:
-                self.datagrams.append(self.receiver.recv(4096))
+                datagram, source = self.receiver.recvfrom(4096)
             except BlockingIOError:
                 break
+            self.datagrams.append(datagram)
+            SHARED.count(source)
 
     def close_receiver(self) -> None:
         self.receive()
@@ -577,7 +609,7 @@ def _run(profile: SrtpProfile) -> dict[str, Any]:
     # comes back; the firefox player's wire is detached for a while.
     p1.sink.wire.fd = -1
     publisher.frames(4)
-    p1.sink.wire.fd = p1.sink.sender.fileno()
+    p1.sink.set_socket()
     p2.sink.wire.detach()
     publisher.frames(4)
     p2.sink.connect()
@@ -1242,9 +1274,18 @@ def vp8_simulcast(profile: SrtpProfile, start: float = 200.0) -> dict[str, Any]:
     return {"summary": summary, "calls": calls}
 
 
-def run_all(fan_out: FanOut | None = None) -> dict[str, Any]:
+def run_all(fan_out: FanOut | None = None, *, shared: bool = False) -> dict[str, Any]:
+    """Both profiles; `shared`: the players' wires also send through one shared socket (Wire.share)."""
+    global SHARED
+    SHARED = SharedSocket()
+    if shared:
+        SHARED.open()
     runs = {profile.name: run(profile, fan_out) for profile in PROFILES}
+    if SHARED.sock is not None:
+        SHARED.sock.close()
     return {
+        # Which socket the players' datagrams came from: differs between the paths by design.
+        "received": dict(SHARED.received),
         "compiled": fanout.COMPILED,
         "pure_python_env": os.environ.get(fanout.PURE_PYTHON_ENV),
         "runs": {name: r["summary"] for name, r in runs.items()},
@@ -1254,7 +1295,7 @@ def run_all(fan_out: FanOut | None = None) -> dict[str, Any]:
 
 
 def main() -> None:
-    print(json.dumps(run_all(), sort_keys=True))
+    print(json.dumps(run_all(shared=os.environ.get(SHARED_ENV) == "1"), sort_keys=True))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
 import weakref
@@ -55,6 +56,7 @@ from ..support.media_model import (
 )
 from .fastpath_scenario import (
     PROFILES,
+    SHARED_ENV,
     VP8_STATE,
     CountingConsumer,
     Player,
@@ -322,9 +324,10 @@ def assert_decrypts(output: dict[str, Any]) -> None:
             assert sum(p is not None for p in opened) >= 30
 
 
-def run_scenario(pure: bool) -> subprocess.Popen[str]:
+def run_scenario(pure: bool, *, shared: bool = False) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONHASHSEED="1234")
     env[fanout.PURE_PYTHON_ENV] = "1" if pure else "0"
+    env[SHARED_ENV] = "1" if shared else "0"
     return subprocess.Popen(
         [sys.executable, "-c", SCENARIO],
         cwd=ROOT,
@@ -342,22 +345,40 @@ def scenario_output(process: subprocess.Popen[str]) -> dict[str, Any]:
     return output
 
 
+def without_send_errors(output: dict[str, Any]) -> dict[str, Any]:
+    """The runs with the players' send error counts left out: sent through the shared socket, a
+    datagram to a closed port is not refused on the spot; its ICMP error reaches the player's own
+    socket, which the server's reader counts (ConnectedUdp.receive_into; the scenario's sockets do not
+    share a port, so here it reaches nobody). tests/e2e/test_media_faults.py checks that count."""
+    runs = json.loads(json.dumps(output["runs"]))
+    for run in runs.values():
+        for player in run["players"].values():
+            player.pop("send_errors")
+    return {"runs": runs}
+
+
 def test_scenario_gives_identical_datagrams_compiled_and_in_python() -> None:
-    python_process, compiled_process = run_scenario(pure=True), run_scenario(pure=False)
-    python, compiled = scenario_output(python_process), scenario_output(compiled_process)
+    processes = run_scenario(pure=True), run_scenario(pure=False), run_scenario(pure=False, shared=True)
+    python, compiled, shared = (scenario_output(process) for process in processes)
     assert python["compiled"] is False
     assert_substantial(python)
     assert_decrypts(python)
     if not compiled["compiled"]:
         pytest.skip("the compiled fan-out is not built here: only the Python path ran (see the build test)")
     assert_same_runs(compiled, python)
-    # The compiled run did take its own route: most packets never reached a Python `forward`, and
-    # its send found the blocked player's kernel buffer full.
-    for profile in PROFILES:
-        ours, theirs = compiled["forward_calls"][profile.name], python["forward_calls"][profile.name]
-        assert ours["blocked/would_block"] > 0 and theirs["blocked/would_block"] == 0
-        for name in ("aiortc/video", "chromium/video", "late/video", "simulcast/staying"):
-            assert ours[name] * 2 < theirs[name], (name, ours[name], theirs[name])
+    assert_same_runs(without_send_errors(shared), without_send_errors(python))
+    # The compiled runs did take their own route: most packets never reached a Python `forward`, and
+    # their send found the blocked player's kernel buffer full (batched: sendmmsg could not send its
+    # datagram, a Unix socket pair's address, on the UDP socket, and the player's own socket refused it).
+    for run in (compiled, shared):
+        for profile in PROFILES:
+            ours, theirs = run["forward_calls"][profile.name], python["forward_calls"][profile.name]
+            assert ours["blocked/would_block"] > 0 and theirs["blocked/would_block"] == 0
+            for name in ("aiortc/video", "chromium/video", "late/video", "simulcast/staying"):
+                assert ours[name] * 2 < theirs[name], (name, ours[name], theirs[name])
+    # Batched, most datagrams came through the shared socket; without it, none.
+    assert "shared" not in python["received"] and "shared" not in compiled["received"]
+    assert shared["received"]["shared"] > 2 * shared["received"]["own"], shared["received"]
 
 
 @needs_compiled
@@ -863,3 +884,30 @@ def test_a_wire_holds_its_srtp_session_while_attached(bench: Bench) -> None:
     del wire
     freed = sys.getrefcount(srtp)
     assert freed == base
+
+
+@needs_compiled
+def test_a_wire_shares_only_a_connected_socket_and_forgets_it_with_a_new_one() -> None:
+    wire = compiled_module().Wire()
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as shared,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as own,
+    ):
+        shared.bind(("127.0.0.1", 0))
+        with pytest.raises(ValueError, match="no connected socket"):
+            wire.share(shared.fileno())
+        wire.fd = own.fileno()
+        with pytest.raises(OSError):  # not connected: no peer to send to
+            wire.share(shared.fileno())
+        assert wire.shared_fd == -1
+        own.connect(shared.getsockname())
+        wire.share(shared.fileno())
+        assert wire.shared_fd == shared.fileno()
+        wire.fd = own.fileno()  # a new socket (here the same number): its peer is read again
+        assert wire.shared_fd == -1
+        wire.share(shared.fileno())
+        wire.share(-1)
+        assert (wire.fd, wire.shared_fd) == (own.fileno(), -1)
+        wire.share(shared.fileno())
+        wire.detach()
+        assert (wire.fd, wire.shared_fd) == (-1, -1)

@@ -2,8 +2,9 @@
 
 `fan_out(consumers, packet, header, now)` means `for consumer in consumers: consumer.forward(...)`.
 trio_sfu/media/_fastpath.c does the same in one call, and sends a player's packet itself (number,
-write its header fields, protect with libsrtp, send on its connected socket) while that player is in
-the steady case, which is nearly every packet; for anything else it calls the player's own `forward`.
+write its header fields, protect with libsrtp, send: many players in one sendmmsg through the shared
+socket, or on the player's connected socket) while that player is in the steady case, which is nearly
+every packet; for anything else it calls the player's own `forward`.
 
 The state both paths share lives in small types, defined here in Python and there in C with the
 same fields: `Lane` (a rewriter's numbering; Rewriter's base), `Outlet` (a consumer's gate, SSRC,
@@ -40,10 +41,11 @@ class Wire:
     """A player's SRTP context and its own connected UDP socket, for the compiled path only (here,
     where every packet takes the Python path, it is kept but never sent on)."""
 
-    __slots__ = ("_keep", "attached", "fd", "protect_failed", "send_errors")
+    __slots__ = ("_keep", "attached", "fd", "protect_failed", "send_errors", "shared_fd")
 
     def __init__(self) -> None:
         self.fd = -1
+        self.shared_fd = -1
         self.attached = False
         self.send_errors = 0
         self.protect_failed = 0
@@ -54,8 +56,14 @@ class Wire:
         `owner` keeps the context alive while it is attached."""
         self._keep, self.attached = owner, True
 
+    def share(self, shared_fd: int) -> None:
+        """Send the compiled fan-out's packets to `fd`'s peer through `shared_fd`, the unconnected
+        socket on the same local address, many players in one sendmmsg; `fd` still sends what that
+        cannot. Setting `fd` again undoes it (in C)."""
+        self.shared_fd = shared_fd
+
     def detach(self) -> None:
-        self.fd, self._keep, self.attached = -1, None, False
+        self.fd, self.shared_fd, self._keep, self.attached = -1, -1, None, False
 
 
 class Lane:

@@ -380,6 +380,11 @@ class TransportDriver:
             return
         self._connected = connected
         self.wire.fd = connected.fileno()
+        if connected.shared_fileno >= 0:
+            try:
+                self.wire.share(connected.shared_fileno)
+            except OSError as exc:  # not connected after all: its own socket sends
+                log.info("event=shared_send_unavailable error=%r", exc)
         self._nursery.start_soon(self._read_connected, connected, endpoint)
 
     async def _read_connected(self, connected: ConnectedUdp, endpoint: DatagramEndpoint) -> None:

@@ -42,6 +42,10 @@ class DatagramEndpoint(Protocol):
 RECEIVE_BUFFER = 4 * 1024 * 1024
 """The shared socket's: it carries every session's ICE and handshakes, and media until a peer's own
 socket is up."""
+SEND_BUFFER = 4 * 1024 * 1024
+"""The shared socket's: the compiled fan-out sends each packet to the players of a track through it in
+batches, where a NIC holds each datagram until it is on the wire (a refused one goes out through the
+player's own socket instead, so this only saves syscalls)."""
 PEER_RECEIVE_BUFFER = 256 * 1024
 """A peer's own socket's, unless the server sets it from max_input_delay (Config.peer_receive_buffer)."""
 TRUESIZE_FACTOR = 2
@@ -74,7 +78,8 @@ class UdpEndpoint:
             # nobody holds it first, so a clash still fails with "address in use".
             _socket(family, reuse=False, bind=(address.host, address.port)).close()
         sock = _socket(family, reuse=True, bind=(address.host, address.port))
-        _set_receive_buffer(sock, RECEIVE_BUFFER)
+        _set_buffer(sock, RECEIVE_BUFFER, "RCV")
+        _set_buffer(sock, SEND_BUFFER, "SND")
         return cls(sock)
 
     def connect(self, remote: Address) -> ConnectedUdp:
@@ -84,13 +89,13 @@ class UdpEndpoint:
         sock = _socket(family, reuse=True, bind=self._plain.getsockname())
         # A publisher's media arrives here once connected: bounded, so an overloaded server drops
         # (counted) instead of serving seconds-old media.
-        _set_receive_buffer(sock, self.peer_receive_buffer * TRUESIZE_FACTOR)
+        _set_buffer(sock, self.peer_receive_buffer * TRUESIZE_FACTOR, "RCV")
         try:
             sock.connect(remote)
         except OSError:
             sock.close()
             raise
-        return ConnectedUdp(sock, remote)
+        return ConnectedUdp(sock, remote, shared_fileno=self._plain.fileno())
 
     @property
     def local_address(self) -> Address:
@@ -117,12 +122,14 @@ class UdpEndpoint:
         self._socket.close()
 
 
-def _set_receive_buffer(sock: stdlib_socket.socket, size: int) -> None:
-    """A keyframe reaches the server as a burst of ~70 datagrams per publisher, while the loop may be
-    busy sending the previous one to every player: the kernel's ~208 KB default may be too small or,
-    for one peer, too large (SO_RCVBUFFORCE where allowed, to pass rmem_max; the kernel doubles the
-    value for its bookkeeping, so half is asked for; memory is only used by what is queued)."""
-    for option in (getattr(stdlib_socket, "SO_RCVBUFFORCE", None), stdlib_socket.SO_RCVBUF):
+def _set_buffer(sock: stdlib_socket.socket, size: int, direction: str) -> None:
+    """SO_RCVBUF or SO_SNDBUF (`direction` "RCV" or "SND"). A keyframe reaches the server as a burst of
+    ~70 datagrams per publisher, while the loop may be busy sending the previous one to every player:
+    the kernel's ~208 KB default may be too small or, for one peer, too large. The ...FORCE option
+    where allowed, to pass rmem_max or wmem_max. The kernel doubles the value for its bookkeeping, so
+    half is asked for; memory is only used by what is queued."""
+    forced = getattr(stdlib_socket, f"SO_{direction}BUFFORCE", None)
+    for option in (forced, getattr(stdlib_socket, f"SO_{direction}BUF")):
         if option is None:
             continue
         try:
@@ -162,11 +169,12 @@ def _socket(family: int, *, reuse: bool, bind: tuple[object, ...]) -> stdlib_soc
 class ConnectedUdp:
     """One peer's own socket on the shared media port (SO_REUSEPORT + connect)."""
 
-    __slots__ = ("_socket", "dropped_counted", "reader_scope", "remote", "send_errors")
+    __slots__ = ("_socket", "dropped_counted", "reader_scope", "remote", "send_errors", "shared_fileno")
 
-    def __init__(self, sock: stdlib_socket.socket, remote: Address) -> None:
+    def __init__(self, sock: stdlib_socket.socket, remote: Address, *, shared_fileno: int = -1) -> None:
         self._socket = sock
         self.remote = remote
+        self.shared_fileno = shared_fileno  # the endpoint's socket: the fan-out sends through it
         self.send_errors = 0
         self.dropped_counted = 0
         self.reader_scope = trio.CancelScope()
@@ -207,7 +215,10 @@ class ConnectedUdp:
                         data, source = sock.recvfrom(2048)
                     except BlockingIOError:
                         break
-                    except OSError:  # e.g. ICMP port unreachable for an earlier send
+                    except OSError:
+                        # ICMP port unreachable or the like for an earlier send, which went out
+                        # through this socket or, batched, through the shared one
+                        self.send_errors += 1
                         continue
                     handle(data, (source[0], source[1]))
                     # One of a publisher's datagrams can mean a fan-out to hundreds of players
