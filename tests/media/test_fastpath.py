@@ -911,3 +911,55 @@ def test_a_wire_shares_only_a_connected_socket_and_forgets_it_with_a_new_one() -
         wire.share(shared.fileno())
         wire.detach()
         assert (wire.fd, wire.shared_fd) == (-1, -1)
+
+
+def _udp_pair(family: int, host: str) -> tuple[socket.socket, socket.socket]:
+    """A player's receiving socket and the server's socket connected to it (non-blocking)."""
+    receiver, sender = socket.socket(family, socket.SOCK_DGRAM), socket.socket(family, socket.SOCK_DGRAM)
+    receiver.bind((host, 0))
+    sender.bind((host, 0))
+    sender.connect(receiver.getsockname())
+    receiver.setblocking(False)
+    sender.setblocking(False)
+    return receiver, sender
+
+
+@needs_compiled
+def test_batched_sends_go_through_each_family_s_shared_socket_in_order() -> None:
+    """35 IPv4 players (more than one batch) then 5 IPv6 ones (the batch changes socket): every
+    steady packet reaches every player once, from its family's shared socket, as Python makes it."""
+    bench = Bench(players=40)
+    shared = {
+        socket.AF_INET: socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
+        socket.AF_INET6: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM),
+    }
+    try:
+        shared[socket.AF_INET].bind(("127.0.0.1", 0))
+        shared[socket.AF_INET6].bind(("::1", 0))
+        for index, player in enumerate(bench.players):
+            family, host = (socket.AF_INET, "127.0.0.1") if index < 35 else (socket.AF_INET6, "::1")
+            sink = player.sink
+            sink.sender.close()
+            sink.receiver.close()
+            sink.receiver, sink.sender = _udp_pair(family, host)
+            sink.wire.fd = sink.sender.fileno()
+            sink.wire.share(shared[family].fileno())
+        bench.send(key=True)
+        for index in range(40):
+            assert len(bench.received(index)) == 1, index  # the keyframe, through Python's forward
+        calls = [player.consumers["video"].forward_calls for player in bench.players]
+        for _ in range(3):
+            packet = bench.send()
+            for index, player in enumerate(bench.players):
+                consumer = player.consumers["video"]
+                datagram, source = player.sink.receiver.recvfrom(4096)
+                assert source[:2] == shared[player.sink.receiver.family].getsockname()[:2], index
+                opened = bench.receivers[index].unprotect_rtp(datagram)
+                assert opened == bench.expected(packet, consumer), index
+                with pytest.raises(BlockingIOError):
+                    player.sink.receiver.recvfrom(4096)
+        assert [player.consumers["video"].forward_calls for player in bench.players] == calls  # compiled
+    finally:
+        for sock in shared.values():
+            sock.close()
+        bench.close()
